@@ -1,0 +1,554 @@
+"""Entropic and unbalanced optimal transport by Sinkhorn scaling: one code path, three domains.
+
+The problem, for cost ``C`` (``n x m``), marginals ``a``, ``b``, entropic strength ``eps`` and
+marginal penalties ``rho_a``, ``rho_b`` (``inf`` = hard constraint), is
+
+    min_P  <C, P> + eps * KL(P || 1) + rho_a * KL(P 1 || a) + rho_b * KL(P^T 1 || b),
+
+with ``KL(x || y) = sum x log(x / y) - x + y``. Its solution is ``P = exp((f + g - C) / eps)``,
+and Sinkhorn alternates the exact minimisations over ``f`` and ``g``:
+
+    f <- t_a * (eps log a - eps LSE_j((g_j - C_ij) / eps)),     t_a = rho_a / (rho_a + eps),
+    g <- t_b * (eps log b - eps LSE_i((f_i - C_ij) / eps)),     t_b = rho_b / (rho_b + eps).
+
+In scaling form (``u = exp(f/eps)``, ``K = exp(-C/eps)``) the row update is
+``u = (a / (K v))^t_a``: for ``t_a = 1`` the balanced Sinkhorn–Knopp step, otherwise the
+unbalanced step of Chizat et al. (2018). Three domains compute the same iteration:
+
+* ``"kernel"``: matrix-vector products with ``K`` (fast; exact only while ``K``, ``u``, ``v``
+  stay within the dtype's range);
+* ``"stabilized"``: the same products with the kernel ``exp((f + g - C)/eps)`` in which large
+  potentials are absorbed at every check (Schmitzer 2019), so small ``eps`` stays fast and exact;
+* ``"log"``: log-sum-exp updates of the potentials (always safe, slowest).
+
+``"auto"`` (the default) uses ``"kernel"`` when ``(max C - min C) / eps`` is below half the
+dtype's exponent range (float32: 43.6, float64: 354), and ``"stabilized"`` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from otcl.backend import (
+    Array,
+    check_compatible,
+    dtype_tiny,
+    logsumexp,
+    quiet_numerics,
+    safe_log,
+    to_numpy,
+)
+from otcl.solvers.problem import Problem, make_problem
+from otcl.solvers.result import Transport, finish_diagnostics
+
+__all__ = ["DOMAINS", "row_projection", "sinkhorn", "solve"]
+
+DOMAINS = ("auto", "kernel", "stabilized", "log")
+
+
+def sinkhorn(
+    cost: Array,
+    a: Array | None = None,
+    b: Array | None = None,
+    *,
+    eps: float | Array,
+    rho_a: float = math.inf,
+    rho_b: float = math.inf,
+    mask: Array | None = None,
+    max_iter: int = 1000,
+    tol: float | None = 1e-9,
+    domain: str = "auto",
+    check_every: int = 10,
+    init: tuple[Array, Array] | None = None,
+    warn: bool = True,
+) -> Transport:
+    """Solve balanced, semi-relaxed or unbalanced entropic OT.
+
+    Parameters
+    ----------
+    cost:
+        ``C`` of shape ``(n, m)`` or ``(B, n, m)``; any real floating dtype, any supported
+        library. Must be finite; exclude entries with ``mask`` instead of ``inf``.
+    a, b:
+        Marginals of shape ``(n,)``/``(B, n)`` and ``(m,)``/``(B, m)``, non-negative;
+        ``None`` = uniform ``1/n`` (``1/m``).
+    eps:
+        Entropic strength ``> 0`` (a float, or a 0-d array to differentiate through it).
+    rho_a, rho_b:
+        KL penalties on the row and column marginals; ``inf`` (default) is a hard constraint.
+        ``rho_a=inf, rho_b=x`` is semi-relaxed OT. POT calls these ``reg_m``.
+    mask:
+        Optional boolean array broadcastable to ``cost``: ``False`` entries are excluded
+        (``P_ij = 0``, as if ``C_ij = +inf``).
+    max_iter:
+        Maximum number of rounds (a round is one row and one column update).
+    tol:
+        Stop when the relative row-marginal error ``||P1 - a||_1 / ||a||_1`` (balanced) or the
+        fixed-point residual ``max |log u_new - log u_old|`` (unbalanced) is ``<= tol`` for every
+        problem. ``None`` runs exactly ``max_iter`` rounds with no check (for use inside losses).
+    domain:
+        ``"auto"``, ``"kernel"``, ``"stabilized"`` or ``"log"`` (see the module docstring).
+    check_every:
+        Rounds between convergence checks; the only host synchronisations of the loop.
+    init:
+        Warm start ``(f, g)`` from an earlier solve.
+    warn:
+        Emit a :class:`ConvergenceWarning` when a problem does not reach ``tol``.
+
+    Returns
+    -------
+    Transport
+        Potentials ``f``, ``g`` with ``P = exp((f + g - C)/eps)``, the plan (lazily), iteration
+        counts, errors and ``converged``.
+    """
+    problem = make_problem(cost, a, b, eps=eps, rho_a=rho_a, rho_b=rho_b, mask=mask)
+    max_iter, tol, check_every = _validate_loop(max_iter, tol, check_every)
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    init_b = _validate_init(init, problem)
+    return solve(
+        problem,
+        max_iter=max_iter,
+        tol=tol,
+        domain=domain,
+        check_every=check_every,
+        init=init_b,
+        warn=warn,
+    )
+
+
+def row_projection(
+    cost: Array,
+    a: Array | None = None,
+    *,
+    eps: float | Array,
+    rho_a: float = math.inf,
+    g: Array | None = None,
+    mask: Array | None = None,
+) -> Transport:
+    """One row ("half-step") KL projection of the kernel: the plan behind InfoNCE.
+
+    Returns ``P = diag(u) K diag(v)`` with ``K = exp(-C/eps)``, ``v = exp(g/eps)`` (``g = 0`` by
+    default) and ``u = (a / (K v))^t``, ``t = rho_a / (rho_a + eps)``. With ``rho_a = inf`` this is
+    the closed-form KL projection onto ``{P >= 0 : P 1 = a}``, i.e. ``P_ij = a_i K_ij v_j /
+    sum_k K_ik v_k``. The column marginal is not constrained (``marginal_error_b`` is measured
+    against the uniform marginal).
+    """
+    problem = make_problem(cost, a, None, eps=eps, rho_a=rho_a, rho_b=math.inf, mask=mask,
+                           mass_rtol=math.inf)
+    xp = problem.xp
+    B, _, m = problem.shape
+    if g is None:
+        gamma = xp.zeros((B, m), dtype=problem.cost.dtype, device=_dev(problem))
+    else:
+        check_compatible(cost=problem.cost, g=g)
+        gamma = _as_batch_vec(g, B, m, "g") / problem.eps
+    log_a, _ = problem.log_marginals()
+    phi = log_row_update(problem.log_kernel(), log_a, gamma, problem.t_a, xp)
+    return _transport(problem, phi, gamma, np.ones(B, dtype=int), None, None, "log", warn=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The iteration, written once in scaled potentials phi = f / eps, gamma = g / eps.
+
+
+def log_row_update(log_kernel: Array, log_a: Array, gamma: Array, t_a: Any, xp: Any) -> Array:
+    """``phi_i = t_a (log a_i - LSE_j(log K_ij + gamma_j))``, batched: ``(B,n,m), (B,n), (B,m)``."""
+    lse = logsumexp(log_kernel + gamma[:, None, :], 2, xp)
+    return _guarded_update(log_a, lse, t_a, xp)
+
+
+def log_col_update(log_kernel: Array, log_b: Array, phi: Array, t_b: Any, xp: Any) -> Array:
+    """``gamma_j = t_b (log b_j - LSE_i(log K_ij + phi_i))``, batched."""
+    lse = logsumexp(log_kernel + phi[:, :, None], 1, xp)
+    return _guarded_update(log_b, lse, t_b, xp)
+
+
+def _guarded_update(log_m: Array, lse: Array, t: Any, xp: Any) -> Array:
+    # A zero-mass row (log a = -inf) gets phi = -inf even where its LSE is -inf too.
+    raw = log_m - xp.where(lse > -math.inf, lse, xp.zeros_like(lse))
+    out = raw if t == 1.0 else t * raw
+    return xp.where(log_m > -math.inf, out, xp.full_like(out, -math.inf))
+
+
+def solve(
+    problem: Problem,
+    *,
+    max_iter: int,
+    tol: float | None,
+    domain: str = "auto",
+    check_every: int = 10,
+    init: tuple[Array, Array] | None = None,
+    warn: bool = True,
+) -> Transport:
+    """Run Sinkhorn on an already validated :class:`Problem` (no input checks)."""
+    xp = problem.xp
+    B, n, m = problem.shape
+    dtype = problem.cost.dtype
+    if init is not None:
+        phi, gamma = init[0] / problem.eps, init[1] / problem.eps
+    else:
+        phi = xp.zeros((B, n), dtype=dtype, device=_dev(problem))
+        gamma = xp.zeros((B, m), dtype=dtype, device=_dev(problem))
+    if domain == "auto":
+        domain = choose_domain(problem, warm=init is not None)
+    if max_iter == 0:
+        return _transport(problem, phi, gamma, np.zeros(B, dtype=np.int64), None, None, domain,
+                          warn=False)
+    if domain == "log":
+        loop = _LogLoop(problem, phi, gamma, tol, check_every)
+    else:
+        if domain == "kernel" and init is None:
+            phi = phi + _cost_floor(problem)[:, None] / problem.eps
+        loop = _ScalingLoop(problem, phi, gamma, tol, check_every, stabilized=domain != "kernel")
+    with quiet_numerics(xp):
+        loop.run(max_iter)
+    phi, gamma = loop.potentials()
+    return _transport(
+        problem, phi, gamma, loop.n_iter, loop.error, tol, loop.domain, warn=warn,
+        trouble=loop.trouble,
+    )
+
+
+def choose_domain(problem: Problem, *, warm: bool = False) -> str:
+    """``"kernel"`` when ``exp(-(C - min C)/eps)`` and the scalings cannot leave the dtype's
+    range, ``"stabilized"`` otherwise. A warm start always uses ``"stabilized"``."""
+    if warm:
+        return "stabilized"
+    xp = problem.xp
+    budget = 0.5 * -math.log(dtype_tiny(xp, problem.cost.dtype))
+    eps = float(problem.eps)
+    spread = float(xp.max(problem.cost_range())) / eps
+    if not problem.balanced:
+        # the unbalanced update carries a factor exp(-(1 - t) * min C / eps)
+        floor = float(xp.max(xp.abs(_cost_floor(problem)))) / eps
+        spread = max(spread, floor)
+    return "kernel" if spread <= budget else "stabilized"
+
+
+class _LogLoop:
+    """Log-sum-exp updates of the scaled potentials."""
+
+    domain = "log"
+
+    def __init__(self, problem: Problem, phi: Array, gamma: Array, tol: float | None,
+                 check_every: int, start: int = 0) -> None:
+        self.p, self.phi, self.gamma = problem, phi, gamma
+        self.tol, self.check_every = tol, check_every
+        self.xp = problem.xp
+        self.log_k = problem.log_kernel()
+        self.log_a, self.log_b = problem.log_marginals()
+        self.tracker = _Tracker(problem.shape[0], tol, start)
+        self.trouble: str | None = None
+
+    @property
+    def n_iter(self) -> np.ndarray:
+        return self.tracker.n_iter
+
+    @property
+    def error(self) -> np.ndarray | None:
+        return self.tracker.error
+
+    def run(self, max_iter: int) -> None:
+        p, xp, tr = self.p, self.xp, self.tracker
+        it = tr.start
+        while it < max_iter:
+            check = tr.tol is not None and tr.due(it, self.check_every)
+            lse = logsumexp(self.log_k + self.gamma[:, None, :], 2, xp)
+            if check and p.balanced:
+                if tr.record(it, _row_error(xp, self.phi, lse, p.a)):
+                    return
+            phi_new = _guarded_update(self.log_a, lse, p.t_a, xp)
+            if check and not p.balanced:
+                residual = _max_abs_change(xp, phi_new, self.phi)
+                self.phi = phi_new
+                self.gamma = log_col_update(self.log_k, self.log_b, self.phi, p.t_b, xp)
+                if tr.record(it + 1, residual):
+                    return
+            else:
+                self.phi = phi_new
+                self.gamma = log_col_update(self.log_k, self.log_b, self.phi, p.t_b, xp)
+            it += 1
+        tr.finish(max_iter, self._final_error)
+
+    def _final_error(self) -> np.ndarray:
+        p, xp = self.p, self.xp
+        lse = logsumexp(self.log_k + self.gamma[:, None, :], 2, xp)
+        if p.balanced:
+            return _row_error(xp, self.phi, lse, p.a)
+        return _max_abs_change(xp, _guarded_update(self.log_a, lse, p.t_a, xp), self.phi)
+
+    def potentials(self) -> tuple[Array, Array]:
+        return self.phi, self.gamma
+
+
+class _ScalingLoop:
+    """Matrix-vector scaling iterations on an (optionally absorbed) kernel.
+
+    The kernel is ``Kt = exp(phi_i + gamma_j - C_ij / eps)`` and the scalings ``u``, ``v`` act on
+    it, so the potentials are ``phi + log u`` and ``gamma + log v``. In the unbalanced update the
+    absorbed part contributes a fixed factor: ``u = (a / (Kt v))^t * exp(-(1 - t) phi)``.
+    """
+
+    def __init__(self, problem: Problem, phi: Array, gamma: Array, tol: float | None,
+                 check_every: int, *, stabilized: bool) -> None:
+        self.p, self.xp = problem, problem.xp
+        self.tol, self.check_every = tol, check_every
+        self.stabilized = stabilized
+        self.domain = "stabilized" if stabilized else "kernel"
+        self.log_k = problem.log_kernel()
+        self.tracker = _Tracker(problem.shape[0], tol, 0)
+        self.trouble: str | None = None
+        self.absorb_at = 0.25 * -math.log(dtype_tiny(self.xp, problem.cost.dtype))
+        if stabilized:
+            # one log-domain round puts the potentials in the right range before absorbing
+            log_a, log_b = problem.log_marginals()
+            phi = _guarded_update(log_a, logsumexp(self.log_k + gamma[:, None, :], 2, self.xp),
+                                  problem.t_a, self.xp)
+            gamma = log_col_update(self.log_k, log_b, phi, problem.t_b, self.xp)
+            self.tracker.start = 1
+        self._absorb(phi, gamma)
+
+    @property
+    def n_iter(self) -> np.ndarray:
+        return self.tracker.n_iter
+
+    @property
+    def error(self) -> np.ndarray | None:
+        return self.tracker.error
+
+    def _absorb(self, phi: Array, gamma: Array) -> None:
+        xp, p = self.xp, self.p
+        self.phi, self.gamma = phi, gamma
+        self.kernel = xp.exp(self.log_k + phi[:, :, None] + gamma[:, None, :])
+        self.u = xp.ones_like(phi)
+        self.v = xp.ones_like(gamma)
+        self.w_a = None if p.t_a == 1.0 else _finite_exp(-(1 - p.t_a) * phi, xp)
+        self.w_b = None if p.t_b == 1.0 else _finite_exp(-(1 - p.t_b) * gamma, xp)
+
+    def _scale(self, marginal: Array, kv: Array, t: Any, w: Array | None) -> Array:
+        xp = self.xp
+        ratio = xp.where(marginal > 0, marginal / kv, xp.zeros_like(kv))
+        return ratio if w is None else ratio**t * w
+
+    def potentials(self) -> tuple[Array, Array]:
+        xp = self.xp
+        return self.phi + safe_log(self.u, xp), self.gamma + safe_log(self.v, xp)
+
+    def run(self, max_iter: int) -> None:
+        p, xp, tr = self.p, self.xp, self.tracker
+        it = tr.start
+        good = (it, self.phi, self.gamma, self.u, self.v)
+        while it < max_iter:
+            check = tr.due(it, self.check_every)
+            if check:
+                if not self._healthy():
+                    self._recover(good, max_iter)
+                    return
+                if self.stabilized:
+                    self._absorb_if_large()
+                good = (it, self.phi, self.gamma, self.u, self.v)
+            kv = _matvec(xp, self.kernel, self.v)
+            if check and p.balanced and tr.tol is not None:
+                if tr.record(it, self._relative_row_error(kv)):
+                    return
+            u_new = self._scale(p.a, kv, p.t_a, self.w_a)
+            track = check and not p.balanced and tr.tol is not None
+            if track:
+                residual = _max_abs_change(xp, safe_log(u_new, xp), safe_log(self.u, xp))
+            self.u = u_new
+            self.v = self._scale(p.b, _rmatvec(xp, self.kernel, self.u), p.t_b, self.w_b)
+            it += 1
+            if track and tr.record(it, residual):
+                return
+        if not self._healthy():
+            self._recover(good, max_iter)
+            return
+        tr.finish(max_iter, self._final_error)
+
+    def _relative_row_error(self, kv: Array) -> np.ndarray:
+        xp, a = self.xp, self.p.a
+        return _to_host(xp.sum(xp.abs(self.u * kv - a), axis=-1) / xp.sum(a, axis=-1))
+
+    def _final_error(self) -> np.ndarray:
+        p, xp = self.p, self.xp
+        kv = _matvec(xp, self.kernel, self.v)
+        if p.balanced:
+            return self._relative_row_error(kv)
+        u_new = self._scale(p.a, kv, p.t_a, self.w_a)
+        return _max_abs_change(xp, safe_log(u_new, xp), safe_log(self.u, xp))
+
+    def _healthy(self) -> bool:
+        xp, p = self.xp, self.p
+        ok = xp.all(xp.isfinite(self.u)) & xp.all(xp.isfinite(self.v))
+        ok = ok & ~xp.any((p.a > 0) & (self.u == 0)) & ~xp.any((p.b > 0) & (self.v == 0))
+        return bool(ok)
+
+    def _absorb_if_large(self) -> None:
+        xp = self.xp
+        lu, lv = safe_log(self.u, xp), safe_log(self.v, xp)
+        big_u = xp.max(xp.abs(xp.where(self.u > 0, lu, xp.zeros_like(lu))))
+        big_v = xp.max(xp.abs(xp.where(self.v > 0, lv, xp.zeros_like(lv))))
+        if float(xp.maximum(big_u, big_v)) > self.absorb_at:
+            self._absorb(self.phi + lu, self.gamma + lv)
+
+    def _recover(self, good: tuple, max_iter: int) -> None:
+        """Numerical trouble since the last check: return to the last healthy state.
+
+        ``kernel`` stops there and says so; ``stabilized`` finishes in the log domain.
+        """
+        good_it, self.phi, self.gamma, self.u, self.v = good
+        if not self.stabilized:
+            self.trouble = (
+                f"The kernel-domain iteration left the floating-point range after round {good_it}"
+                " and was stopped there (use domain='auto', 'stabilized' or 'log')."
+            )
+            self.tracker.stop_at(good_it, self._final_error)
+            return
+        phi, gamma = self.potentials()
+        log_loop = _LogLoop(self.p, phi, gamma, self.tol, self.check_every, start=good_it)
+        log_loop.tracker = self.tracker
+        self.tracker.start = good_it
+        log_loop.run(max_iter)
+        self.phi, self.gamma = log_loop.potentials()
+        self.u, self.v = self.xp.ones_like(self.phi), self.xp.ones_like(self.gamma)
+        self.domain = "log"
+
+
+class _Tracker:
+    """Per-problem convergence bookkeeping on the host."""
+
+    def __init__(self, batch: int, tol: float | None, start: int) -> None:
+        self.tol, self.start = tol, start
+        self.n_iter = np.full(batch, start, dtype=np.int64)
+        self.error: np.ndarray | None = None
+        self.done = np.zeros(batch, dtype=bool)
+
+    def due(self, it: int, every: int) -> bool:
+        """A check (health, absorption and, with a ``tol``, convergence) happens at round ``it``."""
+        return it > self.start and (it - self.start) % every == 0
+
+    def record(self, it: int, error: np.ndarray) -> bool:
+        """Store the error after ``it`` rounds; True when every problem has converged."""
+        self.error = np.where(self.done, self.error, error) if self.error is not None else error
+        newly = (error <= self.tol) & ~self.done
+        self.done |= newly
+        self.n_iter[~self.done | newly] = it
+        return bool(self.done.all())
+
+    def finish(self, max_iter: int, final_error: Any) -> None:
+        self.n_iter[~self.done] = max_iter
+        if self.tol is not None and not self.done.all():
+            err = final_error()
+            self.error = err if self.error is None else np.where(self.done, self.error, err)
+
+    def stop_at(self, it: int, final_error: Any) -> None:
+        self.n_iter[~self.done] = it
+        if self.tol is not None:
+            err = final_error()
+            self.error = err if self.error is None else np.where(self.done, self.error, err)
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _transport(problem: Problem, phi: Array, gamma: Array, n_iter: np.ndarray,
+               error: np.ndarray | None, tol: float | None, domain: str, *, warn: bool,
+               trouble: str | None = None) -> Transport:
+    f, g = phi * problem.eps, gamma * problem.eps
+    if not problem.batched:
+        f, g = f[0], g[0]
+    n_it, err, conv = finish_diagnostics(n_iter, error, tol, problem.batched, warn=warn,
+                                         domain=domain, trouble=trouble)
+    return Transport(f=f, g=g, n_iter=n_it, error=err, converged=conv, domain=domain,
+                     problem=problem)
+
+
+def _dev(problem: Problem) -> Any:
+    from otcl.backend import device_of
+
+    return device_of(problem.cost)
+
+
+def _matvec(xp: Any, kernel: Array, v: Array) -> Array:
+    """``K v`` for ``K (B, n, m)``, ``v (B, m)``."""
+    return xp.matmul(kernel, v[:, :, None])[:, :, 0]
+
+
+def _rmatvec(xp: Any, kernel: Array, u: Array) -> Array:
+    """``K^T u`` for ``K (B, n, m)``, ``u (B, n)``."""
+    return xp.matmul(u[:, None, :], kernel)[:, 0, :]
+
+
+def _finite_exp(x: Array, xp: Any) -> Array:
+    return xp.exp(xp.where(xp.isfinite(x), x, xp.zeros_like(x)))
+
+
+def _row_error(xp: Any, phi: Array, lse: Array, a: Array) -> np.ndarray:
+    mass = xp.exp(phi + lse)
+    mass = xp.where(xp.isnan(mass), xp.zeros_like(mass), mass)
+    return _to_host(xp.sum(xp.abs(mass - a), axis=-1) / xp.sum(a, axis=-1))
+
+
+def _max_abs_change(xp: Any, new: Array, old: Array) -> np.ndarray:
+    both = xp.isfinite(new) & xp.isfinite(old)
+    diff = xp.where(both, xp.abs(new - old), xp.zeros_like(new))
+    diff = xp.where((new == old) | both, diff, xp.full_like(diff, math.inf))
+    return _to_host(xp.max(diff, axis=-1))
+
+
+def _to_host(x: Array) -> np.ndarray:
+    return np.asarray(to_numpy(x), dtype=np.float64)
+
+
+def _cost_floor(problem: Problem) -> Array:
+    """Per-problem ``min C`` over allowed entries, shape ``(B,)``."""
+    xp = problem.xp
+    c = problem.cost
+    if problem.mask is not None:
+        c = xp.where(problem.mask, c, xp.full_like(c, math.inf))
+    return xp.min(c, axis=(1, 2))
+
+
+def _as_batch_vec(x: Array, B: int, size: int, name: str) -> Array:
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[-1] != size or x.shape[0] not in (1, B):
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected ({size},) or ({B}, {size})")
+    return x
+
+
+def _validate_loop(max_iter: Any, tol: Any, check_every: Any) -> tuple[int, float | None, int]:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    if tol is not None:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)):
+            raise TypeError(f"tol must be a number or None, got {type(tol).__name__}")
+        if not (tol >= 0 and math.isfinite(tol)):
+            raise ValueError(f"tol must be finite and >= 0 (or None), got {tol}")
+        tol = float(tol)
+    if isinstance(check_every, bool) or not isinstance(check_every, (int, np.integer)) or (
+        check_every < 1
+    ):
+        raise ValueError(f"check_every must be a positive integer, got {check_every!r}")
+    return int(max_iter), tol, int(check_every)
+
+
+def _validate_init(init: Any, problem: Problem) -> tuple[Array, Array] | None:
+    if init is None:
+        return None
+    if not isinstance(init, (tuple, list)) or len(init) != 2:
+        raise TypeError("init must be a pair (f, g) of potentials")
+    f, g = init
+    check_compatible(cost=problem.cost, init_f=f, init_g=g)
+    B, n, m = problem.shape
+    f = _as_batch_vec(f, B, n, "init[0] (f)")
+    g = _as_batch_vec(g, B, m, "init[1] (g)")
+    xp = problem.xp
+    if bool(xp.any(xp.isnan(f))) or bool(xp.any(xp.isnan(g))):
+        raise ValueError("init contains NaN")
+    return f, g
