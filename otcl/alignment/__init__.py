@@ -1,0 +1,34 @@
+"""The GCA alignment layer: target plans, outer divergences and the family of losses."""
+
+from otcl.alignment.losses import (
+    LossDetails,
+    alignment_loss,
+    gca_ince,
+    gca_rince,
+    gca_uot,
+    hs_ince,
+    hs_rince,
+    info_nce,
+    iot,
+    iot_uni,
+    rince,
+)
+from otcl.alignment.targets import Target, domain_prior, label_target, pair_target
+
+__all__ = [
+    "LossDetails",
+    "Target",
+    "alignment_loss",
+    "domain_prior",
+    "gca_ince",
+    "gca_rince",
+    "gca_uot",
+    "hs_ince",
+    "hs_rince",
+    "info_nce",
+    "iot",
+    "iot_uni",
+    "label_target",
+    "pair_target",
+    "rince",
+]

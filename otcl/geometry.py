@@ -1,0 +1,196 @@
+"""Geometry: costs between embeddings, batch layouts of views, self-masks and positive pairs.
+
+Two batch layouts are supported, and the caller always says which one is meant:
+
+* **cross-view**: ``z1, z2`` of shape ``(N, d)``; the cost is ``N x N`` with row ``i`` = view 1 of
+  sample ``i``, column ``j`` = view 2 of sample ``j``; positives on the diagonal. No self-pairs.
+* **all-views**: ``z`` of shape ``(V N, d)`` holding ``V`` views of ``N`` samples, either
+  ``"blocked"`` (rows ``v N .. (v+1) N - 1`` are view ``v``) or ``"interleaved"`` (rows
+  ``V k .. V k + V - 1`` are the views of sample ``k``); the cost is ``VN x VN`` and self-pairs are
+  excluded by a hard mask (``P_ii = 0``), never by a large finite cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from otcl.backend import Array, check_compatible, device_of
+
+__all__ = [
+    "LAYOUTS",
+    "METRICS",
+    "ViewBatch",
+    "cost_matrix",
+    "partner_index",
+    "sample_index",
+    "view_batch",
+]
+
+METRICS = ("neg_cosine", "cosine", "dot", "sqeuclidean")
+LAYOUTS = ("blocked", "interleaved")
+
+
+def _normalise_rows(name: str, x: Array, xp: Any) -> Array:
+    norms = xp.sqrt(xp.sum(x * x, axis=-1, keepdims=True))
+    if bool(xp.any(norms == 0)):
+        raise ValueError(f"{name} has a row of zero norm; the cosine cost is undefined there")
+    return x / norms
+
+
+def cost_matrix(x: Array, y: Array, metric: str = "neg_cosine") -> Array:
+    """Pairwise cost ``C`` of shape ``(n, m)`` between rows of ``x (n, d)`` and ``y (m, d)``.
+
+    * ``"neg_cosine"``: ``C_ij = -cos(x_i, y_j)`` (the paper's ``C = -s``; default);
+    * ``"cosine"``: ``C_ij = 1 - cos(x_i, y_j)``, in ``[0, 2]``;
+    * ``"dot"``: ``C_ij = -<x_i, y_j>``;
+    * ``"sqeuclidean"``: ``C_ij = ||x_i - y_j||^2``.
+
+    Cosine similarities are never clamped. Balanced OT and row projections are unchanged by the
+    constant offset between ``"cosine"`` and ``"neg_cosine"``; unbalanced OT and RINCE are not.
+    """
+    xp = check_compatible(x=x, y=y)
+    for name, arr in (("x", x), ("y", y)):
+        if arr.ndim != 2:
+            raise ValueError(f"{name} must have shape (n, d), got {tuple(arr.shape)}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
+    if metric in ("neg_cosine", "cosine"):
+        sim = _normalise_rows("x", x, xp) @ xp.matrix_transpose(_normalise_rows("y", y, xp))
+        return -sim if metric == "neg_cosine" else 1 - sim
+    if metric == "dot":
+        return -(x @ xp.matrix_transpose(y))
+    if metric == "sqeuclidean":
+        sq = (
+            xp.sum(x * x, axis=1)[:, None]
+            + xp.sum(y * y, axis=1)[None, :]
+            - 2 * (x @ xp.matrix_transpose(y))
+        )
+        return xp.maximum(sq, xp.zeros_like(sq))  # rounding can make the expansion negative
+    raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+
+
+def sample_index(n_rows: int, n_views: int, layout: str, xp: Any, device: Any = None) -> Array:
+    """Sample id of each row of an all-views batch, shape ``(n_rows,)`` (int64).
+
+    ``"blocked"``: row ``r`` holds sample ``r mod N``; ``"interleaved"``: sample ``r // V``.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if n_views < 2:
+        raise ValueError(f"n_views must be at least 2, got {n_views}")
+    if n_rows % n_views:
+        raise ValueError(
+            f"an all-views batch with n_views={n_views} needs a multiple of {n_views} rows,"
+            f" got {n_rows}"
+        )
+    r = xp.arange(n_rows, dtype=xp.int64, device=device)
+    n = n_rows // n_views
+    return r % n if layout == "blocked" else r // n_views
+
+
+def partner_index(n_rows: int, layout: str, xp: Any, device: Any = None) -> Array:
+    """Row index of each row's positive partner in a two-view all-views batch, ``(n_rows,)``.
+
+    ``"blocked"``: ``p(i) = i + N`` for the first half and ``i - N`` for the second;
+    ``"interleaved"``: ``p(2k) = 2k + 1`` and ``p(2k + 1) = 2k``.
+    """
+    sample_index(n_rows, 2, layout, xp, device)  # validates
+    r = xp.arange(n_rows, dtype=xp.int64, device=device)
+    if layout == "blocked":
+        n = n_rows // 2
+        return (r + n) % n_rows
+    return r + 1 - 2 * (r % 2)
+
+
+@dataclass(eq=False)
+class ViewBatch:
+    """An alignment problem built from embeddings.
+
+    Attributes
+    ----------
+    cost:
+        ``(n, m)`` cost matrix.
+    mask:
+        ``(n, m)`` boolean allowed-entry mask, or ``None`` when every entry is allowed.
+    row_sample, col_sample:
+        Sample id of each row / column (``(n,)``, ``(m,)``); entries with equal ids (and allowed)
+        are the positive pairs.
+    partner:
+        For two-view batches, the column of each row's unique positive (``(n,)``), else ``None``.
+    layout:
+        ``"cross"``, ``"blocked"`` or ``"interleaved"``.
+    """
+
+    cost: Array
+    mask: Array | None
+    row_sample: Array
+    col_sample: Array
+    partner: Array | None
+    layout: str
+
+    @property
+    def xp(self) -> Any:
+        from otcl.backend import namespace
+
+        return namespace(self.cost)
+
+
+def view_batch(
+    z1: Array,
+    z2: Array | None = None,
+    *,
+    layout: str | None = None,
+    n_views: int = 2,
+    metric: str = "neg_cosine",
+) -> ViewBatch:
+    """Build the cost, mask and positive structure of a contrastive batch.
+
+    ``view_batch(z1, z2)``: cross-view ``N x N`` (``layout`` must be ``None`` or ``"cross"``).
+    ``view_batch(z, layout="blocked" | "interleaved", n_views=V)``: all-views ``VN x VN`` with a
+    hard self-mask.
+    """
+    if z2 is not None:
+        xp = check_compatible(z1=z1, z2=z2)
+        if layout not in (None, "cross"):
+            raise ValueError(
+                f"layout={layout!r} describes an all-views batch z; with two arrays z1, z2 the "
+                "batch is cross-view (leave layout unset)"
+            )
+        if z1.ndim != 2 or z2.ndim != 2:
+            raise ValueError(
+                f"z1 and z2 must have shape (N, d), got {tuple(z1.shape)} and {tuple(z2.shape)}"
+            )
+        if z1.shape != z2.shape:
+            raise ValueError(
+                f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+            )
+        _check_embeddings(xp, z1=z1, z2=z2)
+        n = z1.shape[0]
+        idx = xp.arange(n, dtype=xp.int64, device=device_of(z1))
+        return ViewBatch(cost_matrix(z1, z2, metric), None, idx, idx, idx, "cross")
+
+    xp = check_compatible(z=z1)
+    if layout is None:
+        raise ValueError(
+            "layout must be given for an all-views batch z: 'blocked' (views stacked) or "
+            "'interleaved' (views of a sample adjacent)"
+        )
+    if z1.ndim != 2:
+        raise ValueError(f"z must have shape (V*N, d), got {tuple(z1.shape)}")
+    _check_embeddings(xp, z=z1)
+    n_rows = z1.shape[0]
+    dev = device_of(z1)
+    samples = sample_index(n_rows, n_views, layout, xp, dev)
+    r = xp.arange(n_rows, dtype=xp.int64, device=dev)
+    mask = r[:, None] != r[None, :]
+    partner = partner_index(n_rows, layout, xp, dev) if n_views == 2 else None
+    return ViewBatch(cost_matrix(z1, z1, metric), mask, samples, samples, partner, layout)
+
+
+def _check_embeddings(xp: Any, **arrays: Array) -> None:
+    for name, z in arrays.items():
+        if z.shape[0] == 0 or z.shape[1] == 0:
+            raise ValueError(f"{name} must not be empty, got shape {tuple(z.shape)}")
+        if not bool(xp.all(xp.isfinite(z))):
+            raise ValueError(f"{name} contains NaN or inf")
