@@ -32,6 +32,7 @@ __all__ = [
     "namespace",
     "quiet_numerics",
     "safe_log",
+    "to_float",
     "to_numpy",
 ]
 
@@ -153,6 +154,13 @@ def logsumexp(x: Array, axis: int, xp: Any, keepdims: bool = False) -> Array:
     if not keepdims:
         out = xp.squeeze(out, axis=axis)
     return out
+
+
+def to_float(x: Any) -> float:
+    """A Python float from a number or a 0-d array of any library (detached, synchronising)."""
+    if is_array(x):
+        return float(to_numpy(x))
+    return float(x)
 
 
 def to_numpy(x: Array) -> np.ndarray:

@@ -16,7 +16,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from otcl.backend import Array, check_compatible, device_of, dtype_eps, is_array, safe_log
+from otcl.backend import (
+    Array,
+    check_compatible,
+    device_of,
+    dtype_eps,
+    is_array,
+    safe_log,
+    to_float,
+)
 
 __all__ = ["Problem", "make_problem", "validate_positive"]
 
@@ -100,7 +108,7 @@ def _validate_eps(eps: Any, xp: Any, ref: Array) -> float | Array:
         if eps.ndim != 0:
             raise ValueError(f"eps must be a scalar (0-d array), got shape {tuple(eps.shape)}")
         if not bool(xp.all(xp.isfinite(eps))) or not bool(eps > 0):
-            raise ValueError(f"eps must be positive and finite, got {float(eps)}")
+            raise ValueError(f"eps must be positive and finite, got {to_float(eps)}")
         return eps
     return validate_positive("eps", eps)
 

@@ -39,6 +39,7 @@ from otcl.backend import (
     logsumexp,
     quiet_numerics,
     safe_log,
+    to_float,
     to_numpy,
 )
 from otcl.solvers.problem import Problem, make_problem
@@ -220,7 +221,7 @@ def choose_domain(problem: Problem, *, warm: bool = False) -> str:
         return "stabilized"
     xp = problem.xp
     budget = 0.5 * -math.log(dtype_tiny(xp, problem.cost.dtype))
-    eps = float(problem.eps)
+    eps = to_float(problem.eps)
     spread = float(xp.max(problem.cost_range())) / eps
     if not problem.balanced:
         # the unbalanced update carries a factor exp(-(1 - t) * min C / eps)
