@@ -26,6 +26,7 @@ __all__ = [
     "device_of",
     "dtype_eps",
     "dtype_tiny",
+    "from_numpy",
     "full_like",
     "is_array",
     "logsumexp",
@@ -154,6 +155,33 @@ def logsumexp(x: Array, axis: int, xp: Any, keepdims: bool = False) -> Array:
     if not keepdims:
         out = xp.squeeze(out, axis=axis)
     return out
+
+
+LIBRARIES = ("numpy", "torch", "cupy", "array_api_strict")
+
+
+def from_numpy(x: np.ndarray, library: str = "numpy", device: Any = None) -> Array:
+    """Copy a NumPy array into ``library`` (``"numpy"``, ``"torch"``, ``"cupy"``,
+    ``"array_api_strict"``) on ``device``; the library is imported on demand.
+
+    Raises ``ImportError`` when the library is not installed and ``ValueError`` for an unknown
+    name.
+    """
+    if library == "numpy":
+        return np.array(x, copy=True)
+    if library == "torch":
+        import torch
+
+        return torch.from_numpy(np.array(x, copy=True)).to(device or "cpu")
+    if library == "cupy":
+        import cupy
+
+        return cupy.asarray(x)
+    if library == "array_api_strict":
+        import array_api_strict
+
+        return array_api_strict.asarray(np.array(x, copy=True))
+    raise ValueError(f"library must be one of {LIBRARIES}, got {library!r}")
 
 
 def to_float(x: Any) -> float:

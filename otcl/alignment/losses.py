@@ -254,7 +254,7 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
     phi3, gamma3 = inner(log_k3, log_a3, log_b3, problem.t_a, problem.t_b, rounds)
     if final_step == "column":
         gamma3 = log_col_update(log_k3, log_b3, phi3, problem.t_b, xp)
-    phi, gamma, log_k = phi3[0], gamma3[0], log_k3[0]
+    phi, gamma, log_k = phi3[0, ...], gamma3[0, ...], log_k3[0, ...]
 
     if problem.t_a == 1.0 and final_step == "row" and not inner.detached:
         row_mass = a  # the final row step makes P 1 = a exactly

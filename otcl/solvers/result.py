@@ -56,7 +56,7 @@ class Transport:
         return self.problem.eps
 
     def _out(self, x: Array) -> Array:
-        return x if self.problem.batched else x[0]
+        return x if self.problem.batched else x[0, ...]
 
     @cached_property
     def _log_plan(self) -> Array:

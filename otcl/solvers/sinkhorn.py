@@ -462,7 +462,7 @@ def _transport(problem: Problem, phi: Array, gamma: Array, n_iter: np.ndarray,
                trouble: str | None = None) -> Transport:
     f, g = phi * problem.eps, gamma * problem.eps
     if not problem.batched:
-        f, g = f[0], g[0]
+        f, g = f[0, ...], g[0, ...]
     n_it, err, conv = finish_diagnostics(n_iter, error, tol, problem.batched, warn=warn,
                                          domain=domain, trouble=trouble)
     return Transport(f=f, g=g, n_iter=n_it, error=err, converged=conv, domain=domain,
