@@ -1,0 +1,197 @@
+"""The array-library layer: logsumexp, safe_log, to_numpy, check_compatible and friends.
+
+Oracles: ``scipy.special.logsumexp`` and ``numpy.log`` on float64 host copies.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import array_api_strict as xs
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp as scipy_logsumexp
+
+from otcl import backend as be
+
+
+def _strict(x: np.ndarray) -> xs.Array:
+    return xs.asarray(x)
+
+
+LIBRARIES = {
+    "numpy": (lambda x: x.copy(), np.asarray),
+    "torch": (torch.tensor, lambda t: t.detach().numpy()),
+    "strict": (_strict, np.asarray),
+}
+
+
+def _with_infinities(rng: np.random.Generator) -> np.ndarray:
+    """A (3, 4, 5) array with large values, scattered -inf and fully -inf slices on every axis."""
+    x = 400.0 * rng.standard_normal((3, 4, 5))  # exp overflows without the max shift
+    x[rng.random(x.shape) < 0.3] = -math.inf
+    x[1, :, :] = -math.inf  # an all -inf slice along axes 1 and 2 (and 1, 2 jointly)
+    x[:, 2, :] = -math.inf
+    x[:, :, 3] = -math.inf
+    return x
+
+
+@pytest.mark.parametrize("library", list(LIBRARIES))
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_logsumexp_matches_scipy(library: str, axis: int, keepdims: bool) -> None:
+    rng = np.random.default_rng(0)
+    x = _with_infinities(rng)
+    to_lib, to_np = LIBRARIES[library]
+    xp = be.namespace(to_lib(x))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow / divide-by-zero warnings may escape
+        out = be.logsumexp(to_lib(x), axis, xp, keepdims=keepdims)
+    with np.errstate(divide="ignore"):
+        expected = scipy_logsumexp(x, axis=axis, keepdims=keepdims)
+    got = to_np(out)
+    assert got.shape == expected.shape
+    assert np.array_equal(np.isneginf(got), np.isneginf(expected))
+    assert np.isneginf(expected).any()  # the all -inf slices really were exercised
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_logsumexp_float32_and_plus_inf(library: str) -> None:
+    to_lib, to_np = LIBRARIES[library]
+    x = np.array([[0.0, math.inf, 1.0], [-1.0, 2.0, 3.0]], dtype=np.float32)
+    out = be.logsumexp(to_lib(x), 1, be.namespace(to_lib(x)))
+    got = to_np(out)
+    assert got.dtype == np.float32
+    assert got[0] == math.inf
+    np.testing.assert_allclose(got[1], scipy_logsumexp(x[1].astype(np.float64)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("library", list(LIBRARIES))
+def test_safe_log(library: str) -> None:
+    to_lib, to_np = LIBRARIES[library]
+    x = np.array([0.0, 1e-300, 0.5, 1.0, 7.0, 0.0])
+    xl = to_lib(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = be.safe_log(xl, be.namespace(xl))
+    got = to_np(out)
+    assert np.isneginf(got[[0, 5]]).all()
+    np.testing.assert_allclose(got[1:5], np.log(x[1:5]), rtol=1e-15)
+
+
+def test_safe_log_gradient_is_finite_at_zero() -> None:
+    x = torch.tensor([0.0, 2.0], dtype=torch.float64, requires_grad=True)
+    y = be.safe_log(x, be.namespace(x))
+    # use only the finite entry: d/dx log(x) = 1/x there, and exactly 0 (not NaN) at x = 0
+    (y[1] * 3.0).backward()
+    assert x.grad is not None
+    assert x.grad[0].item() == 0.0
+    assert x.grad[1].item() == pytest.approx(1.5)
+
+
+def test_to_numpy_numpy_is_identity() -> None:
+    x = np.arange(6.0).reshape(2, 3)
+    assert be.to_numpy(x) is x
+
+
+def test_to_numpy_torch_detaches_and_copies_to_host() -> None:
+    x = torch.arange(6.0, dtype=torch.float64, requires_grad=True).reshape(2, 3)
+    y = be.to_numpy(x * 2.0)
+    assert isinstance(y, np.ndarray)
+    assert y.dtype == np.float64
+    np.testing.assert_array_equal(y, 2.0 * np.arange(6.0).reshape(2, 3))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bool"])
+def test_to_numpy_strict(dtype: str) -> None:
+    ref = np.arange(6).reshape(2, 3).astype(dtype)
+    y = be.to_numpy(xs.asarray(ref))
+    assert isinstance(y, np.ndarray)
+    assert y.dtype == ref.dtype
+    np.testing.assert_array_equal(y, ref)
+    scalar = be.to_numpy(xs.sum(xs.asarray(np.ones(3))))
+    assert scalar.shape == () and float(scalar) == 3.0
+
+
+def test_is_array() -> None:
+    assert be.is_array(np.zeros(2))
+    assert be.is_array(torch.zeros(2))
+    assert be.is_array(xs.zeros(2))
+    for not_array in (1, 1.5, True, 1j, [1.0, 2.0], None, "x"):
+        assert not be.is_array(not_array)
+
+
+def test_dtype_constants_match_finfo() -> None:
+    for name in ("float32", "float64"):
+        assert be.dtype_tiny(np, np.dtype(name)) == np.finfo(name).tiny
+        assert be.dtype_eps(np, np.dtype(name)) == np.finfo(name).eps
+        assert be.dtype_tiny(xs, getattr(xs, name)) == np.finfo(name).tiny
+    assert be.dtype_eps(torch, torch.float32) == np.finfo(np.float32).eps
+
+
+def test_full_like_keeps_dtype_and_device() -> None:
+    x = xs.zeros((2, 3), dtype=xs.float32, device=xs.Device("device1"))
+    y = be.full_like(x, -math.inf, xs)
+    assert y.dtype == xs.float32 and y.device == x.device and y.shape == x.shape
+    assert bool(xs.all(y == -math.inf))
+
+
+def test_quiet_numerics_silences_numpy_only_inside() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with be.quiet_numerics(np):
+            np.log(np.zeros(1))
+        with pytest.raises(RuntimeWarning):
+            np.log(np.zeros(1))
+
+
+# ------------------------------------------------------------------------------- check_compatible
+
+
+def test_check_compatible_returns_namespace_and_ignores_none() -> None:
+    xp = be.check_compatible(cost=np.zeros(2), a=None, b=np.ones(3))
+    assert xp.log(np.ones(1))[0] == 0.0  # the array-API NumPy namespace
+    xp_t = be.check_compatible(cost=torch.zeros(2), a=None)
+    assert be.namespace(torch.zeros(1)) is xp_t
+
+
+def test_check_compatible_needs_an_array() -> None:
+    with pytest.raises(TypeError, match="no arrays"):
+        be.check_compatible(cost=None)
+    with pytest.raises(TypeError, match=r"^a must be an array"):
+        be.check_compatible(cost=np.zeros(2), a=[1.0, 2.0])
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.complex128, np.bool_])
+def test_check_compatible_rejects_non_real_floating(dtype: type) -> None:
+    with pytest.raises(TypeError, match=r"^cost must have a real floating dtype"):
+        be.check_compatible(cost=np.zeros(2, dtype=dtype))
+    # with floating=False the same array is accepted
+    be.check_compatible(floating=False, mask=np.zeros(2, dtype=dtype))
+
+
+def test_check_compatible_mixed_libraries() -> None:
+    with pytest.raises(TypeError, match=r"^a is a torch array but cost is a numpy array"):
+        be.check_compatible(cost=np.zeros(2), a=torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"^b is a numpy array but cost is a torch array"):
+        be.check_compatible(cost=torch.zeros(2), b=np.zeros(2, dtype=np.float32))
+    with pytest.raises(TypeError, match=r"^a is a array_api_strict array"):
+        be.check_compatible(cost=np.zeros(2), a=xs.zeros(2, dtype=xs.float64))
+
+
+def test_check_compatible_mixed_dtypes() -> None:
+    with pytest.raises(TypeError, match=r"^b has dtype float32 but cost has dtype float64"):
+        be.check_compatible(cost=np.zeros(2), a=np.zeros(2), b=np.zeros(2, dtype=np.float32))
+    with pytest.raises(TypeError, match=r"^a has dtype torch\.float64"):
+        be.check_compatible(cost=torch.zeros(2), a=torch.zeros(2, dtype=torch.float64))
+
+
+def test_check_compatible_mixed_devices() -> None:
+    with pytest.raises(ValueError, match=r"^a is on device meta but cost is on cpu"):
+        be.check_compatible(cost=torch.zeros(2), a=torch.zeros(2, device="meta"))
+    with pytest.raises(ValueError, match=r"^b is on device"):
+        be.check_compatible(cost=xs.zeros(2), b=xs.zeros(2, device=xs.Device("device1")))
