@@ -210,7 +210,7 @@ class Constraint(ABC):
         step = self._bind(ref, eps, xp)
         with quiet_numerics(xp):
             out = ref + step.delta(ref)
-        return out if log_q.ndim == 3 else out[0]
+        return out if log_q.ndim == 3 else out[0, ...]
 
     def _needs_eps(self) -> bool:
         return False
@@ -583,9 +583,9 @@ def bregman_projection(
     n_it, err, conv = finish_diagnostics(
         n_iter, error, tol, problem.batched, warn=warn, domain="log", trouble=trouble
     )
-    log_plan = state.log_p if problem.batched else state.log_p[0]
+    log_plan = state.log_p if problem.batched else state.log_p[0, ...]
     duals = tuple(
-        s.squeeze(d) if problem.batched else s.squeeze(d)[0]
+        s.squeeze(d) if problem.batched else s.squeeze(d)[0, ...]
         for s, d in zip(steps, state.duals, strict=True)
     )
     return BregmanResult(
