@@ -99,6 +99,23 @@ def test_relaxed_marginals_match_pot_unbalanced(rho_a, rho_b):
     np.testing.assert_allclose(res.plan, ref, rtol=0, atol=1e-10)
 
 
+def test_relaxed_marginals_with_zero_mass_entries_match_pot():
+    ot = pytest.importorskip("ot")
+    C, a, b = _problem(16, 6, 5, zero_a=2, zero_b=1)
+    res = bregman_projection(
+        C, [RowMarginal(a, rho=0.5), ColumnMarginal(b, rho=1.5)], eps=0.1, tol=1e-13
+    )
+    assert res.converged and not np.any(np.isnan(res.log_plan))
+    assert np.all(res.plan[a == 0] == 0) and np.all(res.plan[:, b == 0] == 0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="ot")
+        ref = ot.unbalanced.sinkhorn_unbalanced(
+            a, b, C, 0.1, (0.5, 1.5), reg_type="entropy", stopThr=1e-15, numItermax=100_000
+        )
+    np.testing.assert_allclose(res.plan, ref, rtol=0, atol=1e-10)
+    assert all(v <= 1e-13 for v in res.violations)
+
+
 def test_relaxed_marginals_need_the_corrections():
     """Without its correction the relaxed step converges to the balanced plan (a wrong answer)."""
     C, a, b = _problem(3, 4, 4)
@@ -502,6 +519,24 @@ def test_infeasible_by_capacity_cut():
     # with a larger kappa it is feasible: 0.1 + 0.85 >= 0.9
     res = bregman_projection(C, [*cons[:2], UpperBound(0.85)], eps=0.1, tol=1e-10)
     assert res.converged and res.plan.max() <= 0.85 * (1 + 1e-9)
+
+
+def test_zero_capacity_acts_as_a_mask():
+    C, a, b = _problem(17, 4, 5)
+    kappa = np.full(C.shape, 0.12)
+    kappa[0, 1] = kappa[2, 3] = 0.0
+    cons = [RowMarginal(a), ColumnMarginal(b)]
+    res = bregman_projection(C, [UpperBound(kappa), *cons], eps=0.2, tol=1e-12)
+    ref = bregman_projection(
+        C,
+        [UpperBound(np.where(kappa > 0, kappa, np.inf)), *cons],
+        eps=0.2,
+        mask=kappa > 0,
+        tol=1e-12,
+    )
+    assert res.converged and ref.converged
+    assert res.plan[0, 1] == 0 and res.plan[2, 3] == 0
+    np.testing.assert_allclose(res.plan, ref.plan, atol=1e-12)
 
 
 def test_lower_bound_on_masked_entry_is_rejected():
