@@ -8,6 +8,9 @@ The same algorithms run on NumPy, CuPy, PyTorch (CPU and CUDA) and any array-API
 * Losses: :func:`info_nce`, :func:`gca_ince`, :func:`rince`, :func:`gca_rince`, :func:`gca_uot`,
   :func:`iot`, :func:`iot_uni`, and the generic :func:`alignment_loss`.
 * Targets: :func:`pair_target`, :func:`label_target`, :func:`domain_prior`.
+* Constraint sets: :func:`bregman_projection` with :class:`RowMarginal`, :class:`ColumnMarginal`,
+  :class:`UpperBound`, :class:`LowerBound`, :class:`TotalMass` (Bregman–Dykstra).
+* Gradients without autograd: :func:`value_and_grad` (NumPy, CuPy, array-API).
 * PyTorch modules live in :mod:`otcl.torch` (imported on demand).
 """
 
@@ -29,17 +32,37 @@ from otcl.alignment import (
     rince,
 )
 from otcl.geometry import cost_matrix, partner_index, view_batch
-from otcl.solvers import ConvergenceWarning, Transport, row_projection, sinkhorn
+from otcl.grad import value_and_grad
+from otcl.solvers import (
+    BregmanResult,
+    ColumnMarginal,
+    ConvergenceWarning,
+    LowerBound,
+    RowMarginal,
+    TotalMass,
+    Transport,
+    UpperBound,
+    bregman_projection,
+    row_projection,
+    sinkhorn,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BregmanResult",
+    "ColumnMarginal",
     "ConvergenceWarning",
     "LossDetails",
+    "LowerBound",
+    "RowMarginal",
     "Target",
+    "TotalMass",
     "Transport",
+    "UpperBound",
     "__version__",
     "alignment_loss",
+    "bregman_projection",
     "cost_matrix",
     "domain_prior",
     "gca_ince",
@@ -56,5 +79,6 @@ __all__ = [
     "rince",
     "row_projection",
     "sinkhorn",
+    "value_and_grad",
     "view_batch",
 ]

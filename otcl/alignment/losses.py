@@ -86,13 +86,29 @@ class UnrolledInner:
         return log_row_update(log_kernel, log_a, gamma, t_a, xp), gamma
 
 
+class FastInner:
+    """The fast forward of :func:`otcl.solvers.adjoint.fixed_round_potentials` (kernel domain
+    where exact), for arrays that carry no autograd record. Arrays that do (a torch tensor with
+    ``requires_grad``) go through :class:`UnrolledInner`, so the framework's autograd sees every
+    operation; :mod:`otcl.torch` provides the faster custom backward."""
+
+    detached = False
+
+    def __call__(self, log_kernel: Array, log_a: Array, log_b: Array, t_a: Any, t_b: Any,
+                 n_iter: int) -> tuple[Array, Array]:
+        tracked = any(getattr(x, "requires_grad", False) for x in (log_kernel, log_a, log_b, t_a))
+        if tracked:
+            return UnrolledInner()(log_kernel, log_a, log_b, t_a, t_b, n_iter)
+        from otcl.solvers.adjoint import fixed_round_potentials
+
+        phi, gamma, _ = fixed_round_potentials(log_kernel, log_a, log_b, t_a, t_b, n_iter,
+                                               record=False)
+        return phi, gamma
+
+
 def default_inner() -> InnerSolve:
     """The inner solve used when a loss is called without ``inner``."""
-    try:
-        from otcl.solvers.adjoint import FixedRoundInner
-    except ImportError:  # pragma: no cover - the adjoint module ships with the package
-        return UnrolledInner()
-    return FixedRoundInner()
+    return FastInner()
 
 
 @dataclass(eq=False)
