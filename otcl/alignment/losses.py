@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -33,6 +33,7 @@ from otcl.alignment.divergences import cross_entropy_rows, kl_rows, rince_rows, 
 from otcl.alignment.targets import Target, as_target, label_target, pair_target
 from otcl.backend import Array, logsumexp, safe_log
 from otcl.geometry import ViewBatch, view_batch
+from otcl.solvers.bregman import ColumnMarginal, Constraint, RowMarginal, bregman_projection
 from otcl.solvers.problem import make_problem, validate_positive
 from otcl.solvers.result import ConvergenceWarning
 from otcl.solvers.sinkhorn import log_col_update, log_row_update
@@ -183,6 +184,7 @@ def alignment_loss(
     reduction: str = "mean",
     return_details: bool = False,
     inner: InnerSolve | None = None,
+    constraints: Sequence[Constraint] | None = None,
 ) -> Any:
     """The generic GCA loss ``d_M(P_tgt || P_θ)`` on a cost matrix.
 
@@ -218,6 +220,13 @@ def alignment_loss(
         Also return a :class:`LossDetails`.
     inner:
         The inner solve (gradient mode); default: fast fixed rounds with the unrolled derivative.
+    constraints:
+        Instead of ``rho_a``/``rho_b``: any sequence of constraint sets of
+        :func:`otcl.bregman_projection` (e.g. ``[RowMarginal(), ColumnMarginal(),
+        UpperBound(kappa)]``); ``P_θ`` is then the Bregman–Dykstra projection of ``K`` after
+        ``n_iter`` cycles (differentiated by the array library's own autograd). A marginal set
+        given without its marginal uses the target's. Divergences: ``"kl"``,
+        ``"cross_entropy"`` or a mapping of them.
     """
     from otcl.backend import check_compatible
 
@@ -233,6 +242,12 @@ def alignment_loss(
         tgt = Target(xp, (n, m), partner=idx)
     else:
         tgt = as_target(target, batch)
+    if constraints is not None:
+        if not (math.isinf(rho_a) and math.isinf(rho_b)) or final_step != "row":
+            raise ValueError("give either constraints or rho_a/rho_b/final_step, not both")
+        return _constrained_loss(batch, tgt, constraints, eps=eps, n_iter=n_iter,
+                                 divergence=divergence, reduction=reduction,
+                                 return_details=return_details)
     return _gca_loss(batch, tgt, eps=eps, n_iter=n_iter, rho_a=rho_a, rho_b=rho_b,
                      marginals=marginals, divergence=divergence, q=q, lam=lam,
                      final_step=final_step, reduction=reduction, return_details=return_details,
@@ -302,6 +317,60 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
         per_sample=per_row, f=phi * problem.eps, g=gamma * problem.eps, row_mass=row_mass,
         a=a, b=b, n_iter=n_iter, eps=problem.eps, cost=cost, mask=batch.mask, xp=xp,
     )
+    return value, details
+
+
+def _constrained_loss(batch: ViewBatch, target: Target, constraints: Sequence[Constraint], *,
+                      eps: Any, n_iter: int, divergence: DivergenceSpec, reduction: str,
+                      return_details: bool) -> Any:
+    """``d_M(T || P)`` with ``P`` the Bregman–Dykstra projection of ``K`` onto ``constraints``."""
+    xp, cost = batch.xp, batch.cost
+    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 1:
+        raise ValueError(f"n_iter must be a positive integer with constraints, got {n_iter!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    weights = {divergence: 1.0} if isinstance(divergence, str) else divergence
+    if callable(weights) or not set(weights) <= {"kl", "cross_entropy"}:
+        raise ValueError("with constraints, divergence must be 'kl', 'cross_entropy' or a mapping "
+                         "of them to weights")
+    a, b = target.row_sums(cost), target.col_sums(cost)
+    filled = []
+    for c in constraints:
+        if isinstance(c, RowMarginal) and c.a is None:
+            c = replace(c, a=a)
+        elif isinstance(c, ColumnMarginal) and c.b is None:
+            c = replace(c, b=b)
+        filled.append(c)
+    res = bregman_projection(cost, filled, eps=eps, mask=batch.mask, max_iter=n_iter, tol=None,
+                             warn=False)
+    log_p = res.log_plan
+    P = xp.exp(log_p)
+    T = target.to_dense(cost)
+    pos = T > 0
+    t_log_p = T * xp.where(pos, log_p, xp.zeros_like(log_p))
+    per_row = xp.zeros_like(a)
+    for name, w in weights.items():
+        if name == "kl":
+            term = target.row_entropy(cost) - xp.sum(t_log_p, axis=1) - a + xp.sum(P, axis=1)
+        else:
+            term = -xp.sum(t_log_p, axis=1)
+        per_row = per_row + w * term
+    value = per_row if reduction == "none" else xp.sum(per_row)
+    if reduction == "mean":
+        value = value / per_row.shape[0]
+    if not return_details:
+        return value
+    # f, g: the marginal constraints' duals (zero when absent); bounds add further dual terms,
+    # so the plan is given by log_plan rather than by (f, g)
+    f, g = xp.zeros_like(a), xp.zeros_like(b)
+    for c, dual in zip(filled, res.duals, strict=True):
+        if isinstance(c, RowMarginal):
+            f = dual * eps
+        elif isinstance(c, ColumnMarginal):
+            g = dual * eps
+    details = LossDetails(per_sample=per_row, f=f, g=g, row_mass=xp.sum(P, axis=1),
+                          a=a, b=b, n_iter=n_iter, eps=eps, cost=cost, mask=batch.mask, xp=xp)
+    details.__dict__["log_plan"] = log_p  # the projection is not of the potential form
     return value, details
 
 
