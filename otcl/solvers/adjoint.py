@@ -83,6 +83,7 @@ iterates are kept there. The balanced marginal cotangents are then defined up to
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import warnings
 from collections.abc import Iterator
@@ -95,6 +96,7 @@ from otcl.backend import (
     device_of,
     dtype_eps,
     dtype_tiny,
+    is_array,
     logsumexp,
     quiet_numerics,
     safe_log,
@@ -632,12 +634,10 @@ def _check_shape(name: str, x: Array, shape: tuple[int, ...]) -> None:
 
 
 def _exponent(name: str, t: Any) -> float:
-    if isinstance(t, bool):
-        raise TypeError(f"{name} must be a real number in (0, 1], got a bool")
-    try:
-        value = float(t)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number in (0, 1], got {type(t).__name__}") from None
+    scalar = is_array(t) and getattr(t, "ndim", None) == 0
+    if isinstance(t, bool) or not (isinstance(t, numbers.Real) or scalar):
+        raise TypeError(f"{name} must be a real number in (0, 1], got {type(t).__name__}")
+    value = float(t)
     if not 0.0 < value <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {value}")
     return value
