@@ -30,6 +30,7 @@ __all__ = [
     "full_like",
     "is_array",
     "logsumexp",
+    "masked_fill",
     "namespace",
     "quiet_numerics",
     "safe_log",
@@ -127,6 +128,13 @@ def quiet_numerics(xp: Any) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def masked_fill(x: Array, where: Array, value: float, xp: Any) -> Array:
+    """A copy of ``x`` with ``value`` where the boolean ``where`` is True (one pass, one array)."""
+    if array_api_compat.is_torch_namespace(xp):
+        return x.masked_fill(where, value)
+    return xp.where(where, xp.asarray(value, dtype=x.dtype, device=device_of(x)), x)
 
 
 def safe_log(x: Array, xp: Any) -> Array:

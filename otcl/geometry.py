@@ -12,10 +12,12 @@ Two batch layouts are supported, and the caller always says which one is meant:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from otcl.backend import Array, check_compatible, device_of
+from otcl.backend import Array, check_compatible, device_of, masked_fill
 
 __all__ = [
     "LAYOUTS",
@@ -110,30 +112,61 @@ class ViewBatch:
     Attributes
     ----------
     cost:
-        ``(n, m)`` cost matrix.
+        ``(n, m)`` cost matrix (for the cosine metrics derived on demand from ``similarity``).
     mask:
         ``(n, m)`` boolean allowed-entry mask, or ``None`` when every entry is allowed.
     row_sample, col_sample:
         Sample id of each row / column (``(n,)``, ``(m,)``); entries with equal ids (and allowed)
         are the positive pairs.
     partner:
-        For two-view batches, the column of each row's unique positive (``(n,)``), else ``None``.
+        For two-view batches, the column of each row's unique positive (``(n,)``, a
+        permutation), else ``None``.
     layout:
         ``"cross"``, ``"blocked"`` or ``"interleaved"``.
+    similarity:
+        For the cosine metrics, the ``(n, m)`` cosine similarity the cost is derived from.
+    metric:
+        The metric the cost was built with (``None`` for a user-given cost).
     """
 
-    cost: Array
+    _cost: Array | None
     mask: Array | None
     row_sample: Array
     col_sample: Array
     partner: Array | None
     layout: str
+    similarity: Array | None = None
+    metric: str | None = None
 
     @property
     def xp(self) -> Any:
         from otcl.backend import namespace
 
-        return namespace(self.cost)
+        return namespace(self.similarity if self._cost is None else self._cost)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        ref = self.similarity if self._cost is None else self._cost
+        return tuple(ref.shape)  # type: ignore[return-value]
+
+    @cached_property
+    def cost(self) -> Array:
+        if self._cost is not None:
+            return self._cost
+        return -self.similarity if self.metric == "neg_cosine" else 1 - self.similarity
+
+    def log_kernel(self, eps: Any) -> Array:
+        """``Λ = -C / eps`` with ``-inf`` on masked entries, in as few passes as possible."""
+        xp = self.xp
+        if self._cost is None:
+            lk = self.similarity * (1 / eps)
+            if self.metric == "cosine":
+                lk = lk - 1 / eps
+        else:
+            lk = self._cost * (-1 / eps)
+        if self.mask is not None:
+            lk = masked_fill(lk, ~self.mask, -math.inf, xp)
+        return lk
 
 
 def view_batch(
@@ -168,7 +201,7 @@ def view_batch(
         _check_embeddings(xp, z1=z1, z2=z2)
         n = z1.shape[0]
         idx = xp.arange(n, dtype=xp.int64, device=device_of(z1))
-        return ViewBatch(cost_matrix(z1, z2, metric), None, idx, idx, idx, "cross")
+        return _batch(("z1", z1), ("z2", z2), metric, None, idx, idx, "cross", xp)
 
     xp = check_compatible(z=z1)
     if layout is None:
@@ -185,7 +218,21 @@ def view_batch(
     r = xp.arange(n_rows, dtype=xp.int64, device=dev)
     mask = r[:, None] != r[None, :]
     partner = partner_index(n_rows, layout, xp, dev) if n_views == 2 else None
-    return ViewBatch(cost_matrix(z1, z1, metric), mask, samples, samples, partner, layout)
+    return _batch(("z", z1), ("z", z1), metric, mask, samples, partner, layout, xp)
+
+
+def _batch(x: tuple[str, Array], y: tuple[str, Array], metric: str, mask: Array | None,
+           samples: Array, partner: Array | None, layout: str, xp: Any) -> ViewBatch:
+    (name_x, x), (name_y, y) = x, y
+    if metric in ("neg_cosine", "cosine"):
+        xn = _normalise_rows(name_x, x, xp)
+        yn = xn if y is x else _normalise_rows(name_y, y, xp)
+        sim = xn @ xp.matrix_transpose(yn)
+        return ViewBatch(None, mask, samples, samples, partner, layout, sim, metric)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return ViewBatch(cost_matrix(x, y, metric), mask, samples, samples, partner, layout, None,
+                     metric)
 
 
 def _check_embeddings(xp: Any, **arrays: Array) -> None:

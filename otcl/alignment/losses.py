@@ -233,6 +233,8 @@ def alignment_loss(
     xp = check_compatible(cost=cost)
     if cost.ndim != 2:
         raise ValueError(f"cost must have shape (n, m), got {tuple(cost.shape)}")
+    # validates cost (finite, non-empty), mask and eps like any solver input
+    make_problem(cost, None, None, eps=eps, mask=mask, mass_rtol=math.inf)
     n, m = cost.shape
     idx = xp.arange(n, dtype=xp.int64)
     batch = ViewBatch(cost, mask, idx, xp.arange(m, dtype=xp.int64), None, "cross")
@@ -259,7 +261,7 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
               final_step: str, reduction: str, return_details: bool,
               inner: InnerSolve | None, extra: Callable[..., Array] | None = None) -> Any:
     xp = batch.xp
-    cost = batch.cost
+    like = batch.similarity if batch.similarity is not None else batch.cost
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
         raise ValueError(f"n_iter must be a non-negative integer, got {n_iter!r}")
     if reduction not in REDUCTIONS:
@@ -270,24 +272,29 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
         raise ValueError("final_step='column' needs n_iter >= 1")
     terms = _divergence_terms(divergence, q, lam)
 
-    a, b = target.row_sums(cost), target.col_sums(cost)
+    a, b = target.row_sums(like), target.col_sums(like)
     if marginals == "uniform":
         mass = xp.sum(a)
         a = xp.ones_like(a) * (mass / a.shape[0])
         b = xp.ones_like(b) * (mass / b.shape[0])
     elif marginals != "target":
         raise ValueError(f"marginals must be 'target' or 'uniform', got {marginals!r}")
-    problem = make_problem(cost, a, b, eps=eps, rho_a=rho_a, rho_b=rho_b, mask=batch.mask)
+    # the batch was validated when it was built (finite embeddings, target checked), so the
+    # problem is assembled directly: no pass over the n x m cost beyond Λ itself
+    eps = _validate_eps(eps, xp)
+    t_a = _exponent(validate_positive("rho_a", rho_a, allow_inf=True), eps)
+    t_b = _exponent(validate_positive("rho_b", rho_b, allow_inf=True), eps)
     inner = inner if inner is not None else default_inner()
-    log_k3 = problem.log_kernel()
-    log_a3, log_b3 = problem.log_marginals()
+    log_k = batch.log_kernel(eps)
+    log_k3 = log_k[None, ...]
+    log_a3, log_b3 = safe_log(a, xp)[None, :], safe_log(b, xp)[None, :]
     rounds = n_iter - 1 if final_step == "column" else n_iter
-    phi3, gamma3 = inner(log_k3, log_a3, log_b3, problem.t_a, problem.t_b, rounds)
+    phi3, gamma3 = inner(log_k3, log_a3, log_b3, t_a, t_b, rounds)
     if final_step == "column":
-        gamma3 = log_col_update(log_k3, log_b3, phi3, problem.t_b, xp)
-    phi, gamma, log_k = phi3[0, ...], gamma3[0, ...], log_k3[0, ...]
+        gamma3 = log_col_update(log_k3, log_b3, phi3, t_b, xp)
+    phi, gamma = phi3[0, ...], gamma3[0, ...]
 
-    if problem.t_a == 1.0 and final_step == "row" and not inner.detached:
+    if t_a == 1.0 and final_step == "row" and not inner.detached:
         row_mass = a  # the final row step makes P 1 = a exactly
     else:
         row_mass = xp.exp(phi + logsumexp(log_k + gamma[None, :], 1, xp))
@@ -314,8 +321,8 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
     if not return_details:
         return value
     details = LossDetails(
-        per_sample=per_row, f=phi * problem.eps, g=gamma * problem.eps, row_mass=row_mass,
-        a=a, b=b, n_iter=n_iter, eps=problem.eps, cost=cost, mask=batch.mask, xp=xp,
+        per_sample=per_row, f=phi * eps, g=gamma * eps, row_mass=row_mass,
+        a=a, b=b, n_iter=n_iter, eps=eps, cost=batch.cost, mask=batch.mask, xp=xp,
     )
     return value, details
 
@@ -372,6 +379,23 @@ def _constrained_loss(batch: ViewBatch, target: Target, constraints: Sequence[Co
                           a=a, b=b, n_iter=n_iter, eps=eps, cost=cost, mask=batch.mask, xp=xp)
     details.__dict__["log_plan"] = log_p  # the projection is not of the potential form
     return value, details
+
+
+def _validate_eps(eps: Any, xp: Any) -> Any:
+    from otcl.backend import is_array, to_float
+
+    if is_array(eps):
+        if eps.ndim != 0:
+            raise ValueError(f"eps must be a scalar (0-d array), got shape {tuple(eps.shape)}")
+        value = to_float(eps)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"eps must be positive and finite, got {value}")
+        return eps
+    return validate_positive("eps", eps)
+
+
+def _exponent(rho: float, eps: Any) -> Any:
+    return 1.0 if math.isinf(rho) else rho / (rho + eps)
 
 
 def _divergence_terms(spec: DivergenceSpec, q: float, lam: float) -> list[tuple[float, Callable]]:

@@ -21,7 +21,8 @@ __all__ = ["Target", "as_target", "domain_prior", "label_target", "pair_target"]
 
 @dataclass(eq=False)
 class Target:
-    """A target plan of shape ``(n, m)``: ``partner`` (one unit entry per row) or ``dense``."""
+    """A target plan of shape ``(n, m)``: ``partner`` (a permutation: one unit entry per row and
+    per column, as for pairs of views) or ``dense``."""
 
     xp: Any
     shape: tuple[int, int]
@@ -47,7 +48,7 @@ class Target:
         xp = self.xp
         if self.dense is not None:
             return xp.sum(self.dense, axis=0)
-        return xp.sum(self.to_dense(like), axis=0)
+        return xp.ones((self.shape[1],), dtype=like.dtype, device=device_of(like))
 
     def contract_rows(self, M: Array) -> Array:
         """``sum_j T_ij M_ij``, shape ``(n,)`` (for pairs: ``M[i, partner[i]]``)."""
