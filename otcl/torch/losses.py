@@ -67,13 +67,8 @@ class TorchInner:
 
     def __call__(self, log_kernel: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,
                  t_a: Any, t_b: Any, n_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
-        try:
-            from otcl.torch.autograd import inner_potentials
-        except ImportError:  # interim: plain autograd through the log-domain rounds
-            if self.grad == "implicit":
-                raise
-            phi, gamma = _alg.UnrolledInner()(log_kernel, log_a, log_b, t_a, t_b, n_iter)
-            return (phi.detach(), gamma.detach()) if self.detached else (phi, gamma)
+        from otcl.torch.autograd import inner_potentials
+
         return inner_potentials(log_kernel, log_a, log_b, t_a, t_b, n_iter, grad=self.grad)
 
     def __repr__(self) -> str:
