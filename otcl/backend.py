@@ -65,12 +65,15 @@ def _library(x: Array) -> str:
     return type(x).__module__.split(".")[0]
 
 
-def check_compatible(*, floating: bool = True, **arrays: Array | None) -> Any:
+def check_compatible(
+    *, floating: bool = True, same_dtype: bool = True, **arrays: Array | None
+) -> Any:
     """Check that the named arrays share one library, dtype and device; return their namespace.
 
     The first non-``None`` argument is the reference. A mismatch raises ``TypeError`` (library,
     dtype) or ``ValueError`` (device) naming the offending argument, so that nothing is ever
-    silently converted. With ``floating=True`` the reference dtype must be real floating.
+    silently converted. With ``floating=True`` the reference dtype must be real floating; with
+    ``same_dtype=False`` only the library and device are compared (e.g. a boolean mask).
     """
     named = [(name, x) for name, x in arrays.items() if x is not None]
     if not named:
@@ -78,7 +81,8 @@ def check_compatible(*, floating: bool = True, **arrays: Array | None) -> Any:
     for name, x in named:
         if not is_array(x):
             raise TypeError(
-                f"{name} must be an array (NumPy, CuPy, PyTorch or array-API), got {type(x).__name__}"
+                f"{name} must be an array (NumPy, CuPy, PyTorch or array-API),"
+                f" got {type(x).__name__}"
             )
     ref_name, ref = named[0]
     ref_lib = _library(ref)
@@ -89,7 +93,7 @@ def check_compatible(*, floating: bool = True, **arrays: Array | None) -> Any:
         lib = _library(x)
         if lib != ref_lib:
             raise TypeError(f"{name} is a {lib} array but {ref_name} is a {ref_lib} array")
-        if x.dtype != ref.dtype:
+        if same_dtype and x.dtype != ref.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but {ref_name} has dtype {ref.dtype}")
         if device_of(x) != device_of(ref):
             raise ValueError(

@@ -13,6 +13,7 @@ never compute on bad input silently.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,7 +94,7 @@ def _exponent(rho: float, eps: float | Array) -> Any:
 
 def validate_positive(name: str, value: Any, *, allow_inf: bool = False) -> float:
     """A positive real number (``inf`` allowed when ``allow_inf``); returns it as ``float``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if math.isnan(value) or value <= 0 or (math.isinf(value) and not allow_inf):
@@ -103,8 +104,9 @@ def validate_positive(name: str, value: Any, *, allow_inf: bool = False) -> floa
 
 
 def _validate_eps(eps: Any, xp: Any, ref: Array) -> float | Array:
-    if is_array(eps):
-        check_compatible(reference=ref, eps=eps)
+    # NumPy scalars (np.float32(0.1)) are numbers, not arrays to be matched against the cost
+    if is_array(eps) and not isinstance(eps, numbers.Real):
+        check_compatible(cost=ref, eps=eps)
         if eps.ndim != 0:
             raise ValueError(f"eps must be a scalar (0-d array), got shape {tuple(eps.shape)}")
         if not bool(xp.all(xp.isfinite(eps))) or not bool(eps > 0):
@@ -118,7 +120,9 @@ def _as_batch(name: str, x: Array, ndim: int, xp: Any) -> Array:
         return x[None, ...]
     if x.ndim == ndim + 1:
         return x
-    raise ValueError(f"{name} must have {ndim} or {ndim + 1} dimensions, got shape {tuple(x.shape)}")
+    raise ValueError(
+        f"{name} must have {ndim} or {ndim + 1} dimensions, got shape {tuple(x.shape)}"
+    )
 
 
 def _check_finite(name: str, x: Array, xp: Any) -> None:
@@ -179,9 +183,11 @@ def make_problem(
 
     mask3 = None
     if mask is not None:
-        check_compatible(floating=False, mask=mask)
+        check_compatible(floating=False, same_dtype=False, cost=cost3, mask=mask)
         if not is_array(mask) or mask.dtype != xp.bool:
-            raise TypeError(f"mask must be a boolean array, got dtype {getattr(mask, 'dtype', None)}")
+            raise TypeError(
+                f"mask must be a boolean array, got dtype {getattr(mask, 'dtype', None)}"
+            )
         mask3 = _as_batch("mask", mask, 2, xp)
         if tuple(mask3.shape[1:]) != (n, m) or mask3.shape[0] not in (1, B):
             raise ValueError(
@@ -191,9 +197,13 @@ def make_problem(
         rows_ok = xp.any(mask3, axis=2) | (a2 == 0)
         cols_ok = xp.any(mask3, axis=1) | (b2 == 0)
         if not bool(xp.all(rows_ok)):
-            raise ValueError("mask leaves a row with positive mass (in a) without any allowed entry")
+            raise ValueError(
+                "mask leaves a row with positive mass (in a) without any allowed entry"
+            )
         if not bool(xp.all(cols_ok)):
-            raise ValueError("mask leaves a column with positive mass (in b) without any allowed entry")
+            raise ValueError(
+                "mask leaves a column with positive mass (in b) without any allowed entry"
+            )
 
     if math.isinf(rho_a) and math.isinf(rho_b):
         rtol = math.sqrt(dtype_eps(xp, cost3.dtype)) if mass_rtol is None else mass_rtol

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -114,6 +116,20 @@ class Transport:
         return self._out(xp.sum(plan * self.problem.cost, axis=(1, 2)))
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` for a warning raised by our caller that points at the first frame outside
+    otcl, i.e. at the user's line, however deep inside otcl the warning was raised."""
+    frame = sys._getframe(1)  # the function that calls warnings.warn: stacklevel 1
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
 def finish_diagnostics(
     n_iter: np.ndarray,
     error: np.ndarray | None,
@@ -125,10 +141,7 @@ def finish_diagnostics(
     trouble: str | None = None,
 ) -> tuple[Any, Any, Any]:
     """Turn per-problem host arrays into the result's fields and warn about non-convergence."""
-    if error is None:
-        converged = None
-    else:
-        converged = np.asarray(error <= tol) & np.isfinite(error)
+    converged = None if error is None else np.asarray(error <= tol) & np.isfinite(error)
     if warn and (trouble is not None or (converged is not None and not converged.all())):
         bad = int((~converged).sum()) if converged is not None else len(n_iter)
         if error is not None:
@@ -141,7 +154,7 @@ def finish_diagnostics(
             msg = ""
         if trouble is not None:
             msg = f"{trouble} {msg}".strip()
-        warnings.warn(msg, ConvergenceWarning, stacklevel=3)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=_caller_stacklevel())
     if not batched:
         return (
             int(n_iter[0]),

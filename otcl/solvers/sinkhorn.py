@@ -146,7 +146,7 @@ def row_projection(
         gamma = xp.zeros((B, m), dtype=problem.cost.dtype, device=_dev(problem))
     else:
         check_compatible(cost=problem.cost, g=g)
-        gamma = _as_batch_vec(g, B, m, "g") / problem.eps
+        gamma = xp.broadcast_to(_as_batch_vec(g, B, m, "g"), (B, m)) / problem.eps
     log_a, _ = problem.log_marginals()
     phi = log_row_update(problem.log_kernel(), log_a, gamma, problem.t_a, xp)
     return _transport(problem, phi, gamma, np.ones(B, dtype=int), None, None, "log", warn=False)
@@ -197,8 +197,13 @@ def solve(
     if domain == "auto":
         domain = choose_domain(problem, warm=init is not None)
     if max_iter == 0:
-        return _transport(problem, phi, gamma, np.zeros(B, dtype=np.int64), None, None, domain,
-                          warn=False)
+        # no rounds: the starting potentials are the result; with a tol, report their error
+        error = None
+        if tol is not None:
+            with quiet_numerics(xp):
+                error = _LogLoop(problem, phi, gamma, tol, check_every)._final_error()
+        return _transport(problem, phi, gamma, np.zeros(B, dtype=np.int64), error, tol, domain,
+                          warn=warn)
     if domain == "log":
         loop = _LogLoop(problem, phi, gamma, tol, check_every)
     else:
@@ -259,9 +264,8 @@ class _LogLoop:
         while it < max_iter:
             check = tr.tol is not None and tr.due(it, self.check_every)
             lse = logsumexp(self.log_k + self.gamma[:, None, :], 2, xp)
-            if check and p.balanced:
-                if tr.record(it, _row_error(xp, self.phi, lse, p.a)):
-                    return
+            if check and p.balanced and tr.record(it, _row_error(xp, self.phi, lse, p.a)):
+                return
             phi_new = _guarded_update(self.log_a, lse, p.t_a, xp)
             if check and not p.balanced:
                 residual = _max_abs_change(xp, phi_new, self.phi)
@@ -353,9 +357,9 @@ class _ScalingLoop:
                     self._absorb_if_large()
                 good = (it, self.phi, self.gamma, self.u, self.v)
             kv = _matvec(xp, self.kernel, self.v)
-            if check and p.balanced and tr.tol is not None:
-                if tr.record(it, self._relative_row_error(kv)):
-                    return
+            if (check and p.balanced and tr.tol is not None
+                    and tr.record(it, self._relative_row_error(kv))):
+                return
             u_new = self._scale(p.a, kv, p.t_a, self.w_a)
             track = check and not p.balanced and tr.tol is not None
             if track:
@@ -516,10 +520,11 @@ def _cost_floor(problem: Problem) -> Array:
 
 
 def _as_batch_vec(x: Array, B: int, size: int, name: str) -> Array:
+    shape = tuple(x.shape)
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2 or x.shape[-1] != size or x.shape[0] not in (1, B):
-        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected ({size},) or ({B}, {size})")
+        raise ValueError(f"{name} has shape {shape}, expected ({size},) or ({B}, {size})")
     return x
 
 
@@ -547,9 +552,10 @@ def _validate_init(init: Any, problem: Problem) -> tuple[Array, Array] | None:
     f, g = init
     check_compatible(cost=problem.cost, init_f=f, init_g=g)
     B, n, m = problem.shape
-    f = _as_batch_vec(f, B, n, "init[0] (f)")
-    g = _as_batch_vec(g, B, m, "init[1] (g)")
     xp = problem.xp
-    if bool(xp.any(xp.isnan(f))) or bool(xp.any(xp.isnan(g))):
-        raise ValueError("init contains NaN")
+    f = xp.broadcast_to(_as_batch_vec(f, B, n, "init[0] (f)"), (B, n))
+    g = xp.broadcast_to(_as_batch_vec(g, B, m, "init[1] (g)"), (B, m))
+    # -inf is a valid potential (zero-mass entries); NaN and +inf are not
+    if bool(xp.any(xp.isnan(f) | (f == math.inf))) or bool(xp.any(xp.isnan(g) | (g == math.inf))):
+        raise ValueError("init contains NaN or +inf")
     return f, g
