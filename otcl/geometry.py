@@ -57,6 +57,7 @@ def cost_matrix(x: Array, y: Array, metric: str = "neg_cosine") -> Array:
             raise ValueError(f"{name} must have shape (n, d), got {tuple(arr.shape)}")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
+    _check_embeddings(xp, x=x, y=y)
     if metric in ("neg_cosine", "cosine"):
         sim = _normalise_rows("x", x, xp) @ xp.matrix_transpose(_normalise_rows("y", y, xp))
         return -sim if metric == "neg_cosine" else 1 - sim

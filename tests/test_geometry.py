@@ -1,0 +1,284 @@
+"""Geometry: costs from embeddings, view layouts, the hard self-mask and the positive structure.
+
+Oracles: the metrics written directly in NumPy (norms, inner products, explicit differences),
+the analytic gradient of the cosine for torch autograd, and the layouts enumerated by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from otcl.geometry import cost_matrix, partner_index, sample_index, view_batch
+
+
+def _cos(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    out = np.empty((x.shape[0], y.shape[0]))
+    for i in range(x.shape[0]):
+        for j in range(y.shape[0]):
+            out[i, j] = x[i] @ y[j] / (math.sqrt(x[i] @ x[i]) * math.sqrt(y[j] @ y[j]))
+    return out
+
+
+def _direct_cost(x: np.ndarray, y: np.ndarray, metric: str) -> np.ndarray:
+    if metric == "neg_cosine":
+        return -_cos(x, y)
+    if metric == "cosine":
+        return 1.0 - _cos(x, y)
+    if metric == "dot":
+        return -np.einsum("id,jd->ij", x, y)
+    diff = x[:, None, :] - y[None, :, :]
+    return np.sum(diff * diff, axis=-1)
+
+
+@pytest.mark.parametrize("metric", ["neg_cosine", "cosine", "dot", "sqeuclidean"])
+def test_cost_matrix_matches_direct_formula(backend, metric):
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((5, 3)), rng.standard_normal((7, 3))
+    C = cost_matrix(backend.asarray(x), backend.asarray(y), metric)
+    assert tuple(C.shape) == (5, 7)
+    np.testing.assert_allclose(backend.to_numpy(C), _direct_cost(x, y, metric), rtol=0,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize("metric", ["neg_cosine", "cosine", "dot", "sqeuclidean"])
+def test_view_batch_cost_matches_direct_formula(metric):
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
+    batch = view_batch(x, y, metric=metric)
+    np.testing.assert_allclose(batch.cost, _direct_cost(x, y, metric), atol=1e-12)
+    eps = 0.3
+    np.testing.assert_allclose(batch.log_kernel(eps), -_direct_cost(x, y, metric) / eps,
+                               atol=1e-11)
+
+
+def test_cosine_is_not_clamped():
+    """Opposite-pointing pairs have cosine -1: cost 2 for "cosine", 1 for "neg_cosine"."""
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    y = np.array([[-1.0, 0.0], [0.0, -2.0], [-1.0, 0.2]])
+    cos = _cos(x, y)
+    assert (cos < 0).any()
+    C_cos = cost_matrix(x, y, "cosine")
+    C_neg = cost_matrix(x, y, "neg_cosine")
+    np.testing.assert_allclose(C_cos, 1 - cos, atol=1e-14)
+    np.testing.assert_allclose(C_neg, -cos, atol=1e-14)
+    assert C_cos[0, 0] == pytest.approx(2.0) and C_neg[0, 0] == pytest.approx(1.0)
+    neg = cos < 0
+    assert (C_cos[neg] > 1).all() and (C_neg[neg] > 0).all()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "neg_cosine"])
+def test_negative_cosine_has_nonzero_gradient(metric):
+    """No clamp: d cos(x, y) / dx = (y/|y| - cos x/|x|) / |x| even where cos < 0."""
+    x = torch.tensor([[1.0, 0.5, -0.2]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[-0.8, 0.1, 0.4]], dtype=torch.float64)
+    C = cost_matrix(x, y, metric)
+    xd, yd = x.detach().numpy()[0], y.numpy()[0]
+    nx, ny = np.linalg.norm(xd), np.linalg.norm(yd)
+    cos = xd @ yd / (nx * ny)
+    assert cos < -0.5
+    C.sum().backward()
+    expected = -(yd / ny - cos * xd / nx) / nx  # both metrics are -cos + const
+    assert np.linalg.norm(expected) > 0.1
+    np.testing.assert_allclose(x.grad.numpy()[0], expected, atol=1e-12)
+
+
+def test_cost_matrix_does_not_modify_inputs():
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((4, 3)), rng.standard_normal((5, 3))
+    x0, y0 = x.copy(), y.copy()
+    for metric in ("neg_cosine", "cosine", "dot", "sqeuclidean"):
+        cost_matrix(x, y, metric)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+
+
+def test_cost_matrix_follows_float32():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    for metric in ("neg_cosine", "cosine", "dot", "sqeuclidean"):
+        assert cost_matrix(x, x, metric).dtype == np.float32
+
+
+# ------------------------------------------------------------------------------------------
+# layouts
+
+
+def test_sample_and_partner_index_two_views():
+    # N = 3 samples, V = 2 views
+    np.testing.assert_array_equal(sample_index(6, 2, "blocked", np), [0, 1, 2, 0, 1, 2])
+    np.testing.assert_array_equal(sample_index(6, 2, "interleaved", np), [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(partner_index(6, "blocked", np), [3, 4, 5, 0, 1, 2])
+    np.testing.assert_array_equal(partner_index(6, "interleaved", np), [1, 0, 3, 2, 5, 4])
+
+
+@pytest.mark.parametrize("layout", ["blocked", "interleaved"])
+@pytest.mark.parametrize("n_views", [2, 3])
+def test_sample_index_matches_enumeration(layout, n_views):
+    N = 4
+    rows = []  # (row, sample) pairs enumerated view by view or sample by sample
+    if layout == "blocked":
+        for v in range(n_views):
+            rows += [(v * N + k, k) for k in range(N)]
+    else:
+        for k in range(N):
+            rows += [(n_views * k + v, k) for v in range(n_views)]
+    expected = np.array([s for _, s in sorted(rows)])
+    got = sample_index(n_views * N, n_views, layout, np)
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.int64
+
+
+@pytest.mark.parametrize("layout", ["blocked", "interleaved"])
+def test_partner_is_an_involution_onto_the_same_sample(layout):
+    n_rows = 10
+    p = partner_index(n_rows, layout, np)
+    s = sample_index(n_rows, 2, layout, np)
+    np.testing.assert_array_equal(p[p], np.arange(n_rows))
+    assert (p != np.arange(n_rows)).all()
+    np.testing.assert_array_equal(s[p], s)
+
+
+def test_partner_index_torch_matches_numpy():
+    for layout in ("blocked", "interleaved"):
+        got = partner_index(8, layout, torch, "cpu")
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.int64
+        np.testing.assert_array_equal(got.numpy(), partner_index(8, layout, np))
+
+
+@pytest.mark.parametrize("layout", ["blocked", "interleaved"])
+@pytest.mark.parametrize("n_views", [2, 3])
+def test_view_batch_all_views_hard_self_mask(layout, n_views):
+    rng = np.random.default_rng(5)
+    N = 3
+    z = rng.standard_normal((n_views * N, 4))
+    batch = view_batch(z, layout=layout, n_views=n_views)
+    n = n_views * N
+    assert batch.shape == (n, n) and batch.layout == layout
+    np.testing.assert_array_equal(batch.mask, ~np.eye(n, dtype=bool))
+    lk = batch.log_kernel(0.5)
+    assert np.isneginf(np.diag(lk)).all()  # hard mask: exp(-inf) = 0, not a large finite cost
+    off = ~np.eye(n, dtype=bool)
+    np.testing.assert_allclose(lk[off], (_cos(z, z) / 0.5)[off], atol=1e-12)
+    np.testing.assert_array_equal(batch.row_sample, sample_index(n, n_views, layout, np))
+    if n_views == 2:
+        np.testing.assert_array_equal(batch.partner, partner_index(n, layout, np))
+    else:
+        assert batch.partner is None
+
+
+def test_view_batch_cross_view_structure():
+    rng = np.random.default_rng(6)
+    z1, z2 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    batch = view_batch(z1, z2)
+    assert batch.layout == "cross" and batch.mask is None
+    np.testing.assert_array_equal(batch.partner, np.arange(5))
+    np.testing.assert_array_equal(batch.row_sample, np.arange(5))
+    assert np.isfinite(batch.log_kernel(0.5)).all()
+
+
+def test_view_batch_cosine_log_kernel_offset():
+    """"cosine" and "neg_cosine" log-kernels differ by the constant 1/eps."""
+    rng = np.random.default_rng(7)
+    z = rng.standard_normal((6, 3))
+    lk_neg = view_batch(z, layout="blocked", metric="neg_cosine").log_kernel(0.25)
+    lk_cos = view_batch(z, layout="blocked", metric="cosine").log_kernel(0.25)
+    off = ~np.eye(6, dtype=bool)
+    np.testing.assert_allclose(lk_neg[off] - lk_cos[off], 4.0, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# errors
+
+
+def test_zero_norm_row_rejected_under_cosine():
+    z = np.ones((4, 3))
+    z[2] = 0.0
+    for metric in ("cosine", "neg_cosine"):
+        with pytest.raises(ValueError, match="zero norm"):
+            cost_matrix(z, np.ones((3, 3)), metric)
+        with pytest.raises(ValueError, match="z2 has a row of zero norm"):
+            view_batch(np.ones((4, 3)), z, metric=metric)
+        with pytest.raises(ValueError, match="z has a row of zero norm"):
+            view_batch(z, layout="blocked", metric=metric)
+    # the dot and squared-Euclidean costs are defined there
+    assert np.isfinite(view_batch(z, layout="blocked", metric="dot").cost).all()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_embeddings_rejected(bad):
+    z = np.random.default_rng(8).standard_normal((4, 3))
+    z[1, 2] = bad
+    ok = np.ones((4, 3))
+    with pytest.raises(ValueError, match="z1 contains NaN or inf"):
+        view_batch(z, ok)
+    with pytest.raises(ValueError, match="z2 contains NaN or inf"):
+        view_batch(ok, z)
+    with pytest.raises(ValueError, match="z contains NaN or inf"):
+        view_batch(z, layout="interleaved")
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        cost_matrix(z, ok, "dot")
+    with pytest.raises(ValueError, match="y contains NaN or inf"):
+        cost_matrix(ok, z, "neg_cosine")
+
+
+def test_odd_rows_for_two_views_rejected():
+    z = np.ones((5, 3))
+    for layout in ("blocked", "interleaved"):
+        with pytest.raises(ValueError, match="multiple of 2"):
+            view_batch(z, layout=layout)
+        with pytest.raises(ValueError, match="multiple of 2"):
+            partner_index(5, layout, np)
+    with pytest.raises(ValueError, match="multiple of 3"):
+        view_batch(np.ones((7, 3)), layout="blocked", n_views=3)
+    with pytest.raises(ValueError, match="n_views"):
+        view_batch(np.ones((6, 3)), layout="blocked", n_views=1)
+
+
+def test_mismatched_z1_z2_rejected():
+    with pytest.raises(ValueError, match="same shape"):
+        view_batch(np.ones((4, 3)), np.ones((5, 3)))
+    with pytest.raises(ValueError, match="same shape"):
+        view_batch(np.ones((4, 3)), np.ones((4, 2)))
+    with pytest.raises(ValueError, match=r"shape \(N, d\)"):
+        view_batch(np.ones((4, 3, 1)), np.ones((4, 3, 1)))
+    with pytest.raises(TypeError, match="z2 has dtype"):
+        view_batch(np.ones((4, 3)), np.ones((4, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="z2 is a torch array"):
+        view_batch(np.ones((4, 3)), torch.ones(4, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="real floating"):
+        view_batch(np.ones((4, 3), dtype=np.int64), np.ones((4, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="same dimension"):
+        cost_matrix(np.ones((4, 3)), np.ones((4, 2)))
+    with pytest.raises(ValueError, match="must not be empty"):
+        view_batch(np.ones((0, 3)), np.ones((0, 3)))
+
+
+def test_layout_with_z2_rejected():
+    for layout in ("blocked", "interleaved"):
+        with pytest.raises(ValueError, match="leave layout unset"):
+            view_batch(np.ones((4, 3)), np.ones((4, 3)), layout=layout)
+    # "cross" is the name of the cross-view layout and is accepted
+    assert view_batch(np.eye(3), np.eye(3), layout="cross").layout == "cross"
+
+
+def test_missing_or_unknown_layout_for_all_views_rejected():
+    with pytest.raises(ValueError, match="layout must be given"):
+        view_batch(np.ones((4, 3)))
+    with pytest.raises(ValueError, match="layout must be one of"):
+        view_batch(np.ones((4, 3)), layout="stacked")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        sample_index(4, 2, "cross", np)
+
+
+def test_bad_metric_rejected():
+    for metric in ("euclidean", "cos", ""):
+        with pytest.raises(ValueError, match="metric must be one of"):
+            cost_matrix(np.ones((2, 3)), np.ones((2, 3)), metric)
+        with pytest.raises(ValueError, match="metric must be one of"):
+            view_batch(np.eye(3), np.eye(3), metric=metric)
+        with pytest.raises(ValueError, match="metric must be one of"):
+            view_batch(np.eye(4), layout="blocked", metric=metric)
