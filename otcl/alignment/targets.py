@@ -13,7 +13,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from otcl.backend import Array, check_compatible, device_of, is_array, logsumexp, safe_log
+from otcl.backend import (
+    Array,
+    check_compatible,
+    device_of,
+    is_array,
+    logsumexp,
+    namespace,
+    safe_log,
+)
 from otcl.geometry import ViewBatch
 
 __all__ = ["Target", "as_target", "domain_prior", "label_target", "pair_target"]
@@ -105,6 +113,7 @@ def label_target(batch: ViewBatch, labels: Array) -> Target:
     if not is_array(labels):
         raise TypeError(f"labels must be an array, got {type(labels).__name__}")
     check_compatible(floating=False, labels=labels)
+    _check_same_library("labels", labels, batch)
     if labels.ndim != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {tuple(labels.shape)}")
     n, m = batch.cost.shape
@@ -123,12 +132,18 @@ def label_target(batch: ViewBatch, labels: Array) -> Target:
     if batch.mask is not None:
         same = same & batch.mask
     T = xp.astype(same, batch.cost.dtype)
-    return Target(xp, (n, m), dense=T / xp.sum(T, axis=1, keepdims=True))
+    counts = xp.sum(T, axis=1, keepdims=True)
+    if bool(xp.any(counts == 0)):
+        raise ValueError(
+            "labels leave a row without any positive (its label occurs in no other allowed "
+            "entry); give every row at least one partner with the same label"
+        )
+    return Target(xp, (n, m), dense=T / counts)
 
 
 def domain_prior(domains: Array, alpha: float, beta: float, *, batch: ViewBatch | None = None,
                  like: Array | None = None) -> Array:
-    """Domain-aware target ``I + alpha * 1[D_i = D_j, i != j] + beta * 1[D_i != D_j]`` (GCA-NOTES §1.3).
+    """Domain-aware target ``I + alpha 1[D_i = D_j, i != j] + beta 1[D_i != D_j]`` (GCA-NOTES §1.3).
 
     ``domains`` holds one domain id per sample (length ``N``). For a cross-view batch (or
     ``batch=None``) the result is ``N x N`` with the identity for the positive pairs; for an
@@ -140,8 +155,12 @@ def domain_prior(domains: Array, alpha: float, beta: float, *, batch: ViewBatch 
             math.isfinite(val) and val >= 0
         ):
             raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
-    check_compatible(floating=False, domains=domains)
     xp = check_compatible(floating=False, domains=domains)
+    if batch is not None:
+        _check_same_library("domains", domains, batch)
+    elif like is not None and namespace(like) is not xp:
+        raise TypeError(f"domains is a {type(domains).__module__} array but like is a "
+                        f"{type(like).__module__} array")
     if domains.ndim != 1:
         raise ValueError(f"domains must be one-dimensional, got shape {tuple(domains.shape)}")
     ref = batch.cost if batch is not None else like
@@ -174,6 +193,19 @@ def domain_prior(domains: Array, alpha: float, beta: float, *, batch: ViewBatch 
     return T
 
 
+def _check_same_library(name: str, arr: Array, batch: ViewBatch) -> None:
+    """``arr`` (integer ids) must live in the batch's array library and on its device."""
+    ref = batch.similarity if batch.similarity is not None else batch._cost
+    if namespace(arr) is not batch.xp:
+        raise TypeError(
+            f"{name} must be an array of the embeddings' library ({type(ref).__module__}), "
+            f"got {type(arr).__module__}"
+        )
+    if device_of(arr) != device_of(ref):
+        raise ValueError(f"{name} is on device {device_of(arr)} but the embeddings on "
+                         f"{device_of(ref)}")
+
+
 def as_target(target: Any, batch: ViewBatch) -> Target:
     """Validate a user-given target matrix (or :class:`Target`) against a batch."""
     if isinstance(target, Target):
@@ -183,7 +215,8 @@ def as_target(target: Any, batch: ViewBatch) -> Target:
     xp = check_compatible(cost=batch.cost, target=target)
     if tuple(target.shape) != tuple(batch.cost.shape):
         raise ValueError(
-            f"target has shape {tuple(target.shape)} but the batch cost has {tuple(batch.cost.shape)}"
+            f"target has shape {tuple(target.shape)} but the batch cost has "
+            f"{tuple(batch.cost.shape)}"
         )
     if not bool(xp.all(xp.isfinite(target))):
         raise ValueError("target contains NaN or inf")
