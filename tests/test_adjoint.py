@@ -147,10 +147,15 @@ def test_kernel_domain_handles_a_wide_cost_range() -> None:
     """Per-step shifts keep K' v' in range even when exp(Λ) alone would overflow/underflow."""
     rng = np.random.default_rng(5)
     lk, la, lb, t_a, t_b = make_case(rng, "unbalanced", eps=0.005)  # |Λ| up to ~600
-    phi, gamma, _tape = fixed_round_potentials(lk, la, lb, t_a, t_b, 5)
+    lk = lk + 300.0  # exp(Λ) itself would overflow: the kernel is shifted by max Λ
+    phi, gamma, tape = fixed_round_potentials(lk, la, lb, t_a, t_b, 5)
+    assert tape.domain == "kernel"
     phi_ref, gamma_ref = naive_numpy(lk, la, lb, t_a, t_b, 5)
     np.testing.assert_allclose(phi, phi_ref, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(gamma, gamma_ref, rtol=1e-12, atol=1e-9)
+    pb, gb = rng.standard_normal(la.shape), rng.standard_normal(lb.shape)
+    ref = autograd_cotangents(lk, la, lb, t_a, t_b, 5, np.zeros_like(lb), pb, gb)
+    np.testing.assert_allclose(unrolled_vjp(tape, pb, gb), ref[0], rtol=1e-9, atol=1e-10)
 
 
 def test_auto_falls_back_to_log_when_kernel_products_lose_precision() -> None:

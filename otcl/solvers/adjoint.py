@@ -99,7 +99,7 @@ from otcl.backend import (
     is_array,
     logsumexp,
     quiet_numerics,
-    safe_log,
+    to_numpy,
 )
 from otcl.solvers.result import ConvergenceWarning
 
@@ -140,6 +140,9 @@ class Tape:
         ``(c_t, gamma_t)``. Empty when the forward ran with ``record=False``.
     recorded:
         Whether the per-step records were kept.
+    exact:
+        Kernel domain: every normaliser passed the precision check and no marginal has a zero
+        entry, so the backward pass needs no guards.
     """
 
     xp: Any
@@ -155,6 +158,7 @@ class Tape:
     rows: list[tuple[Array, ...]] = field(default_factory=list)
     cols: list[tuple[Array, ...]] = field(default_factory=list)
     recorded: bool = True
+    exact: bool = False
 
     def step_arrays(self) -> Iterator[Array]:
         """Every array the per-step records hold (distinct objects, each once)."""
@@ -245,7 +249,7 @@ def fixed_round_potentials(
             phi, gamma, tape, precise = _forward_kernel(
                 xp, log_kernel, log_a, log_b, t_a, t_b, n_iter, init, record
             )
-            if bool(precise):
+            if precise:
                 return phi, gamma, tape
             if domain == "kernel":
                 warnings.warn(
@@ -262,42 +266,56 @@ def fixed_round_potentials(
 def _forward_kernel(
     xp: Any, log_kernel: Array, log_a: Array, log_b: Array, t_a: float, t_b: float, L: int,
     init: Array, record: bool,
-) -> tuple[Array, Array, Tape, Array]:
+) -> tuple[Array, Array, Tape, bool]:
     n, m = log_kernel.shape[1:]
-    shift = _finite_max(log_kernel, xp, axis=(1, 2))  # (B,)
-    kernel = xp.exp(log_kernel - shift[:, None, None])
-    floor = max(n, m) * dtype_tiny(xp, log_kernel.dtype) / dtype_eps(xp, log_kernel.dtype)
+    dtype = log_kernel.dtype
     fin_a, fin_b = log_a > -math.inf, log_b > -math.inf
-    precise = xp.ones((), dtype=xp.bool, device=device_of(log_kernel))
+    peak = xp.max(log_kernel, axis=(1, 2))  # (B,)
+    # The one host synchronisation before the loop: the range of Λ and whether any mass is 0.
+    stats = to_numpy(xp.stack([
+        xp.max(xp.abs(peak)),
+        xp.astype(xp.all(fin_a) & xp.all(fin_b), dtype),
+    ]))
+    if float(stats[0]) <= 0.25 * -math.log(dtype_tiny(xp, dtype)):
+        shift = None  # exp(Λ) and K v stay in range without a shift
+        kernel = xp.exp(log_kernel)
+    else:
+        shift = xp.where(peak > -math.inf, peak, xp.zeros_like(peak))[:, None]  # (B, 1)
+        kernel = xp.exp(log_kernel - shift[:, :, None])
+    full = bool(stats[1] == 1.0)  # no zero mass: the steps need no guards
+    floor = max(n, m) * dtype_tiny(xp, dtype) / dtype_eps(xp, dtype)
+    low = xp.full((log_kernel.shape[0],), math.inf, dtype=dtype, device=device_of(log_kernel))
     tape = Tape(xp, "kernel", t_a, t_b, L, log_a, log_b, init, kernel, None, recorded=record)
 
-    def row(gamma: Array) -> tuple[Array, Array]:
-        s = _finite_max(gamma, xp, axis=1)
-        v = xp.exp(gamma - s[:, None])
-        kv = _matvec(xp, kernel, v)
-        phi = _update(log_a, safe_log(kv, xp) + (shift + s)[:, None], t_a, xp)
-        ok = xp.all(~fin_a | (kv >= floor))
+    def step(x: Array, log_m: Array, fin: Array, t: float, row: bool) -> tuple[Array, Array]:
+        nonlocal low
+        s = xp.max(x, axis=1, keepdims=True)
+        if not full:
+            s = xp.where(s > -math.inf, s, xp.zeros_like(s))
+        scaling = xp.exp(x - s)
+        norm = (kernel @ scaling[:, :, None])[:, :, 0] if row else (
+            (scaling[:, None, :] @ kernel)[:, 0, :])
+        off = s if shift is None else s + shift
+        if full:
+            out = log_m - xp.log(norm) - off
+            out = out if t == 1.0 else t * out
+            low = xp.minimum(low, xp.min(norm, axis=1))
+        else:
+            out = _update(log_m, xp.log(norm) + off, t, xp)
+            low = xp.minimum(low, xp.min(xp.where(fin, norm, xp.full_like(norm, math.inf)),
+                                         axis=1))
         if record:
-            tape.rows.append((v, kv, phi))
-        return phi, ok
-
-    def col(phi: Array) -> tuple[Array, Array]:
-        s = _finite_max(phi, xp, axis=1)
-        u = xp.exp(phi - s[:, None])
-        ktu = _rmatvec(xp, kernel, u)
-        gamma = _update(log_b, safe_log(ktu, xp) + (shift + s)[:, None], t_b, xp)
-        ok = xp.all(~fin_b | (ktu >= floor))
-        if record:
-            tape.cols.append((u, ktu, gamma))
-        return gamma, ok
+            (tape.rows if row else tape.cols).append((scaling, norm, out))
+        return out
 
     gamma = init
     for _ in range(L):
-        phi, ok_r = row(gamma)
-        gamma, ok_c = col(phi)
-        precise = precise & ok_r & ok_c
-    phi, ok_r = row(gamma)
-    return phi, gamma, tape, precise & ok_r
+        phi = step(gamma, log_a, fin_a, t_a, True)
+        gamma = step(phi, log_b, fin_b, t_b, False)
+    phi = step(gamma, log_a, fin_a, t_a, True)
+    precise = bool(xp.all(low >= floor))
+    tape.exact = precise and full
+    return phi, gamma, tape, precise
 
 
 def _forward_log(
@@ -355,95 +373,110 @@ def unrolled_cotangents(tape: Tape, phi_bar: Array | None, gamma_bar: Array | No
         return _vjp_log(tape, phi_bar, gamma_bar)
 
 
-class _Marginal:
-    """Accumulates ``log ā`` and ``t̄`` over the steps of one side."""
-
-    def __init__(self, xp: Any, log_m: Array, t: float) -> None:
-        self.xp, self.t = xp, t
-        self.fin = log_m > -math.inf
-        self.log_bar = xp.zeros_like(log_m)
-        self.t_bar = xp.zeros_like(log_m)
-
-    def add(self, cot: Array, pot: Array) -> None:
-        xp = self.xp
-        c = xp.where(self.fin, cot, xp.zeros_like(cot))
-        self.log_bar = self.log_bar + self.t * c
-        self.t_bar = self.t_bar + c * xp.where(self.fin, pot, xp.zeros_like(pot))
-
-    def t_total(self) -> Array:
-        return self.xp.sum(self.t_bar) / self.t
+def _marginal_cotangents(
+    xp: Any, log_m: Array, t: float, cots: list[Array], pots: list[Array], guard: bool
+) -> tuple[Array, Array]:
+    """``log m̄ = t sum_t cot_t`` and ``t̄ = sum_t <cot_t, pot_t> / t`` over one side's steps
+    (rows where ``log m = -inf`` excluded when ``guard``)."""
+    cot, pot = xp.stack(cots, axis=2), xp.stack(pots, axis=2)  # (B, size, steps)
+    if guard:
+        fin = (log_m > -math.inf)[:, :, None]
+        cot = xp.where(fin, cot, xp.zeros_like(cot))
+        pot = xp.where(fin, pot, xp.zeros_like(pot))
+    return t * xp.sum(cot, axis=2), xp.sum(cot * pot) / t
 
 
 def _vjp_kernel(tape: Tape, phi_bar: Array, gamma_bar: Array) -> Cotangents:
     xp, K, L = tape.xp, tape.kernel, tape.n_iter
     t_a, t_b = tape.t_a, tape.t_b
-    side_a, side_b = _Marginal(xp, tape.log_a, t_a), _Marginal(xp, tape.log_b, t_b)
+    guard = not tape.exact
+    fin_a, fin_b = tape.log_a > -math.inf, tape.log_b > -math.inf
     alphas: list[Array] = []  # (B, n) each
     betas: list[Array] = []  # (B, m) each
+    cot_a: list[Array] = []
+    cot_b: list[Array] = []
+
+    def ratio(num: Array, den: Array, fin: Array) -> Array:
+        if not guard:
+            return num / den
+        active = fin & (den > 0)
+        return xp.where(active, num / xp.where(active, den, xp.ones_like(den)),
+                        xp.zeros_like(den))
 
     def row_back(t: int, pbar: Array) -> Array:
-        v, kv, phi = tape.rows[t]
-        active = side_a.fin & (kv > 0)
-        w = xp.where(active, pbar / xp.where(active, kv, xp.ones_like(kv)), xp.zeros_like(kv))
+        v, kv, _ = tape.rows[t]
+        w = ratio(pbar, kv, fin_a)
         alphas.append(-t_a * w)
         betas.append(v)
-        side_a.add(pbar, phi)
-        return -t_a * v * _rmatvec(xp, K, w)
+        cot_a.append(pbar)
+        return (-t_a) * v * (w[:, None, :] @ K)[:, 0, :]
 
     def col_back(t: int, gbar: Array) -> Array:
-        u, ktu, gamma = tape.cols[t]
-        active = side_b.fin & (ktu > 0)
-        w = xp.where(active, gbar / xp.where(active, ktu, xp.ones_like(ktu)), xp.zeros_like(ktu))
+        u, ktu, _ = tape.cols[t]
+        w = ratio(gbar, ktu, fin_b)
         alphas.append(u)
         betas.append(-t_b * w)
-        side_b.add(gbar, gamma)
-        return -t_b * u * _matvec(xp, K, w)
+        cot_b.append(gbar)
+        return (-t_b) * u * (K @ w[:, :, None])[:, :, 0]
 
     gbar = gamma_bar + row_back(L, phi_bar)
     for t in range(L - 1, -1, -1):
         gbar = row_back(t, col_back(t, gbar))
-    A = xp.stack(alphas, axis=2)  # (B, n, 2L+1)
-    Bt = xp.stack(betas, axis=1)  # (B, 2L+1, m)
-    lam_bar = K * xp.matmul(A, Bt)
-    return Cotangents(lam_bar, side_a.log_bar, side_b.log_bar, side_a.t_total(),
-                      side_b.t_total(), gbar)
+    lam_bar = xp.stack(alphas, axis=2) @ xp.stack(betas, axis=1)  # (B, n, 2L+1) @ (B, 2L+1, m)
+    lam_bar *= K
+    return _assemble(xp, tape, lam_bar, cot_a, cot_b, gbar, guard)
+
+
+def _assemble(xp: Any, tape: Tape, lam_bar: Array, cot_a: list[Array], cot_b: list[Array],
+              init_bar: Array, guard: bool) -> Cotangents:
+    """Cotangents from the per-step ones; ``cot_a``/``cot_b`` run backwards in time."""
+    L = tape.n_iter
+    phis = [tape.rows[t][-1] for t in range(L, -1, -1)]
+    gammas = [tape.cols[t][-1] for t in range(L - 1, -1, -1)]
+    la_bar, ta_bar = _marginal_cotangents(xp, tape.log_a, tape.t_a, cot_a, phis, guard)
+    if L:
+        lb_bar, tb_bar = _marginal_cotangents(xp, tape.log_b, tape.t_b, cot_b, gammas, guard)
+    else:
+        lb_bar, tb_bar = xp.zeros_like(tape.log_b), xp.sum(xp.zeros_like(tape.log_b))
+    return Cotangents(lam_bar, la_bar, lb_bar, ta_bar, tb_bar, init_bar)
 
 
 def _vjp_log(tape: Tape, phi_bar: Array, gamma_bar: Array) -> Cotangents:
     xp, lk, L = tape.xp, tape.log_kernel, tape.n_iter
     t_a, t_b = tape.t_a, tape.t_b
-    side_a, side_b = _Marginal(xp, tape.log_a, t_a), _Marginal(xp, tape.log_b, t_b)
+    fin_a, fin_b = tape.log_a > -math.inf, tape.log_b > -math.inf
     lam_bar = xp.zeros_like(lk)
+    cot_a: list[Array] = []
+    cot_b: list[Array] = []
 
     def row_back(t: int, pbar: Array) -> Array:
         nonlocal lam_bar
-        lse, phi = tape.rows[t]
+        lse, _ = tape.rows[t]
         gamma_prev = tape.init if t == 0 else tape.cols[t - 1][1]
         has = lse > -math.inf
-        w = xp.where(side_a.fin & has, pbar, xp.zeros_like(pbar))
+        w = xp.where(fin_a & has, pbar, xp.zeros_like(pbar))
         lse = xp.where(has, lse, xp.zeros_like(lse))
         q = w[:, :, None] * xp.exp(lk + gamma_prev[:, None, :] - lse[:, :, None])
-        lam_bar = lam_bar - t_a * q
-        side_a.add(pbar, phi)
+        lam_bar -= t_a * q
+        cot_a.append(pbar)
         return -t_a * xp.sum(q, axis=1)
 
     def col_back(t: int, gbar: Array) -> Array:
         nonlocal lam_bar
-        lse, gamma = tape.cols[t]
+        lse, _ = tape.cols[t]
         phi = tape.rows[t][1]
         has = lse > -math.inf
-        w = xp.where(side_b.fin & has, gbar, xp.zeros_like(gbar))
+        w = xp.where(fin_b & has, gbar, xp.zeros_like(gbar))
         lse = xp.where(has, lse, xp.zeros_like(lse))
         q = w[:, None, :] * xp.exp(lk + phi[:, :, None] - lse[:, None, :])
-        lam_bar = lam_bar - t_b * q
-        side_b.add(gbar, gamma)
+        lam_bar -= t_b * q
+        cot_b.append(gbar)
         return -t_b * xp.sum(q, axis=2)
 
     gbar = gamma_bar + row_back(L, phi_bar)
     for t in range(L - 1, -1, -1):
         gbar = row_back(t, col_back(t, gbar))
-    return Cotangents(lam_bar, side_a.log_bar, side_b.log_bar, side_a.t_total(),
-                      side_b.t_total(), gbar)
+    return _assemble(xp, tape, lam_bar, cot_a, cot_b, gbar, True)
 
 
 # --------------------------------------------------------------------------------------------
