@@ -18,11 +18,16 @@ Gradient modes (``grad=``):
 
 Mixed precision: float16 / bfloat16 embeddings are computed in float32 (autocast is disabled
 inside the loss), and the loss is returned in float32; gradients flow back in the inputs' dtype.
+
+Data parallelism: ``distributed=True`` (module constructor or functional keyword) computes the
+loss of the global batch of all ``torch.distributed`` ranks, with a gradient that DDP's averaging
+turns into the single-process gradient on the concatenated batch (:mod:`otcl.torch.distributed`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -82,8 +87,17 @@ def _compute_dtype(*tensors: Any) -> torch.dtype | None:
     return None
 
 
-def _call(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any]) -> Any:
-    """Run a backend-agnostic loss on torch tensors: gradient mode, precision, autocast."""
+def _call(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any],
+          distributed: bool = False) -> Any:
+    """Run a backend-agnostic loss on torch tensors: gradient mode, precision, autocast;
+    ``distributed=True``: the loss of all ranks' samples (:mod:`otcl.torch.distributed`)."""
+    if distributed is not False:
+        if distributed is not True:
+            raise TypeError(f"distributed must be a bool, got {distributed!r}")
+        from otcl.torch.distributed import global_loss
+
+        return global_loss(lambda Z1, Z2, kw: _call(fn, Z1, Z2, grad, kw), z1, z2, kwargs,
+                           signature=f"{getattr(fn, '__qualname__', fn)!s}|grad={grad}")
     if not isinstance(z1, torch.Tensor) or (z2 is not None and not isinstance(z2, torch.Tensor)):
         raise TypeError(
             "otcl.torch losses take torch tensors; use the otcl.* functions for other arrays"
@@ -102,46 +116,64 @@ def _call(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any]) -> Any:
         return fn(z1, z2, inner=inner, **kwargs)
 
 
+def _functional(fn: Any, z1: Any, z2: Any, grad: str, distributed: bool,
+                kwargs: dict[str, Any]) -> Any:
+    """A functional form: warn when data-parallel ranks would see only local negatives."""
+    if distributed is False:
+        _warn_local_negatives(stacklevel=4)
+    return _call(fn, z1, z2, grad, kwargs, distributed)
+
+
+def _warn_local_negatives(stacklevel: int) -> bool:
+    """Warn (``UserWarning``) if a process group of world size > 1 exists; True if warned."""
+    from otcl.torch.distributed import local_negatives_warning
+
+    message = local_negatives_warning()
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
+    return message is not None
+
+
 def info_nce(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-             **kwargs: Any) -> Any:
+             distributed: bool = False, **kwargs: Any) -> Any:
     """InfoNCE / NT-Xent on torch tensors; keyword arguments as :func:`otcl.info_nce`."""
-    return _call(_alg.info_nce, z1, z2, grad, kwargs)
+    return _functional(_alg.info_nce, z1, z2, grad, distributed, kwargs)
 
 
 def gca_ince(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-             **kwargs: Any) -> Any:
+             distributed: bool = False, **kwargs: Any) -> Any:
     """GCA-INCE on torch tensors; keyword arguments as :func:`otcl.gca_ince`."""
-    return _call(_alg.gca_ince, z1, z2, grad, kwargs)
+    return _functional(_alg.gca_ince, z1, z2, grad, distributed, kwargs)
 
 
 def rince(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-          **kwargs: Any) -> Any:
+          distributed: bool = False, **kwargs: Any) -> Any:
     """RINCE on torch tensors; keyword arguments as :func:`otcl.rince`."""
-    return _call(_alg.rince, z1, z2, grad, kwargs)
+    return _functional(_alg.rince, z1, z2, grad, distributed, kwargs)
 
 
 def gca_rince(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-              **kwargs: Any) -> Any:
+              distributed: bool = False, **kwargs: Any) -> Any:
     """GCA-RINCE on torch tensors; keyword arguments as :func:`otcl.gca_rince`."""
-    return _call(_alg.gca_rince, z1, z2, grad, kwargs)
+    return _functional(_alg.gca_rince, z1, z2, grad, distributed, kwargs)
 
 
 def gca_uot(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-            **kwargs: Any) -> Any:
+            distributed: bool = False, **kwargs: Any) -> Any:
     """GCA-UOT on torch tensors; keyword arguments as :func:`otcl.gca_uot`."""
-    return _call(_alg.gca_uot, z1, z2, grad, kwargs)
+    return _functional(_alg.gca_uot, z1, z2, grad, distributed, kwargs)
 
 
 def iot(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-        **kwargs: Any) -> Any:
+        distributed: bool = False, **kwargs: Any) -> Any:
     """IOT on torch tensors; keyword arguments as :func:`otcl.iot`."""
-    return _call(_alg.iot, z1, z2, grad, kwargs)
+    return _functional(_alg.iot, z1, z2, grad, distributed, kwargs)
 
 
 def iot_uni(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-            **kwargs: Any) -> Any:
+            distributed: bool = False, **kwargs: Any) -> Any:
     """IOT-uni on torch tensors; keyword arguments as :func:`otcl.iot_uni`."""
-    return _call(_alg.iot_uni, z1, z2, grad, kwargs)
+    return _functional(_alg.iot_uni, z1, z2, grad, distributed, kwargs)
 
 
 def _alignment(z1: Any, z2: Any, *, inner: Any, **kw: Any) -> Any:
@@ -150,14 +182,25 @@ def _alignment(z1: Any, z2: Any, *, inner: Any, **kw: Any) -> Any:
 
 
 class _Loss(nn.Module):
-    """Shared machinery: hyper-parameters, learnable temperature, call forms."""
+    """Shared machinery: hyper-parameters, learnable temperature, call forms.
+
+    ``distributed=True``: under ``torch.distributed`` the loss is the one of the global batch
+    (all ranks' samples are each other's negatives), with a gradient that DDP's averaging turns
+    into the single-process gradient on the concatenated batch (:mod:`otcl.torch.distributed`).
+    With ``distributed=False`` and a process group of world size > 1, the first call warns once
+    per module that each rank sees only its local negatives.
+    """
 
     _fn: Any = None
 
     def __init__(self, *, eps: float | torch.Tensor = 0.5, grad: str = "unroll",
                  layout: str | None = None, n_views: int = 2, metric: str = "neg_cosine",
-                 reduction: str = "mean", **hyper: Any) -> None:
+                 reduction: str = "mean", distributed: bool = False, **hyper: Any) -> None:
         super().__init__()
+        if not isinstance(distributed, bool):
+            raise TypeError(f"distributed must be a bool, got {distributed!r}")
+        self.distributed = distributed
+        self._warned_local = False
         if grad not in GRAD_MODES:
             raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
         if isinstance(eps, nn.Parameter):
@@ -182,7 +225,9 @@ class _Loss(nn.Module):
         kwargs.update(eps=self.eps, layout=self.layout, n_views=self.n_views,
                       metric=self.metric, labels=labels, target=target,
                       reduction=self.reduction, return_details=return_details)
-        return _call(type(self)._fn, z1, z2, self.grad, kwargs)
+        if not self.distributed and not self._warned_local:
+            self._warned_local = _warn_local_negatives(stacklevel=5)
+        return _call(type(self)._fn, z1, z2, self.grad, kwargs, self.distributed)
 
     def extra_repr(self) -> str:
         eps = self.eps if isinstance(self.eps, float) else "tensor"
@@ -190,6 +235,8 @@ class _Loss(nn.Module):
         parts += [f"{k}={v!r}" for k, v in self.hyper.items()]
         if self.layout is not None:
             parts.append(f"layout={self.layout!r}")
+        if self.distributed:
+            parts.append("distributed=True")
         return ", ".join(parts)
 
 
