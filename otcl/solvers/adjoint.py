@@ -18,14 +18,18 @@ In scaling form (``K = exp(Λ)``, ``u = exp(phi)``, ``v = exp(gamma)``) a round 
 ``u = (a / (K v))^t_a``, ``v = (b / (K^T u))^t_b``.
 
 Forward domains. ``"kernel"`` computes every log-sum-exp as ``M + s + log(K' v')`` with
-``K' = exp(Λ - M)`` (``M`` the per-problem maximum of ``Λ``, so ``K' <= 1``) and
-``v' = exp(gamma - s)`` (``s`` the per-problem maximum of ``gamma``, so ``v' <= 1``): one
-matrix-vector product per step, no overflow possible, and the potentials themselves stay in log
-form. The only failure is loss of precision when a normaliser ``K' v'`` is so small that terms
-below the dtype's ``tiny`` matter; the forward tracks ``min K' v'`` over the active rows and
-columns and, at the end (the only host synchronisation), checks ``K' v' >= max(n, m) tiny /
-eps_mach``, which bounds the relative error of every normaliser by the machine epsilon.
-``"auto"`` falls back to ``"log"`` (log-sum-exp over ``Λ``) when the check fails.
+``K' = exp(Λ - M)`` and ``v' = exp(gamma - s)`` (``s`` the per-problem maximum of ``gamma``, so
+``v' <= 1``): one matrix-vector product per step, and the potentials themselves stay in log form.
+``M`` is the per-problem maximum of ``Λ`` (so ``K' <= 1``) when ``|max Λ|`` exceeds a quarter of
+the dtype's exponent range (float32: 21.8, float64: 177), and ``0`` otherwise, which saves a pass
+over the matrix in the common case; either way nothing can overflow. The only failure is loss of
+precision when a normaliser ``K' v'`` is so small that terms below the dtype's ``tiny`` matter:
+the forward tracks ``min K' v'`` over the active rows and columns and, at the end, checks
+``K' v' >= max(n, m) tiny / eps_mach``, which bounds the relative error of every normaliser by
+the machine epsilon. ``"auto"`` falls back to ``"log"`` (log-sum-exp over ``Λ``) when the check
+fails. There are two host synchronisations, none inside the loop: one before it (the range of
+``Λ`` and whether a marginal has a zero entry; without one, the steps run without guards) and the
+precision check after it.
 
 The tape. The kernel domain records ``K'`` once and, per step, three vectors: the scaling the
 step read (``v'`` or ``u'``), its normaliser (``K' v'`` or ``K'^T u'``) and its output potential:

@@ -16,9 +16,9 @@ Gradient modes:
   per round. It equals ``"unroll"`` once the rounds have converged.
 * ``"detach"``: the potentials are returned as constants (no graph through the solve).
 
-The forward runs under ``torch.no_grad`` with no host synchronisation inside the loop (one at the
-end, the kernel domain's precision check). Double backward is not supported; first-order
-gradients pass ``torch.autograd.gradcheck`` in float64.
+The forward runs under ``torch.no_grad`` with no host synchronisation inside the loop (one before
+it, for the range of ``Λ``, and one after it, the kernel domain's precision check). Double
+backward is not supported; first-order gradients pass ``torch.autograd.gradcheck`` in float64.
 """
 
 from __future__ import annotations
