@@ -59,7 +59,8 @@ REDUCTIONS = ("mean", "sum", "none")
 class InnerSolve(Protocol):
     """The inner solve of a loss: ``n_iter`` rounds and a final row step (batch-first).
 
-    ``(log_kernel (B,n,m), log_a (B,n), log_b (B,m), t_a, t_b, n_iter) -> (phi (B,n), gamma (B,m))``.
+    ``(log_kernel (B,n,m), log_a (B,n), log_b (B,m), t_a, t_b, n_iter)
+    -> (phi (B,n), gamma (B,m))``.
     ``detached`` is True when the returned potentials carry no derivative.
     """
 
@@ -502,7 +503,8 @@ def gca_rince(z1: Array, z2: Array | None = None, *, eps: float | Array = 0.5, n
               inner: InnerSolve | None = None) -> Any:
     """GCA-RINCE (poster, T1): ``mean_i [-(K_ii v_i)^q / q + (lam (K v)_i / a_i)^q / q]`` with
     ``v = exp(g / eps)`` after ``n_iter`` balanced rounds; RINCE on the column-reweighted kernel.
-    ``n_iter = 0`` is RINCE. Defaults ``eps = 0.5``, ``n_iter = 10``, ``q = 0.6``, ``lam = 0.01``."""
+    ``n_iter = 0`` is RINCE. Defaults ``eps = 0.5``, ``n_iter = 10``, ``q = 0.6``,
+    ``lam = 0.01``."""
     return _embedding_loss(z1, z2, layout=layout, n_views=n_views, metric=metric, labels=labels,
                            target=target, eps=eps, n_iter=n_iter, rho_a=math.inf, rho_b=math.inf,
                            marginals="target", divergence="rince", q=q, lam=lam,
@@ -539,7 +541,8 @@ def iot(z1: Array, z2: Array | None = None, *, eps: float | Array = 0.5, n_iter:
         labels: Array | None = None, target: Any = None, reduction: str = "mean",
         return_details: bool = False, inner: InnerSolve | None = None) -> Any:
     """IOT (Shi et al. 2023): ``-mean_i sum_j T_ij log P_ij`` with ``P`` the balanced plan with
-    uniform marginals of the target's mass after ``n_iter`` full rounds (ending on a column step)."""
+    uniform marginals of the target's mass after ``n_iter`` full rounds (ending on a column
+    step)."""
     return _embedding_loss(z1, z2, layout=layout, n_views=n_views, metric=metric, labels=labels,
                            target=target, eps=eps, n_iter=n_iter, rho_a=math.inf, rho_b=math.inf,
                            marginals="uniform", divergence="cross_entropy", q=0.6, lam=0.01,
@@ -564,7 +567,9 @@ def iot_uni(z1: Array, z2: Array | None = None, *, eps: float | Array = 0.5, n_i
         positive = tgt.to_dense(P) > 0
         negative = ~positive & (log_k > -math.inf)
         n_neg = xp.sum(xp.astype(negative, P.dtype))
-        mean_neg = xp.sum(xp.where(negative, P, xp.zeros_like(P))) / n_neg
+        # a target that covers every allowed entry leaves no negatives: Q = P, no penalty
+        mean_neg = xp.sum(xp.where(negative, P, xp.zeros_like(P))) / xp.maximum(
+            n_neg, xp.ones_like(n_neg))
         Q = xp.where(positive, P, xp.where(negative, xp.zeros_like(P) + mean_neg,
                                               xp.zeros_like(P)))
         ratio = xp.where(Q > 0, safe_log(Q, xp) - xp.where(Q > 0, log_p, xp.zeros_like(P)),
