@@ -65,6 +65,10 @@ def _make_cases(world: int) -> list[dict[str, Any]]:
     cases.append(cross("gca_uot_sum", "GCAUOT", {"n_iter": 4, "reduction": "sum",
                                                  "metric": "cosine"}))
     cases.append(cross("gca_rince", "GCARINCE", {"n_iter": 3}))
+    cases.append(cross("iot", "IOT", {"n_iter": 3}))
+    cases.append(cross("alignment_ce_detach", "AlignmentLoss",
+                       {"n_iter": 3, "rho_b": 1.0, "divergence": "cross_entropy",
+                        "grad": "detach"}))
     # per-sample labels with repeats across ranks
     lab = [torch.arange(s) % 2 for s in sizes]
     cases.append(cross("gca_ince_labels", "GCAInfoNCE", {"n_iter": 3}, labels=lab))
