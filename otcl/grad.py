@@ -121,10 +121,7 @@ def value_and_grad(
         per_row = per_row + w_kl * kl_rows(tgt, phi, gamma, lk, row_mass, xp)
     if w_rince:
         per_row = per_row + w_rince * rince_rows(tgt, phi, gamma, lk, q=q, lam=lam, xp=xp)
-    if reduction == "none":
-        value = per_row
-    else:
-        value = xp.sum(per_row) / (n if reduction == "mean" else 1)
+    value = per_row if reduction == "none" else xp.sum(per_row) / (n if reduction == "mean" else 1)
     w = xp.ones_like(phi) / (n if reduction == "mean" else 1)
 
     phi_bar, gamma_bar, lk_bar = _divergence_backward(
@@ -165,7 +162,7 @@ def _divergence_backward(tgt: Target, phi: Array, gamma: Array, lk: Array, row_m
         # lp_i = log sum_j T_ij exp(Λ_ij + gamma_j)
         wr = w_rince * w
         log_neg = math.log(lam) + safe_log(tgt.row_sums(lk), xp) - phi
-        log_pos = tgt.log_weighted_mass(lk + gamma[None, :])
+        log_pos = tgt.log_weighted_mass(lk, gamma)
         phi_bar = phi_bar - wr * xp.exp(q * log_neg)
         lp_bar = -wr * xp.exp(q * log_pos)
         pos = T > 0

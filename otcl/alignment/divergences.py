@@ -22,8 +22,8 @@ def kl_rows(target: Target, phi: Array, gamma: Array, log_kernel: Array, row_mas
     """Generalised KL per row: ``sum_j T_ij log(T_ij / P_ij) - T_ij + P_ij``.
 
     With ``log P_ij = phi_i + gamma_j + Λ_ij`` this is
-    ``H_i(T) - (T1)_i phi_i - (T gamma)_i - sum_j T_ij Λ_ij - (T1)_i + (P1)_i``, so only the target's
-    entries of ``Λ`` and the row masses are needed. Summed over rows it is ``KL(T || P)``.
+    ``H_i(T) - (T1)_i phi_i - (T gamma)_i - sum_j T_ij Λ_ij - (T1)_i + (P1)_i``, so only the
+    target's entries of ``Λ`` and the row masses are needed. Summed over rows it is ``KL(T || P)``.
     """
     t_rows = target.row_sums(phi)
     return (
@@ -51,7 +51,7 @@ def rince_rows(target: Target, phi: Array, gamma: Array, log_kernel: Array, *, q
     step from ``v = 1`` it is exactly RINCE, ``-(e^{s_ii})^q / q + (lam sum_j e^{s_ij})^q / q``.
     Computed in log space so that no power of an underflowed number is formed.
     """
-    log_pos = target.log_weighted_mass(log_kernel + gamma[None, :])
+    log_pos = target.log_weighted_mass(log_kernel, gamma)
     log_neg = math.log(lam) + safe_log(target.row_sums(phi), xp) - phi
     return (xp.exp(q * log_neg) - xp.exp(q * log_pos)) / q
 

@@ -65,8 +65,8 @@ def _kl(T: Array, P: Array, xp: Any) -> Array:
 
 def half_step_plans(cost: Array, eps: float, n_half_steps: int, a: Array | None = None,
                     b: Array | None = None) -> list[Array]:
-    """The Sinkhorn iterates ``P^(1), ..., P^(K)`` (odd = after a row step, even = after a column
-    step; ``P^(0) = K``), each an ``(n, m)`` array, for marginals ``a``, ``b`` (default all-ones)."""
+    """The Sinkhorn iterates ``P^(1), ..., P^(K)`` (odd = after a row step, even = after a
+    column step; ``P^(0) = K``), each ``(n, m)``, for marginals ``a``, ``b`` (default all-ones)."""
     xp = check_compatible(cost=cost)
     n, m = cost.shape
     a = xp.ones((n,), dtype=cost.dtype) if a is None else a

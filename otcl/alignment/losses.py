@@ -295,8 +295,14 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
         gamma3 = log_col_update(log_k3, log_b3, phi3, t_b, xp)
     phi, gamma = phi3[0, ...], gamma3[0, ...]
 
-    if t_a == 1.0 and final_step == "row" and not inner.detached:
-        row_mass = a  # the final row step makes P 1 = a exactly
+    if final_step == "row" and not inner.detached:
+        # the final row step phi = t_a (log a - r) gives the row mass exp(phi + r) in closed
+        # form, a exp(phi (1 - 1/t_a)) (= a when the rows are hard): no pass over the plan
+        if t_a == 1.0:
+            row_mass = a
+        else:
+            expo = xp.where(a > 0, phi * (1 - 1 / t_a), xp.zeros_like(phi))
+            row_mass = a * xp.exp(expo)
     else:
         row_mass = xp.exp(phi + logsumexp(log_k + gamma[None, :], 1, xp))
 

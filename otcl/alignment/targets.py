@@ -83,11 +83,15 @@ class Target:
         T = self.dense
         return xp.sum(T * xp.log(xp.where(T > 0, T, xp.ones_like(T))), axis=1)
 
-    def log_weighted_mass(self, log_M: Array) -> Array:
-        """``log sum_j T_ij exp(log_M_ij)`` per row, shape ``(n,)``."""
+    def log_weighted_mass(self, log_M: Array, col_shift: Array | None = None) -> Array:
+        """``log sum_j T_ij exp(log_M_ij + s_j)`` per row, shape ``(n,)`` (``s = col_shift``,
+        default 0). For pairs this gathers ``n`` entries and never forms ``log_M + s``."""
+        xp = self.xp
         if self.dense is None:
-            return self.contract_rows(log_M)
-        return logsumexp(log_M + safe_log(self.dense, self.xp), 1, self.xp)
+            out = self.contract_rows(log_M)
+            return out if col_shift is None else out + xp.take(col_shift, self.partner)
+        shifted = log_M if col_shift is None else log_M + col_shift[None, :]
+        return logsumexp(shifted + safe_log(self.dense, xp), 1, xp)
 
 
 def pair_target(batch: ViewBatch) -> Target:

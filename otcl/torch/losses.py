@@ -36,15 +36,15 @@ from torch import nn
 from otcl.alignment import losses as _alg
 
 __all__ = [
-    "GRAD_MODES",
     "GCARINCE",
     "GCAUOT",
+    "GRAD_MODES",
     "IOT",
+    "RINCE",
     "AlignmentLoss",
     "GCAInfoNCE",
     "IOTUni",
     "InfoNCE",
-    "RINCE",
     "TorchInner",
     "gca_ince",
     "gca_rince",
@@ -283,7 +283,8 @@ class GCARINCE(_Loss):
 
 class GCAUOT(_Loss):
     """GCA-UOT (``eps = 0.5``, ``rho = 0.2``, ``n_iter = 10``, ``r1 = 1``, ``r2 = 0.02``,
-    ``q = 0.6``, ``lam = 0.01``). ``details.row_mass`` flags noisy pairs. See :func:`otcl.gca_uot`."""
+    ``q = 0.6``, ``lam = 0.01``). ``details.row_mass`` flags noisy pairs.
+    See :func:`otcl.gca_uot`."""
 
     _fn = staticmethod(_alg.gca_uot)
 
