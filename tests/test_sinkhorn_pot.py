@@ -172,8 +172,9 @@ def test_unbalanced_matches_pot(backend, dtype, eps, domain, kind, shape):
     C, a, b = _data(shape, mass_b=1.5)
     rho_a, rho_b = REG_M[kind]
     P_ref, log_u, log_v = _pot_unbalanced(shape, eps, (rho_a, rho_b))
-    T = _solve(backend, dtype, C, a, b, eps, domain, rho_a=rho_a, rho_b=rho_b,
-               tol=UNBALANCED_TOL[dtype])
+    T = _solve(
+        backend, dtype, C, a, b, eps, domain, rho_a=rho_a, rho_b=rho_b, tol=UNBALANCED_TOL[dtype]
+    )
 
     P = backend.to_numpy(T.plan).astype(np.float64)
     tol32 = UNBALANCED_TOL["float32"]
@@ -217,12 +218,21 @@ def test_mask_and_zero_mass_match_pot_with_infinite_cost(backend, domain, relaxe
         kw = {"rho_a": 0.7, "rho_b": 0.4}
     else:
         with np.errstate(divide="ignore"):  # POT takes log(0) of the zero-mass entries
-            P_ref = ot.sinkhorn(a, b, M, eps, method="sinkhorn_log", stopThr=1e-15,
-                                numItermax=50_000)
+            P_ref = ot.sinkhorn(
+                a, b, M, eps, method="sinkhorn_log", stopThr=1e-15, numItermax=50_000
+            )
         kw = {}
-    T = otcl.sinkhorn(backend.asarray(C), backend.asarray(a), backend.asarray(b), eps=eps,
-                      mask=backend.asarray(mask, None), tol=1e-12, max_iter=50_000,
-                      domain=domain, **kw)
+    T = otcl.sinkhorn(
+        backend.asarray(C),
+        backend.asarray(a),
+        backend.asarray(b),
+        eps=eps,
+        mask=backend.asarray(mask, None),
+        tol=1e-12,
+        max_iter=50_000,
+        domain=domain,
+        **kw,
+    )
     assert T.converged is True
     P = backend.to_numpy(T.plan)
     assert np.all(P[~mask] == 0.0)
@@ -238,8 +248,14 @@ def test_batched_matches_pot_per_problem(backend):
     a = rng.random((B, n)) + 0.05
     b = rng.random((B, m)) + 0.05
     a, b = a / a.sum(-1, keepdims=True), b / b.sum(-1, keepdims=True)
-    T = otcl.sinkhorn(backend.asarray(C), backend.asarray(a), backend.asarray(b), eps=eps,
-                      tol=1e-12, max_iter=50_000)
+    T = otcl.sinkhorn(
+        backend.asarray(C),
+        backend.asarray(a),
+        backend.asarray(b),
+        eps=eps,
+        tol=1e-12,
+        max_iter=50_000,
+    )
     assert np.all(T.converged)
     P = backend.to_numpy(T.plan)
     for k in range(B):
