@@ -164,6 +164,40 @@ def test_info_nce_with_labels_is_supcon_plus_target_entropy(layout):
     assert got == pytest.approx((supcon + entropy_const).item(), abs=1e-12)
 
 
+@pytest.mark.parametrize("layout", ["cross", "blocked"])
+def test_metric_offset_cancels_for_balanced_losses_but_not_for_rince(layout):
+    """``"cosine"`` is ``"neg_cosine" + 1``: row/column projections absorb the constant, RINCE
+    sees ``e^{(cos - 1) / eps}``."""
+    eps, q, lam = 0.5, 0.6, 0.1
+    z1, z2 = pairs(6, seed=30)
+    args, kw = ((z1, z2), {}) if layout == "cross" else ((all_views(z1, z2, layout),),
+                                                         {"layout": layout})
+    for fn in (info_nce, gca_ince, otcl.iot, otcl.iot_uni):
+        assert float(fn(*args, metric="cosine", **kw)) == pytest.approx(
+            float(fn(*args, metric="neg_cosine", **kw)), abs=1e-12)
+    if layout == "cross":
+        E = np.exp((cos(z1, z2) - 1) / eps)
+        pos = np.diag(E)
+    else:
+        E = np.exp((cos(*args, *args) - 1) / eps)
+        np.fill_diagonal(E, 0.0)
+        pos = E[np.arange(12), partner(12, layout)]
+    expected = np.mean(-(pos**q) / q + (lam * E.sum(1)) ** q / q)
+    got = float(rince(*args, metric="cosine", eps=eps, q=q, lam=lam, **kw))
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got != pytest.approx(float(rince(*args, eps=eps, q=q, lam=lam, **kw)), abs=1e-3)
+
+
+@pytest.mark.parametrize("metric", ["dot", "sqeuclidean"])
+def test_info_nce_with_other_metrics(metric):
+    eps = 2.0
+    z1, z2 = pairs(6, seed=31)
+    C = -z1 @ z2.T if metric == "dot" else ((z1[:, None, :] - z2[None, :, :]) ** 2).sum(-1)
+    s = -C / eps
+    expected = np.mean(logsumexp(s, axis=1) - np.diag(s))
+    assert float(info_nce(z1, z2, eps=eps, metric=metric)) == pytest.approx(expected, abs=1e-12)
+
+
 # ------------------------------------------------------------------------------------------
 # GCA-INCE
 
