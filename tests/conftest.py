@@ -165,3 +165,16 @@ def random_problem(
 def problem_factory() -> Any:
     """:func:`random_problem` (a session fixture, so hypothesis tests may use it)."""
     return random_problem
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Any:
+    """Small tensors run fastest on one thread; two threads on a busy 2-core machine are slow."""
+    torch = _torch()
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -319,7 +319,8 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
         per_row = xp.zeros_like(phi)
     if not bool(xp.all(xp.isfinite(per_row))):
         warnings.warn(
-            "the loss has non-finite rows; the inner solve left the floating-point range",
+            "the loss has non-finite rows: a term overflowed the dtype (for RINCE terms, "
+            "exp(q / eps) grows quickly as eps shrinks) or the inner solve left its range",
             ConvergenceWarning, stacklevel=3,
         )
     value = per_row if reduction == "none" else xp.sum(per_row)

@@ -74,7 +74,10 @@ class TorchInner:
                  t_a: Any, t_b: Any, n_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
         from otcl.torch.autograd import inner_potentials
 
-        return inner_potentials(log_kernel, log_a, log_b, t_a, t_b, n_iter, grad=self.grad)
+        # with no rounds there is no fixed point: the one row step's exact derivative is the
+        # unrolled one, whatever the mode asked for (detach excepted)
+        grad = "unroll" if n_iter == 0 and self.grad == "implicit" else self.grad
+        return inner_potentials(log_kernel, log_a, log_b, t_a, t_b, n_iter, grad=grad)
 
     def __repr__(self) -> str:
         return f"TorchInner(grad={self.grad!r})"
