@@ -1,0 +1,172 @@
+"""The ``otcl`` command: ``otcl study`` (the main job) and ``otcl check`` (a self-test).
+
+``otcl study`` reproduces the paper's claims at toy scale on embedded data (random embeddings,
+sklearn digits, synthetic multi-domain data) and writes ``report.md``, ``results.json`` and PNG
+figures. ``otcl check`` runs the solver and loss identities on every available backend and
+exits with status 1 if any fails. Bad arguments exit with status 2 and a usage message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    from otcl.experiments.config import SECTIONS
+
+    names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    bad = [n for n in names if n not in SECTIONS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {', '.join(SECTIONS)}, got {text!r}"
+        )
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``otcl`` command."""
+    from otcl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="otcl",
+        description="Contrastive losses as entropic / unbalanced optimal-transport alignment.",
+    )
+    parser.add_argument("--version", action="version", version=f"otcl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    study = sub.add_parser(
+        "study",
+        help="reproduce the paper's claims at toy scale; write a report, results and plots",
+        description=(
+            "Run the study: (1) the loss/OT equivalences on random embeddings on every "
+            "backend, (2) contrastive training on sklearn digits with INCE, GCA-INCE, RINCE, "
+            "GCA-RINCE and GCA-UOT in a standard and a noisy-view setting, (3) a domain-aware "
+            "target plan on synthetic multi-domain data. Writes report.md, results.json and PNG "
+            "figures into --out."
+        ),
+    )
+    size = study.add_mutually_exclusive_group()
+    size.add_argument("--quick", dest="size", action="store_const", const="quick",
+                      help="the default size: a few minutes on two CPU cores")
+    size.add_argument("--full", dest="size", action="store_const", const="full",
+                      help="more seeds, longer training, more settings and a denser sweep")
+    size.add_argument("--tiny", dest="size", action="store_const", const="tiny",
+                      help="smoke test of the whole pipeline in seconds (numbers mean nothing)")
+    study.set_defaults(size="quick")
+    study.add_argument("--out", default="study-out", metavar="DIR",
+                       help="output directory (default: study-out)")
+    study.add_argument("--seed", type=_seed, default=0, help="base random seed (default: 0)")
+    study.add_argument("--seeds", type=_positive_int, default=None, metavar="K",
+                       help="number of training seeds per loss (default: from the size)")
+    study.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
+                       help="training epochs on digits (default: from the size)")
+    study.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="torch device for training (default: cpu)")
+    study.add_argument("--sections", type=_sections, default=None, metavar="LIST",
+                       help="comma-separated subset of equivalences,contrastive,domain")
+    study.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                       help="torch/BLAS threads (default: 1, fastest for these small models)")
+    study.add_argument("--no-progress", dest="progress", action="store_false",
+                       help="do not draw progress bars")
+
+    check = sub.add_parser(
+        "check",
+        help="self-test of the solver and loss identities on the available backends",
+        description=(
+            "Run the Sinkhorn invariants (marginals, kernel vs log domain, agreement with POT "
+            "when installed) and the loss equivalences on NumPy, torch (CPU) and, where "
+            "present, torch CUDA and CuPy. Exit status 0 when every check passes, 1 otherwise."
+        ),
+    )
+    check.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
+                       help="which backends to test (default: all that are available)")
+    check.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    return parser
+
+
+def _run_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from otcl.experiments.config import preset
+    from otcl.experiments.study import MissingFeatureError, run_study
+
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device here; use --device cpu")
+    cfg = preset(args.size).replace(seed=args.seed, device=args.device)
+    if args.seeds is not None:
+        cfg = cfg.replace(n_seeds=args.seeds, domain_seeds=min(args.seeds, cfg.domain_seeds))
+    if args.epochs is not None:
+        cfg = cfg.replace(epochs=args.epochs)
+    if args.sections is not None:
+        cfg = cfg.replace(sections=args.sections)
+    command = "otcl study " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None
+    try:
+        run_study(cfg, args.out, progress=args.progress, threads=args.threads,
+                  command=command or f"otcl study --{args.size} --seed {args.seed}")
+    except MissingFeatureError as exc:
+        print(f"otcl study: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"otcl study: cannot write to {args.out!r}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from otcl.experiments.selfcheck import available_backends, format_table, run_checks
+
+    device = None if args.device == "all" else args.device
+    if not available_backends(device):
+        parser.error(f"--device {args.device}: no backend of that kind is available here")
+    records = run_checks(device, seed=args.seed)
+    print(format_table(records))
+    failed = [r for r in records if not r.passed]
+    print()
+    if failed:
+        print(f"FAILED: {len(failed)} of {len(records)} checks.")
+        return 1
+    print(f"OK: all {len(records)} checks passed (skipped checks count as passed).")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``otcl`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "study":
+            return _run_study(args, parser)
+        return _run_check(args, parser)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

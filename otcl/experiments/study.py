@@ -1,0 +1,186 @@
+"""``otcl study``: run the sections, then write ``results.json``, the figures and ``report.md``."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from otcl.experiments.claims import assess_claims
+from otcl.experiments.config import StudyConfig
+from otcl.experiments.registry import missing_features
+
+__all__ = ["MissingFeatureError", "resolve_device", "run_study", "set_threads"]
+
+
+class MissingFeatureError(RuntimeError):
+    """A section needs a part of the library that cannot be imported in this installation."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"cpu"`` or ``"cuda"`` (``ValueError`` when CUDA is requested but absent)."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was requested but torch sees no CUDA device")
+        return torch.device("cuda")
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {name!r}")
+
+
+def set_threads(threads: int | None) -> int:
+    """Set the torch and BLAS thread counts; returns the count used.
+
+    The default is 1: the study's matrices are small (at most a few hundred rows), where extra
+    threads cost more in synchronisation than they save, and much more on a shared machine.
+    """
+    n = 1 if threads is None else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # sklearn depends on threadpoolctl, so this is an unusual install
+        pass
+    return n
+
+
+def _jsonable(x: Any) -> Any:
+    """Replace NaN/inf by ``None`` and numpy scalars by Python numbers, recursively."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items() if not str(k).startswith("_")}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return v if math.isfinite(v) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+class _Progress:
+    """A tqdm bar over all training runs (silent when disabled)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled and total > 0:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="run", dynamic_ncols=True, leave=True)
+
+    def __call__(self, label: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(label, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
+              threads: int | None = None, command: str | None = None,
+              echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the configured sections and write ``results.json``, PNG figures and ``report.md``.
+
+    Returns the results dict (as written to ``results.json``, plus ``claims``). Raises
+    :class:`MissingFeatureError` before doing any work if a section needs a part of the library
+    that is not importable, and ``ValueError`` for an unusable device.
+    """
+    from otcl import __version__
+    from otcl.experiments import contrastive, domain, report
+    from otcl.experiments.equivalence_section import curve_summary, run_equivalences
+
+    missing = missing_features(cfg.sections)
+    if missing:
+        raise MissingFeatureError(
+            "this installation lacks " + ", ".join(missing)
+            + f" needed by the section(s) {', '.join(cfg.sections)}"
+        )
+    device = resolve_device(cfg.device)
+    n_threads = set_threads(threads)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    res: dict[str, Any] = {"config": cfg.as_dict()}
+    section_seconds: dict[str, float] = {}
+    start = time.perf_counter()
+
+    if "equivalences" in cfg.sections:
+        echo("[1/3] equivalences on random embeddings")
+        t = time.perf_counter()
+        res["equivalences"] = run_equivalences(cfg)
+        section_seconds["equivalences"] = time.perf_counter() - t
+
+    if "contrastive" in cfg.sections:
+        echo(f"[2/3] contrastive training on digits ({contrastive.n_runs(cfg)} runs)")
+        t = time.perf_counter()
+        bar = _Progress(contrastive.n_runs(cfg), progress)
+        try:
+            res["contrastive"] = contrastive.run_contrastive(cfg, device, bar)
+        finally:
+            bar.close()
+        encs = res["contrastive"].get("_encoders", {})
+        first = cfg.settings[0].name
+        if "equivalences" in res and (first, "INCE") in encs:
+            from otcl.alignment.equivalences import kl_curve
+
+            v1, v2 = contrastive.held_out_pairs(cfg, device)
+            with torch.no_grad():
+                enc = encs[(first, "INCE")]
+                z1 = enc(v1).double().cpu().numpy()
+                z2 = enc(v2).double().cpu().numpy()
+            res["equivalences"]["kl_curve_trained"] = curve_summary(
+                kl_curve(z1, z2, eps=cfg.loss.eps, n_half_steps=cfg.kl_half_steps))
+        section_seconds["contrastive"] = time.perf_counter() - t
+
+    if "domain" in cfg.sections:
+        echo(f"[3/3] domain prior on synthetic multi-domain data ({domain.n_runs(cfg)} runs)")
+        t = time.perf_counter()
+        bar = _Progress(domain.n_runs(cfg), progress)
+        try:
+            res["domain"] = domain.run_domain(cfg, device, bar)
+        finally:
+            bar.close()
+        section_seconds["domain"] = time.perf_counter() - t
+
+    res["meta"] = {
+        "otcl_version": __version__,
+        "torch_version": torch.__version__,
+        "numpy_version": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "threads": n_threads,
+        "cpu_count": os.cpu_count(),
+        "command": command or "otcl study " + " ".join(sys.argv[1:]),
+        "section_seconds": section_seconds,
+        "seconds": time.perf_counter() - start,
+    }
+    if "contrastive" in res:
+        res["contrastive"].pop("_encoders", None)
+    claims = assess_claims(res)
+    res["claims"] = [c.as_dict() for c in claims]
+    res["figures"] = report.make_figures(res, out)
+    (out / "results.json").write_text(
+        json.dumps(_jsonable(res), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    report.write_report(res, claims, out)
+    echo("")
+    echo(report.summary_table(res, claims))
+    echo("")
+    echo(f"Wrote {out / 'report.md'}, {out / 'results.json'} and {len(res['figures'])} figures.")
+    return res
