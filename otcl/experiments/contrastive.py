@@ -10,7 +10,9 @@ encoder is trained on the training split and evaluated with frozen features:
 * ``auc_row_mass``: on a held-out batch of test images in which a known share of second views
   was replaced by a view of another image, the ROC AUC of GCA-UOT's row mass ``P 1`` for
   flagging those pairs (lower mass = corrupted); ``auc_cosine`` is the same for the plain
-  positive-pair cosine, the obvious baseline detector.
+  positive-pair cosine, the obvious baseline detector; ``uot_row_mass_mean`` is the mean row
+  mass (the target's is 1) and ``uot_positive_share_clean`` the mean share ``P_ii / (P 1)_i``
+  of a clean row's mass on its own positive.
 
 All losses share the seeds of a repeat (same initial weights, same batches and views), so
 differences between losses are paired.
@@ -19,6 +21,7 @@ differences between losses are paired.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -84,6 +87,9 @@ def _evaluate(enc: Encoder, split: DigitsSplit, tensors: dict[str, torch.Tensor]
         z1, z2 = enc(w1), enc(w2)
         _, details = uot(z1, z2, return_details=True)
         row_mass = _numpy(details.row_mass)
+        # share of each row's plan mass that sits on its own (possibly corrupted) positive
+        diag = torch.diagonal(details.plan)
+        share = _numpy(diag / details.row_mass)
         cos = _numpy(torch.nn.functional.cosine_similarity(z1, z2, dim=1))
         by_eps = {}
         for eps, meter in (eps_meters or {}).items():
@@ -93,6 +99,8 @@ def _evaluate(enc: Encoder, split: DigitsSplit, tensors: dict[str, torch.Tensor]
         out[f"auc_row_mass_eps{eps:g}"] = detection_auc(-mass, flags)
     out["auc_row_mass"] = detection_auc(-row_mass, flags)
     out["auc_cosine"] = detection_auc(-cos, flags)
+    out["uot_row_mass_mean"] = float(row_mass.mean())
+    out["uot_positive_share_clean"] = float(share[~flags].mean()) if (~flags).any() else math.nan
     return out, {"row_mass": row_mass, "corrupted": flags}
 
 

@@ -49,32 +49,38 @@ def fig_kl_curve(res: dict, out: Path) -> str:
     eq = res["equivalences"]
     curves = [("random embeddings", eq["kl_curve_random"])]
     if "kl_curve_trained" in eq:
-        curves.append(("trained INCE encoder (held-out digits)", eq["kl_curve_trained"]))
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.8), squeeze=False)
+        curves.append(("trained INCE encoder, held-out digits", eq["kl_curve_trained"]))
+    fig, axes = plt.subplots(2, len(curves), figsize=(5.6 * len(curves), 7.0), squeeze=False)
     n_iter = res["config"]["loss"]["n_iter"]
-    for ax, (title, c) in zip(axes[0], curves, strict=True):
+    k_gca = 2 * n_iter + 1
+    for col, (title, c) in enumerate(curves):
         kl = np.asarray(c["kl"])
         k = np.arange(1, len(kl) + 1)
-        ax.plot(k, kl, "-", color="0.3", lw=1.2, zorder=1)
         odd = k % 2 == 1
+        ax = axes[0][col]
+        ax.plot(k, kl, "-", color="0.3", lw=1.2, zorder=1)
         ax.scatter(k[odd], kl[odd], s=18, color="#4c72b0", label="after a row step", zorder=2)
         ax.scatter(k[~odd], kl[~odd], s=18, color="#dd8452", label="after a column step",
                    zorder=2)
         ax.scatter([1], [kl[0]], s=90, facecolors="none", edgecolors="k", zorder=3,
                    label="k = 1: InfoNCE")
-        k_gca = 2 * n_iter + 1
         if k_gca <= len(kl):
             ax.scatter([k_gca], [kl[k_gca - 1]], s=90, marker="D", facecolors="none",
                        edgecolors="#55a868", zorder=3,
                        label=f"k = {k_gca}: GCA-INCE ({n_iter} rounds)")
-        ax.set_xlabel("half-step k")
+        ax.ticklabel_format(axis="y", useOffset=False)
         ax.set_ylabel("KL(I || P^(k)) / N")
         ax.set_title(title)
         ax.legend(fontsize=8)
-        span = kl.max() - kl.min()
-        if span > 0:
-            ax.set_ylim(kl.min() - 0.1 * span, kl.max() + 0.1 * span)
-    fig.suptitle("Section 1: KL to the target over Sinkhorn half-steps (non-increasing)")
+        ax = axes[1][col]
+        excess = kl - kl[-1]
+        keep = excess > 0
+        ax.semilogy(k[keep], excess[keep], "o-", ms=3, color="#4c72b0")
+        ax.set_xlabel("half-step k")
+        ax.set_ylabel(f"KL(k) - KL({len(kl)})  (log scale)")
+        ax.set_title("distance to the last value")
+    fig.suptitle("Section 1: KL to the target plan over Sinkhorn half-steps")
+    fig.tight_layout()
     return _save(fig, out, "equivalences_kl_curve.png")
 
 
@@ -108,12 +114,16 @@ def fig_probe(res: dict, out: Path) -> str:
         ax.set_xticks(x, losses, rotation=15)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(title)
-        top = max(100 * con["settings"][st][name][metric]["mean"] for st in settings
-                  for name in losses)
-        ax.set_ylim(max(0.0, 100 * lo - 2), min(100.0, top + 2.5))
-        ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"Section 2: digits, frozen-feature probes (mean ± std over "
-                 f"{res['config']['n_seeds']} seeds)")
+        top = max([100 * con["settings"][st][name][metric]["mean"] for st in settings
+                   for name in losses]
+                  + [100 * con["baselines"][b][metric] for b in ("raw_pixels", "random_encoder")])
+        ax.set_ylim(max(0.0, 100 * lo - 2), min(100.0, top + 1.5))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9,
+               bbox_to_anchor=(0.5, -0.06))
+    n = res["config"]["n_seeds"]
+    fig.suptitle(f"Section 2: digits, frozen-feature probes (mean ± std over {n} "
+                 f"seed{'s' if n > 1 else ''})")
     return _save(fig, out, "contrastive_probe.png")
 
 
@@ -157,7 +167,7 @@ def fig_row_mass(res: dict, out: Path) -> str | None:
     ax.set_xlabel("GCA-UOT row mass (P 1)_i")
     ax.set_ylabel("density")
     ax.set_title(f"held-out batch, {setting} setting, seed 0 "
-                 f"(AUC {rec['auc_row_mass']['values'][0]:.3f})")
+                 f"(AUC {rec['auc_row_mass']['values'][0]:.3f}; target mass 1)")
     ax.legend(fontsize=8)
     ax = axes[1]
     eps_keys = sorted((float(k.removeprefix("auc_row_mass_eps")), k) for k in rec
@@ -168,6 +178,8 @@ def fig_row_mass(res: dict, out: Path) -> str | None:
         sd = [rec[k]["std"] for _, k in eps_keys]
         ax.errorbar(e, m, yerr=sd, fmt="o-", capsize=3, label="row mass (GCA-UOT, rho fixed)")
         ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(e, [f"{v:g}" for v in e])
     ax.axhline(rec["auc_cosine"]["mean"], color="k", ls="--", lw=1,
                label="positive-pair cosine (baseline)")
     ax.axhline(0.5, color="0.5", ls=":", lw=1, label="chance")
@@ -248,9 +260,15 @@ def make_figures(res: dict[str, Any], out: Path) -> list[str]:
 # text
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    """A Markdown table; ``|`` inside cells is escaped."""
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
