@@ -1,0 +1,117 @@
+"""The ``otcl`` command line: usage errors, ``otcl check`` and ``python -m otcl``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from otcl.cli import main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["frobnicate"],
+        ["study", "--seeds", "0"],
+        ["study", "--seeds", "three"],
+        ["study", "--epochs", "-2"],
+        ["study", "--seed", "-1"],
+        ["study", "--quick", "--full"],
+        ["study", "--tiny", "--quick"],
+        ["study", "--device", "tpu"],
+        ["study", "--sections", "equivalences,bogus"],
+        ["study", "--sections", ","],
+        ["study", "--threads", "0"],
+        ["study", "--unknown-flag"],
+        ["check", "--device", "gpu"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: otcl" in err
+    assert "Traceback" not in err
+
+
+def test_cuda_request_without_cuda_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--device", "cuda", "--tiny", "--out", "unused"])
+    assert exc.value.code == 2
+    assert "CUDA" in capsys.readouterr().err
+
+
+def test_module_entry_point_usage_error_has_no_traceback() -> None:
+    proc = subprocess.run([sys.executable, "-m", "otcl", "study", "--seeds", "x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "usage: otcl" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    from otcl import __version__
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert __version__ in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--quick", "--full", "--tiny", "--out", "--seed", "--seeds", "--device"):
+        assert flag in out
+
+
+def test_check_passes_on_numpy_and_torch(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    assert main(["check", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("numpy ", "torch-cpu "))]
+    assert any(line.startswith("numpy ") for line in rows)
+    assert any(line.startswith("torch-cpu ") for line in rows)
+    assert not any(line.rstrip().endswith("FAIL") for line in rows)
+    assert any("infonce_is_row_projection" in line and line.rstrip().endswith("PASS")
+               for line in rows)
+    assert "OK: all" in out
+
+
+def test_check_fails_when_the_solver_is_wrong(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A solver that ignores part of eps must be caught (POT and marginal checks)."""
+    pytest.importorskip("ot")
+    import otcl
+
+    real = otcl.sinkhorn
+
+    def wrong(cost, a=None, b=None, *, eps, **kw):
+        # the balanced log-domain solve silently uses a different eps
+        if "rho_a" not in kw and kw.get("domain") == "log":
+            eps = 1.2 * eps
+        return real(cost, a, b, eps=eps, **kw)
+
+    monkeypatch.setattr(otcl, "sinkhorn", wrong)
+    assert main(["check", "--device", "cpu"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "FAILED:" in out
+    failing = [line for line in out.splitlines() if line.rstrip().endswith("FAIL")]
+    assert any("vs POT" in line for line in failing)
+
+
+def test_study_reports_missing_library_parts(monkeypatch: pytest.MonkeyPatch, tmp_path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import otcl.experiments.study as study
+
+    monkeypatch.setattr(study, "missing_features", lambda sections: ["otcl.torch.GCAUOT"])
+    assert main(["study", "--tiny", "--out", str(tmp_path / "o"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "otcl.torch.GCAUOT" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
