@@ -125,7 +125,7 @@ def _run_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         cfg = cfg.replace(epochs=args.epochs)
     if args.sections is not None:
         cfg = cfg.replace(sections=args.sections)
-    command = "otcl study " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None
+    command = "otcl " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None
     try:
         run_study(cfg, args.out, progress=args.progress, threads=args.threads,
                   command=command or f"otcl study --{args.size} --seed {args.seed}")

@@ -186,7 +186,7 @@ def _baseline_claims(res: dict) -> list[Claim]:
     raw = con["baselines"]["raw_pixels"]
     parts, below = [], []
     for setting, per in con["settings"].items():
-        for metric, label in (("probe", "probe"), ("few_shot", "few-shot")):
+        for metric, label in (("probe", "linear probe"), ("few_shot", "few-shot probe")):
             means = {name: rec[metric]["mean"] for name, rec in per.items()}
             n_below = sum(m < base[metric] for m in means.values())
             parts.append(f"{setting} {label}: {min(means.values()) * 100:.2f}-"
@@ -194,7 +194,7 @@ def _baseline_claims(res: dict) -> list[Claim]:
                          f"{base[metric] * 100:.2f}%")
             if n_below:
                 below.append(f"{n_below}/{len(means)} losses below the untrained encoder in the "
-                             f"{setting} {label} probe")
+                             f"{setting} {label}")
     verdict = SUPPORTED if not below else CONTRADICTED
     detail = ("Every trained encoder beats the untrained one." if not below else
               "Training does not always help here: " + "; ".join(below) + ".")

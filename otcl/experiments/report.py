@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from otcl.experiments.claims import Claim
+from otcl.experiments.data import AUGMENTATIONS
 
 __all__ = ["make_figures", "summary_table", "write_report"]
 
@@ -330,9 +331,9 @@ def _contrastive_md(res: dict) -> list[str]:
         + "; ".join(f"**{s['name']}** = {s['augmentation']} augmentation with "
                     f"{100 * s['fp_fraction']:.0f}% false-positive pairs"
                     for s in cfg["settings"])
-        + ". Standard augmentation: ±1-pixel shifts, Gaussian noise σ = 0.1, a 3×3 hole with "
-        "probability 0.5. Strong: ±1-pixel shifts, σ = 0.3, a 5×5 hole in every view. A "
-        "false-positive pair replaces the second view by a view of another image.",
+        + ". " + " ".join(f"{name.capitalize()} augmentation: {aug.describe()}."
+                          for name, aug in AUGMENTATIONS.items())
+        + " A false-positive pair replaces the second view by a view of another image.",
         "",
         "Probes are logistic regressions on frozen standardised backbone features (test "
         "accuracy, %). Few-shot: "

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,7 +166,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
         "device": str(device),
         "threads": n_threads,
         "cpu_count": os.cpu_count(),
-        "command": command or "otcl study " + " ".join(sys.argv[1:]),
+        "command": command or f"otcl study --{cfg.size} --seed {cfg.seed}",
         "section_seconds": section_seconds,
         "seconds": time.perf_counter() - start,
     }
