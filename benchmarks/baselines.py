@@ -1,0 +1,149 @@
+"""Reference computations that otcl is measured against.
+
+These are reference losses in plain PyTorch autograd: NT-Xent, a straightforward
+"official-style" GCA loss that forms the plan with diagonal matrices, and kernel-domain /
+log-domain unrolled GCA losses that never form the plan. (The solver's floors are in
+``benchmarks.floors``.)
+
+All GCA references use the cross-view form of the paper with unit marginals ``a = b = 1``,
+cost ``C = -cos`` and kernel ``K = exp(-C/eps)``, run ``L`` Sinkhorn rounds from ``v = 1``
+
+    u <- (a / (K v))^t,    v <- (b / (K^T u))^t,       t = rho / (rho + eps)  (1 if rho = inf)
+
+then one more row step, and return the cross-entropy of the plan ``P = diag(u) K diag(v)``
+against the positive pairs: ``mean_i -log(P_{i,p(i)} / sum_j P_ij)``. With ``L = 0`` this is
+NT-Xent; the three GCA references compute the same value by different routes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the usual PyTorch spelling)
+
+__all__ = [
+    "gca_kernel_autograd",
+    "gca_log_autograd",
+    "gca_official_style",
+    "nt_xent",
+    "partner_index",
+    "similarity",
+    "update_exponent",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# reference losses (torch)
+
+
+def similarity(z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarities ``s_ij = cos(z1_i, z2_j)``, shape ``(n, m)`` (``z2 = z1`` if omitted)."""
+    x = F.normalize(z1, dim=1)
+    y = x if z2 is None else F.normalize(z2, dim=1)
+    return x @ y.T
+
+
+def partner_index(n_rows: int, all_views: bool, device: Any = None) -> torch.Tensor:
+    """Index of each row's positive column: ``i`` (cross-view) or ``(i + N) mod 2N`` (all-views,
+    blocked layout ``[view 1; view 2]`` with ``2N = n_rows``)."""
+    idx = torch.arange(n_rows, device=device)
+    if all_views:
+        idx = (idx + n_rows // 2) % n_rows
+    return idx
+
+
+def update_exponent(rho: float, eps: float) -> float:
+    """``t = rho / (rho + eps)``; ``1`` for a hard marginal constraint (``rho = inf``)."""
+    return 1.0 if math.isinf(rho) else rho / (rho + eps)
+
+
+def _power(x: torch.Tensor, t: float) -> torch.Tensor:
+    return x if t == 1.0 else x**t
+
+
+def nt_xent(s: torch.Tensor, eps: float, all_views: bool = False) -> torch.Tensor:
+    """NT-Xent / InfoNCE: ``cross_entropy(s / eps, partner)``; self-pairs excluded (all-views).
+
+    ``s`` is the ``(n, n)`` similarity matrix from :func:`similarity`.
+    """
+    logits = s / eps
+    if all_views:
+        eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+        logits = logits.masked_fill(eye, -math.inf)
+    return F.cross_entropy(logits, partner_index(s.shape[0], all_views, s.device))
+
+
+def gca_official_style(
+    s: torch.Tensor, eps: float, n_iter: int, rho: float = math.inf
+) -> torch.Tensor:
+    """GCA loss the straightforward way: explicit kernel, vector Sinkhorn, explicit plan.
+
+    ``K = exp(s / eps)`` (cost ``-s``), ``L = n_iter`` rounds of the scaling updates above with
+    autograd through every step, a final row step, then the plan formed as
+    ``torch.diag(u) @ K @ torch.diag(v)`` and ``cross_entropy(log P, arange(n))``. Cross-view
+    ``(n, n)`` similarities only. Costs two ``n^3`` products and ``O(n^2)`` memory per call.
+    """
+    n = s.shape[0]
+    t = update_exponent(rho, eps)
+    kernel = torch.exp(s / eps)
+    ones = torch.ones(n, dtype=s.dtype, device=s.device)
+    v = ones
+    for _ in range(n_iter):
+        u = _power(ones / (kernel @ v), t)
+        v = _power(ones / (kernel.T @ u), t)
+    u = _power(ones / (kernel @ v), t)
+    plan = torch.diag(u) @ kernel @ torch.diag(v)
+    return F.cross_entropy(torch.log(plan), torch.arange(n, device=s.device))
+
+
+def gca_kernel_autograd(
+    s: torch.Tensor, eps: float, n_iter: int, rho: float = math.inf, all_views: bool = False
+) -> torch.Tensor:
+    """The same loss in the kernel domain without forming the plan (plain autograd).
+
+    Rounds as in :func:`gca_official_style` on ``K = exp(s / eps)`` (zero diagonal for
+    all-views), then ``mean_i [log (K v)_i - log K_{i,p(i)} - log v_{p(i)}]``, which is the
+    cross-entropy of the row-normalised plan (``u`` cancels). Autograd stores ``O(L n)`` vectors
+    besides ``K``.
+    """
+    n = s.shape[0]
+    t = update_exponent(rho, eps)
+    log_k = s / eps
+    kernel = torch.exp(log_k)
+    if all_views:
+        kernel = kernel.masked_fill(torch.eye(n, dtype=torch.bool, device=s.device), 0.0)
+    ones = torch.ones(n, dtype=s.dtype, device=s.device)
+    v = ones
+    for _ in range(n_iter):
+        u = _power(ones / (kernel @ v), t)
+        v = _power(ones / (kernel.T @ u), t)
+    p = partner_index(n, all_views, s.device)
+    rows = torch.arange(n, device=s.device)
+    return torch.mean(torch.log(kernel @ v) - log_k[rows, p] - torch.log(v[p]))
+
+
+def gca_log_autograd(
+    s: torch.Tensor, eps: float, n_iter: int, rho: float = math.inf, all_views: bool = False
+) -> torch.Tensor:
+    """The same loss with log-sum-exp updates of the potentials (plain autograd).
+
+    ``phi = t (log a - LSE_j(Λ_ij + gamma_j))``, ``gamma = t (log b - LSE_i(Λ_ij + phi_i))`` with
+    ``Λ = s / eps`` (``-inf`` diagonal for all-views) and ``a = b = 1``; value
+    ``mean_i [LSE_j(Λ_ij + gamma_j) - Λ_{i,p(i)} - gamma_{p(i)}]``. Autograd stores ``O(L n^2)``:
+    every log-sum-exp keeps its ``n x n`` input.
+    """
+    n = s.shape[0]
+    t = update_exponent(rho, eps)
+    log_k = s / eps
+    if all_views:
+        log_k = log_k.masked_fill(torch.eye(n, dtype=torch.bool, device=s.device), -math.inf)
+    gamma = torch.zeros(n, dtype=s.dtype, device=s.device)
+    for _ in range(n_iter):
+        phi = -t * torch.logsumexp(log_k + gamma[None, :], dim=1)
+        gamma = -t * torch.logsumexp(log_k + phi[:, None], dim=0)
+    p = partner_index(n, all_views, s.device)
+    rows = torch.arange(n, device=s.device)
+    lse = torch.logsumexp(log_k + gamma[None, :], dim=1)
+    return torch.mean(lse - log_k[rows, p] - gamma[p])

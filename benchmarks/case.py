@@ -1,0 +1,52 @@
+"""One benchmark case in this (fresh) process: ``python -m benchmarks.case <kind> <params-json>``.
+
+The parameters are a JSON object (see ``benchmarks.suites``); ``threads`` in it sets the thread
+pools before anything is measured. The result is printed as one line ``BENCH-RESULT <json>`` on
+standard output: ``{"status": "ok" | "skipped" | "error", "metrics", "info", "reason"}``. The exit
+status is 0 for ``ok`` and ``skipped``, 1 for ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+import warnings
+from typing import Any
+
+RESULT_PREFIX = "BENCH-RESULT "
+
+
+def run_case(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run one case in this process and return its result record (never raises)."""
+    from benchmarks.cases import KINDS
+    from benchmarks.common import Skip, configure_threads
+
+    if kind not in KINDS:
+        return {"status": "error", "reason": f"unknown case kind {kind!r}; known: {sorted(KINDS)}"}
+    try:
+        configure_threads(int(params.get("threads", 1)))
+        with warnings.catch_warnings():
+            # fixed-round solves (tol=None) and POT's stopThr=0 are meant not to converge
+            warnings.simplefilter("ignore")
+            out = KINDS[kind](params)
+    except Skip as skip:
+        return {"status": "skipped", "reason": str(skip)}
+    except Exception as err:  # report any failure as this case's result
+        tail = traceback.format_exc().strip().splitlines()[-6:]
+        return {"status": "error", "reason": f"{type(err).__name__}: {err}", "traceback": tail}
+    return {"status": "ok", **out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m benchmarks.case <kind> <params-json>", file=sys.stderr)
+        return 2
+    result = run_case(args[0], json.loads(args[1]))
+    print(RESULT_PREFIX + json.dumps(result, default=float), flush=True)
+    return 1 if result["status"] == "error" else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

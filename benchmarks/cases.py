@@ -1,0 +1,492 @@
+"""What one benchmark process measures: one function per case kind.
+
+Each function takes the case's parameters (a JSON-compatible dict, see ``benchmarks.suites``)
+and returns ``{"metrics": {...}, "info": {...}}``; it raises :class:`~benchmarks.common.Skip`
+when its target is not available here. Timing parameters (``repeat``, ``budget_s``) are added to
+every case's parameters by the runner.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    Skip,
+    backend_array,
+    cosine_cost,
+    measure,
+    minor_faults,
+    peak_rss_during,
+    require_backend,
+    synchronizer,
+    thread_report,
+)
+from benchmarks.floors import exp_bound, matvec_floor
+
+__all__ = ["KINDS"]
+
+WARMUP_ITERS = 10
+"""Iterations of the warm-up call before a solver is timed (pages code and buffers in)."""
+
+MODE_KEYWORDS = ("grad", "mode", "backward", "autodiff", "gradient")
+"""Constructor keywords under which an otcl loss may accept its gradient mode (first found)."""
+
+
+def _rho(params: dict[str, Any]) -> float:
+    rho = params.get("rho")
+    return math.inf if rho is None else float(rho)
+
+
+# --------------------------------------------------------------------------------------------
+# probe: capabilities and machine description
+
+
+def probe(params: dict[str, Any]) -> dict[str, Any]:
+    """What this machine can run, and the machine itself (as a benchmark child sees it)."""
+    caps: dict[str, bool] = {}
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for mod in (
+        "numpy",
+        "scipy",
+        "torch",
+        "ot",
+        "otcl",
+        "array_api_compat",
+        "threadpoolctl",
+        "cupy",
+    ):
+        try:
+            m = __import__(mod)
+        except ImportError:
+            versions[mod] = None
+        else:
+            versions[mod] = getattr(m, "__version__", "?")
+    caps["torch"] = versions["torch"] is not None
+    caps["pot"] = versions["ot"] is not None
+    for backend, cap in (("torch-cuda", "cuda"), ("cupy", "cupy")):
+        try:
+            require_backend(backend)
+        except Skip:
+            caps[cap] = False
+        else:
+            caps[cap] = True
+    for name in ("GCAInfoNCE", "GCAUOT"):
+        caps[f"otcl.torch.{name}"] = _otcl_loss_class(name) is not None
+    cuda_name = None
+    if caps["cuda"]:
+        import torch
+
+        cuda_name = torch.cuda.get_device_name(0)
+    machine = {
+        "cpu_model": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+        "python_executable": sys.executable,
+        "cuda_device": cuda_name,
+        "versions": versions,
+        "threads": thread_report(),
+    }
+    return {"metrics": {}, "info": {"capabilities": caps, "machine": machine}}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --------------------------------------------------------------------------------------------
+# solver methods: a run(iters) callable plus a check of the last result
+
+
+class SolverMethod:
+    """One way of running ``iters`` Sinkhorn rounds on a fixed problem.
+
+    ``run(iters)`` performs the rounds; ``warmup()`` prepares (a short run, or for POT's
+    unbalanced solver a full run that also verifies the round count); ``check(result)`` returns
+    facts about the last timed result (rounds actually run, domain used) and raises
+    ``RuntimeError`` if the run did not do what the row claims.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[int], Any],
+        check: Callable[[Any, int], dict[str, Any]],
+        warmup: Callable[[int], Any] | None = None,
+    ) -> None:
+        self.run, self.check, self._warmup = run, check, warmup
+
+    def warmup(self, iters: int) -> Any:
+        if self._warmup is not None:
+            return self._warmup(iters)
+        return self.run(min(WARMUP_ITERS, iters))
+
+
+def solver_method(method: str, params: dict[str, Any]) -> SolverMethod:
+    """Build the inputs of a solver case (cosine cost, uniform marginals) and its method."""
+    backend, dtype = params["backend"], params["dtype"]
+    require_backend(backend)
+    n, eps, rho = int(params["n"]), float(params["eps"]), _rho(params)
+    batch = params.get("batch")
+    cost64 = cosine_cost(n, n, batch=batch, seed=int(params.get("seed", 0)))
+    cost = backend_array(cost64, backend, dtype)
+    lead = () if batch is None else (batch,)
+    a = backend_array(np.full((*lead, n), 1.0 / n), backend, dtype)
+    if method.startswith("otcl-"):
+        return _otcl_method(method.removeprefix("otcl-"), cost, a, eps, rho)
+    if method in ("pot-sinkhorn", "pot-sinkhorn_log"):
+        _need_pot()
+        return _pot_balanced(method.removeprefix("pot-"), cost, a, eps)
+    if method == "pot-unbalanced":
+        _need_pot()
+        return _pot_unbalanced(cost, a, eps, rho)
+    if method == "pot-loop":
+        _need_pot()
+        return _pot_loop(cost, a, eps)
+    lib = _array_lib(backend)
+    if method == "floor-matvec":
+        kernel = lib.exp(-cost / eps)
+        ones = backend_array(np.ones(n), backend, dtype)
+        return SolverMethod(lambda it: matvec_floor(kernel, ones, ones, it), _no_check)
+    if method == "bound-exp":
+        log_kernel = -cost / eps
+        zeros = backend_array(np.zeros(n), backend, dtype)
+        buf = backend_array(np.empty((n, n)), backend, dtype)
+        return SolverMethod(lambda it: exp_bound(log_kernel, zeros, zeros, buf, it, lib), _no_check)
+    raise ValueError(f"unknown solver method {method!r}")
+
+
+def _array_lib(backend: str) -> Any:
+    if backend == "numpy":
+        return np
+    if backend == "cupy":
+        import cupy
+
+        return cupy
+    import torch
+
+    return torch
+
+
+def _no_check(result: Any, iters: int) -> dict[str, Any]:
+    return {}
+
+
+def _need_pot() -> None:
+    try:
+        import ot  # noqa: F401
+    except ImportError as err:
+        raise Skip("not available: POT is not installed") from err
+
+
+def _otcl_method(domain: str, cost: Any, a: Any, eps: float, rho: float) -> SolverMethod:
+    import otcl
+    from otcl.backend import to_numpy
+
+    def run(iters: int) -> Any:
+        return otcl.sinkhorn(
+            cost, a, a, eps=eps, rho_a=rho, rho_b=rho, max_iter=iters, tol=None, domain=domain
+        )
+
+    def check(result: Any, iters: int) -> dict[str, Any]:
+        rounds = int(np.max(result.n_iter))
+        if rounds != iters:
+            raise RuntimeError(f"otcl ran {rounds} rounds, expected {iters}")
+        if not (
+            np.all(np.isfinite(to_numpy(result.f))) and np.all(np.isfinite(to_numpy(result.g)))
+        ):
+            raise RuntimeError("otcl returned non-finite potentials")
+        return {"rounds": rounds, "domain_used": result.domain}
+
+    return SolverMethod(run, check)
+
+
+def _pot_balanced(method: str, cost: Any, a: Any, eps: float) -> SolverMethod:
+    import ot
+
+    def run(iters: int) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, log = ot.sinkhorn(
+                a, a, cost, eps, method=method, numItermax=iters, stopThr=0.0, log=True, warn=False
+            )
+        return log["niter"] + 1, [str(w.message) for w in caught]
+
+    def check(result: Any, iters: int) -> dict[str, Any]:
+        rounds, messages = result
+        if rounds != iters or messages:
+            raise RuntimeError(f"POT ran {rounds} of {iters} rounds; warnings: {messages}")
+        return {"rounds": rounds}
+
+    return SolverMethod(run, check)
+
+
+def _pot_unbalanced(cost: Any, a: Any, eps: float, rho: float) -> SolverMethod:
+    import ot
+
+    def call(iters: int, log: bool) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = ot.unbalanced.sinkhorn_unbalanced(
+                a,
+                a,
+                cost,
+                eps,
+                rho,
+                method="sinkhorn",
+                reg_type="entropy",
+                numItermax=iters,
+                stopThr=0.0,
+                log=log,
+            )
+        messages = [str(w.message) for w in caught if "reg_type = entropy" not in str(w.message)]
+        return out, messages
+
+    verified: dict[str, Any] = {}
+
+    def warmup(iters: int) -> Any:
+        # a full run with log=True counts the rounds (one error entry per round); timed runs
+        # use log=False, which skips POT's extra cost evaluation at the end
+        (_, log), messages = call(iters, True)
+        verified.update(rounds=len(log["err"]), messages=messages)
+
+    def check(result: Any, iters: int) -> dict[str, Any]:
+        _, messages = result
+        if verified["rounds"] != iters or verified["messages"] or messages:
+            raise RuntimeError(
+                f"POT ran {verified['rounds']} of {iters} rounds; warnings: "
+                f"{verified['messages'] + messages}"
+            )
+        return {"rounds": verified["rounds"]}
+
+    return SolverMethod(lambda it: call(it, False), check, warmup)
+
+
+def _pot_loop(cost: Any, a: Any, eps: float) -> SolverMethod:
+    """POT's ``sinkhorn`` called once per problem of a ``(B, n, n)`` batch, in a Python loop."""
+    import ot
+
+    def run(iters: int) -> Any:
+        rounds = []
+        for k in range(cost.shape[0]):
+            _, log = ot.sinkhorn(
+                a[k], a[k], cost[k], eps, numItermax=iters, stopThr=0.0, log=True, warn=False
+            )
+            rounds.append(log["niter"] + 1)
+        return min(rounds)
+
+    def check(result: Any, iters: int) -> dict[str, Any]:
+        if result != iters:
+            raise RuntimeError(f"POT stopped after {result} of {iters} rounds on some problem")
+        return {"rounds": result}
+
+    return SolverMethod(run, check)
+
+
+# --------------------------------------------------------------------------------------------
+# solver, batched and stability cases
+
+
+def solver(params: dict[str, Any]) -> dict[str, Any]:
+    """Per-round time of one solver method on an ``n x n`` cosine-cost problem (or a batch)."""
+    iters = int(params["iters"])
+    method = solver_method(params["method"], params)
+    sync = synchronizer(params["backend"])
+    timing = measure(
+        lambda: method.run(iters),
+        warmup=lambda: method.warmup(iters),
+        repeat=int(params["repeat"]),
+        budget_s=float(params["budget_s"]),
+        sync=sync,
+    )
+    info = method.check(timing.pop("last"), iters)
+    info.update(runs=timing["runs"], min_ms=1e3 * timing["min_s"], max_ms=1e3 * timing["max_s"])
+    metrics = {
+        "total_ms": 1e3 * timing["median_s"],
+        "ms_per_iter": 1e3 * timing["median_s"] / iters,
+        "minflt_per_iter": timing["minflt_per_run"] / iters,
+    }
+    return {"metrics": metrics, "info": info}
+
+
+def stability(params: dict[str, Any]) -> dict[str, Any]:
+    """Twenty consecutive solves in one process: the 20th call's time over the 2nd's, and the
+    minor page faults per round of each call."""
+    iters, calls = int(params["iters"]), int(params["calls"])
+    method = solver_method(params["method"], params)
+    sync = synchronizer(params["backend"])
+    times, faults = [], []
+    result = None
+    for _ in range(calls):
+        f0, t0 = minor_faults(), time.perf_counter()
+        result = method.run(iters)
+        sync()
+        times.append(time.perf_counter() - t0)
+        faults.append((minor_faults() - f0) / iters)
+    info = method.check(result, iters)
+    info.update(call_ms=[1e3 * t for t in times], minflt_per_iter_by_call=faults)
+    metrics = {
+        "t2_ms": 1e3 * times[1],
+        "tlast_ms": 1e3 * times[-1],
+        "tlast_over_t2": times[-1] / times[1],
+        "minflt_per_iter_2": faults[1],
+        "minflt_per_iter_last": faults[-1],
+        "minflt_per_iter_max_after_first": max(faults[1:]),
+    }
+    return {"metrics": metrics, "info": info}
+
+
+# --------------------------------------------------------------------------------------------
+# losses
+
+
+def _otcl_loss_class(name: str) -> Any:
+    try:
+        import otcl.torch as otcl_torch
+    except ImportError:
+        return None
+    return getattr(otcl_torch, name, None)
+
+
+def _init_keywords(cls: type) -> set[str]:
+    """Keyword names that ``cls(...)`` accepts, following ``**kwargs`` up the base classes."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            names.update(inspect.signature(klass.__init__).parameters)
+    return names
+
+
+def otcl_loss(
+    kind: str,
+    *,
+    eps: float,
+    n_iter: int,
+    rho: float,
+    mode: str | None = None,
+    layout: str | None = None,
+) -> Any:
+    """``otcl.torch.GCAInfoNCE(eps, n_iter)`` / ``GCAUOT(eps, rho, n_iter)``, or :class:`Skip`.
+
+    ``mode`` (the gradient mode) and ``layout`` (all-views batches) are passed only when given;
+    a requested option that the class does not accept skips the case rather than measuring
+    something else.
+    """
+    name = {"gca-ince": "GCAInfoNCE", "gca-uot": "GCAUOT"}[kind]
+    cls = _otcl_loss_class(name)
+    if cls is None:
+        raise Skip(f"not available: otcl.torch.{name}")
+    accepted = _init_keywords(cls)
+    kwargs: dict[str, Any] = {"eps": eps, "n_iter": n_iter}
+    if kind == "gca-uot":
+        kwargs["rho"] = rho
+    if mode is not None:
+        key = next((k for k in MODE_KEYWORDS if k in accepted), None)
+        if key is None:
+            raise Skip(f"not available: otcl.torch.{name} has no gradient-mode option")
+        kwargs[key] = mode
+    if layout is not None:
+        if "layout" not in accepted:
+            raise Skip(f"not available: otcl.torch.{name} has no layout option (all-views)")
+        kwargs["layout"] = layout
+    return cls(**kwargs)
+
+
+def loss_function(params: dict[str, Any]) -> Callable[..., Any]:
+    """The loss of a case as ``f(z1, z2)`` (cross-view) or ``f(z)`` (all-views)."""
+    from benchmarks import baselines as ref
+
+    impl, family = params["impl"], params.get("family", "gca-ince")
+    eps, n_iter = float(params["eps"]), int(params["n_iter"])
+    rho = _rho(params) if family == "gca-uot" else math.inf
+    all_views = params["layout"] == "all-views"
+    if impl == "otcl":
+        layout = "blocked" if all_views else None
+        return otcl_loss(
+            family, eps=eps, n_iter=n_iter, rho=rho, mode=params.get("mode"), layout=layout
+        )
+    reference = {
+        "ntxent": lambda s: ref.nt_xent(s, eps, all_views),
+        "official-style": lambda s: ref.gca_official_style(s, eps, n_iter, rho),
+        "kernel-autograd": lambda s: ref.gca_kernel_autograd(s, eps, n_iter, rho, all_views),
+        "log-autograd": lambda s: ref.gca_log_autograd(s, eps, n_iter, rho, all_views),
+    }[impl]
+    if all_views and impl == "official-style":
+        raise ValueError("the official-style reference is cross-view only")
+    return lambda *z: reference(ref.similarity(*z))
+
+
+def _loss_inputs(params: dict[str, Any], batch: int) -> list[Any]:
+    import torch
+
+    gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
+    d = int(params["d"])
+    count = 1 if params["layout"] == "all-views" else 2
+    return [
+        torch.randn(batch, d, generator=gen, dtype=torch.float32).requires_grad_()
+        for _ in range(count)
+    ]
+
+
+def _forward_backward(fn: Callable[..., Any], inputs: list[Any]) -> float:
+    for z in inputs:
+        z.grad = None
+    value = fn(*inputs)
+    value.backward()
+    return float(value.detach())
+
+
+def loss(params: dict[str, Any]) -> dict[str, Any]:
+    """Forward + backward time of one loss on random float32 embeddings (CPU)."""
+    require_backend("torch")
+    fn = loss_function(params)
+    inputs = _loss_inputs(params, int(params["batch"]))
+    timing = measure(
+        lambda: _forward_backward(fn, inputs),
+        repeat=int(params["repeat"]),
+        budget_s=float(params["budget_s"]),
+    )
+    grad_norm = math.sqrt(sum(float((z.grad**2).sum()) for z in inputs))
+    if not (math.isfinite(timing["last"]) and math.isfinite(grad_norm)):
+        raise RuntimeError(f"non-finite loss {timing['last']} or gradient norm {grad_norm}")
+    info = {"runs": timing["runs"], "min_ms": 1e3 * timing["min_s"], "grad_norm": grad_norm}
+    return {"metrics": {"ms": 1e3 * timing["median_s"], "value": timing["last"]}, "info": info}
+
+
+def memory(params: dict[str, Any]) -> dict[str, Any]:
+    """Peak resident memory added by one forward + backward of a loss (float32, CPU)."""
+    require_backend("torch")
+    fn = loss_function(params)
+    _forward_backward(fn, _loss_inputs(params, 16))  # initialise lazily built state
+    inputs = _loss_inputs(params, int(params["batch"]))
+    values: list[float] = []
+    peak = peak_rss_during(lambda: values.append(_forward_backward(fn, inputs)))
+    n = int(params["batch"]) * (2 if params["layout"] == "all-views" else 1)
+    info = {"method": peak["method"], "value": values[0], "n_by_n_float32_mib": 4 * n * n / 2**20}
+    return {"metrics": {"peak_mib": peak["peak_mib"]}, "info": info}
+
+
+KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "probe": probe,
+    "solver": solver,
+    "stability": stability,
+    "loss": loss,
+    "memory": memory,
+}
+"""Case kinds by name, as ``python -m benchmarks.case <kind> <params>`` selects them."""
