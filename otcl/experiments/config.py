@@ -57,13 +57,13 @@ class StudyConfig:
         Setting("standard", "standard", 0.0),
         Setting("noisy", "strong", 0.2),
     )
-    epochs: int = 60
+    epochs: int = 50
     batch_size: int = 256
     hidden: int = 256
     out_dim: int = 32
     lr: float = 1e-3
     shots: int = 5
-    shot_draws: int = 5
+    shot_draws: int = 4
     auc_fp_fraction: float = 0.2
     auc_batch: int = 256
     auc_eps: tuple[float, ...] = (0.05, 0.1, 0.2, 0.5)
@@ -71,7 +71,7 @@ class StudyConfig:
     domain_deltas: tuple[float, ...] = (-2.0, -0.5, 0.0, 0.5, 2.0)
     domain_base: float = 1.0
     domain_n_per_domain: int = 300
-    domain_epochs: int = 60
+    domain_epochs: int = 45
     domain_batch: int = 256
     domain_seeds: int = 2
 

@@ -167,8 +167,8 @@ def fig_row_mass(res: dict, out: Path) -> str | None:
     ax.hist(mass[flags], bins=bins, alpha=0.6, density=True, label="corrupted pairs")
     ax.set_xlabel("GCA-UOT row mass (P 1)_i")
     ax.set_ylabel("density")
-    ax.set_title(f"held-out batch, {setting} setting, seed 0 "
-                 f"(AUC {rec['auc_row_mass']['values'][0]:.3f}; target mass 1)")
+    ax.set_title(f"row masses on a held-out batch (target mass 1)\n{setting} setting, seed 0, "
+                 f"AUC {rec['auc_row_mass']['values'][0]:.3f}", fontsize=10)
     ax.legend(fontsize=8)
     ax = axes[1]
     eps_keys = sorted((float(k.removeprefix("auc_row_mass_eps")), k) for k in rec
@@ -187,9 +187,11 @@ def fig_row_mass(res: dict, out: Path) -> str | None:
     ax.set_xlabel("eps at which the row masses are measured")
     ax.set_ylabel("AUC for flagging corrupted pairs")
     ax.set_ylim(0.3, 1.02)
-    ax.set_title("detection AUC (GCA-UOT encoder, mean ± std over seeds)")
+    ax.set_title("detection AUC of the row masses\nGCA-UOT encoder, mean ± std over seeds",
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.suptitle("Section 2: do GCA-UOT's row masses flag false-positive pairs?")
+    fig.tight_layout()
     return _save(fig, out, "contrastive_row_mass.png")
 
 
