@@ -1,0 +1,150 @@
+"""The documentation runs: every ```python block of README.md and docs/ executes, and the site
+builds with ``mkdocs build --strict``.
+
+Blocks of one page run in order in one namespace (a page reads like a notebook), in a temporary
+working directory. Blocks fenced with another language (```bash, ```text, ...) are not run. An
+``otcl.ConvergenceWarning`` raised by an example is an error: an example that demonstrates
+non-convergence must catch the warning itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+# each block must stay small; the limit is generous for a loaded two-core machine
+BLOCK_SECONDS = 15.0
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A fenced code block: its language tag, first line number (1-based) and source."""
+
+    lang: str
+    line: int
+    source: str
+
+
+def fenced_blocks(text: str) -> list[Block]:
+    """Every fenced block of a Markdown text (at any indentation, e.g. inside admonitions)."""
+    blocks: list[Block] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        m = _FENCE.match(lines[i])
+        if m is None:
+            i += 1
+            continue
+        indent, fence = m["indent"], m["fence"]
+        info = m["info"].strip()
+        lang = info.split()[0].lstrip("{.").rstrip("}") if info else ""
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines):
+            close = _FENCE.match(lines[j])
+            if (
+                close is not None
+                and close["fence"][0] == fence[0]
+                and len(close["fence"]) >= len(fence)
+                and not close["info"].strip()
+            ):
+                break
+            line = lines[j]
+            body.append(line[len(indent) :] if line.startswith(indent) else line.lstrip())
+            j += 1
+        if j == len(lines):
+            raise ValueError(f"unclosed code fence opened on line {i + 1}")
+        blocks.append(Block(lang, i + 2, textwrap.dedent("\n".join(body)) + "\n"))
+        i = j + 1
+    return blocks
+
+
+def doc_pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def _page_id(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def test_fence_parser_tells_languages_apart() -> None:
+    text = (
+        "intro\n```python\nx = 1\n```\n\n```bash\nmake test\n```\n"
+        "!!! note\n    ```python\n    y = 2\n    ```\n````text\n```python\nnot code\n```\n````\n"
+    )
+    blocks = fenced_blocks(text)
+    assert [(b.lang, b.line) for b in blocks] == [
+        ("python", 3),
+        ("bash", 7),
+        ("python", 11),
+        ("text", 14),
+    ]
+    assert blocks[2].source == "y = 2\n"
+    assert blocks[3].source == "```python\nnot code\n```\n"
+    with pytest.raises(ValueError, match="unclosed"):
+        fenced_blocks("```python\nx = 1\n")
+
+
+def test_pages_have_runnable_examples() -> None:
+    """The parser finds the examples (guards against a test that silently runs nothing)."""
+    counts = {
+        _page_id(p): sum(b.lang == "python" for b in fenced_blocks(p.read_text("utf-8")))
+        for p in doc_pages()
+    }
+    assert counts["README.md"] >= 2
+    assert counts[str(Path("docs") / "index.md")] >= 3
+    assert sum(counts.values()) >= 30, counts
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=_page_id)
+def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import otcl
+
+    blocks = [b for b in fenced_blocks(page.read_text("utf-8")) if b.lang == "python"]
+    if not blocks:
+        pytest.skip("no python blocks on this page")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__docs__"}
+    for block in blocks:
+        where = f"{_page_id(page)}:{block.line}"
+        code = compile(block.source, where, "exec")
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", otcl.ConvergenceWarning)
+            try:
+                exec(code, namespace)
+            except Exception as exc:
+                raise AssertionError(f"the example at {where} failed: {exc!r}") from exc
+        elapsed = time.perf_counter() - start
+        assert elapsed < BLOCK_SECONDS, f"the example at {where} took {elapsed:.1f} s"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed")
+def test_site_builds_strict(tmp_path: Path) -> None:
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "WARNING" not in proc.stderr, proc.stderr
+    assert (tmp_path / "site" / "index.html").is_file()
+    assert (tmp_path / "site" / "api" / "solvers" / "index.html").is_file()
