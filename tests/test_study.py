@@ -190,14 +190,17 @@ def test_claim_verdicts_depend_on_the_data() -> None:
     assert verdict == {"better": SUPPORTED, "worse": CONTRADICTED, "noisy": INCONCLUSIVE}
 
 
-def test_compare_uses_two_standard_errors() -> None:
+def test_compare_is_a_paired_t_test() -> None:
     assert compare([1.0, 1.1, 0.9])[0] == 1
     assert compare([-1.0, -1.1, -0.9])[0] == -1
     assert compare([1.0, -1.0, 0.5])[0] == 0
     assert compare([3.0])[0] == 0  # one seed: never resolved
-    # mean 1, std 1.1547, s.e. 0.577: 1 < 2 s.e., not resolved; halving the spread resolves it
+    # n = 4, t = 3.18: mean 1 with s.e. 0.577 is not resolved, with s.e. 0.289 it is
     assert compare([0.0, 2.0, 0.0, 2.0])[0] == 0
     assert compare([0.5, 1.5, 0.5, 1.5])[0] == 1
+    # mean 1, s.e. 0.346: beyond two standard errors, but not beyond t(2) = 4.30 of them
+    assert compare([0.4, 1.0, 1.6])[0] == 0
+    assert compare([0.9, 1.0, 1.1])[0] == 1
 
 
 def test_shift_augmentation_matches_roll_with_zero_fill() -> None:

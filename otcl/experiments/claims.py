@@ -3,8 +3,9 @@
 Every sentence of the report's conclusions is produced here from ``results`` with wording that
 depends on the numbers: nothing claims success unless the measurements show it. Comparisons of
 two losses use the per-seed paired difference (both losses see the same initial weights, batches
-and views): a difference counts as real only if ``|mean| > 2 * standard error`` over at least two
-seeds.
+and views): a difference counts as real only if a two-sided paired t-test rejects "no
+difference" at the 5% level, i.e. ``|mean| > t_{0.975, n-1} * standard error`` with at least two
+seeds (``t`` = 12.7, 4.30, 3.18, 2.78 for n = 2, 3, 4, 5).
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ def compare(diffs: list[float], scale: float = 1.0, unit: str = "",
     """Sign of a paired difference (+1, -1, or 0 when not resolved) and a description.
 
     ``diffs`` are per-seed differences ``A - B``; the result is +1 when
-    ``mean > 2 * std / sqrt(n)`` with ``n >= 2``, -1 for the mirror case, 0 otherwise.
+    ``mean > t_{0.975, n-1} * std / sqrt(n)`` with ``n >= 2`` (a two-sided paired t-test at the
+    5% level), -1 for the mirror case, 0 otherwise.
     """
+    from scipy.stats import t as student_t
+
     arr = np.asarray([d for d in diffs if math.isfinite(d)], dtype=float)
     if arr.size == 0:
         return 0, "no finite values"
@@ -54,7 +58,7 @@ def compare(diffs: list[float], scale: float = 1.0, unit: str = "",
     text = f"{mean:+.{digits}f}{unit} ± {se:.{digits}f}{unit} (s.e., {arr.size} seeds)"
     if se == 0.0:
         sign = int(np.sign(mean))
-    elif abs(mean) > 2 * se:
+    elif abs(mean) > float(student_t.ppf(0.975, arr.size - 1)) * se:
         sign = 1 if mean > 0 else -1
     else:
         sign = 0
@@ -159,7 +163,7 @@ def _ranking_claims(res: dict) -> list[Claim]:
             if worse:
                 detail += f" GCA-UOT is resolvably below {', '.join(worse)}."
             if not better and not worse:
-                detail += " No difference with GCA-UOT is larger than twice its standard error."
+                detail += " No difference with GCA-UOT passes a paired t-test at the 5% level."
             out.append(Claim(
                 f"gca_uot_best_{setting}",
                 f"GCA-UOT gives the best linear probe of the five losses ({setting} setting)",

@@ -433,9 +433,10 @@ def _claims_md(claims: list[Claim]) -> list[str]:
         "## Claims of the paper against these measurements",
         "",
         "Verdicts: **consistent** = the measurement agrees with the claim beyond seed noise "
-        "(two standard errors of the paired difference); **not observed** = the measurement "
-        "goes the other way, or the effect is absent; **inconclusive** = within noise. These"
-        " are toy-scale runs: they test the direction of the claims, not their size.",
+        "(for comparisons between losses: a two-sided paired t-test over seeds at the 5% "
+        "level); **not observed** = the measurement goes the other way, or the effect is "
+        "absent; **inconclusive** = within noise. These are toy-scale runs: they test the "
+        "direction of the claims, not their size.",
         "",
         _table(["claim", "paper", "measured here", "verdict"], rows),
         "",
