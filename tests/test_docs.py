@@ -133,6 +133,22 @@ def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.Monke
         assert elapsed < BLOCK_SECONDS, f"the example at {where} took {elapsed:.1f} s"
 
 
+def test_api_reference_covers_every_module() -> None:
+    """Every public module of otcl has a ``::: module`` directive in docs/api/."""
+    documented = set()
+    for page in (DOCS / "api").glob("*.md"):
+        documented |= set(re.findall(r"^:::\s+([\w.]+)", page.read_text("utf-8"), re.MULTILINE))
+    modules = set()
+    for path in (ROOT / "otcl").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[-1] in ("__init__", "__main__") or any(p.startswith("_") for p in parts):
+            continue
+        modules.add(".".join(parts))
+    assert modules, "no modules found"
+    missing = sorted(modules - documented)
+    assert not missing, f"modules without an API page entry in docs/api/: {missing}"
+
+
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed")
 def test_site_builds_strict(tmp_path: Path) -> None:
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
