@@ -35,6 +35,8 @@ def run_case(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     except Exception as err:  # report any failure as this case's result
         tail = traceback.format_exc().strip().splitlines()[-6:]
         return {"status": "error", "reason": f"{type(err).__name__}: {err}", "traceback": tail}
+    if "torch" in sys.modules:  # the pool torch actually used (POT imports torch too)
+        out.setdefault("info", {})["torch_threads"] = sys.modules["torch"].get_num_threads()
     return {"status": "ok", **out}
 
 

@@ -30,6 +30,7 @@ from benchmarks.common import (
     require_backend,
     synchronizer,
     thread_report,
+    torch_module,
 )
 from benchmarks.floors import exp_bound, matvec_floor
 
@@ -84,9 +85,7 @@ def probe(params: dict[str, Any]) -> dict[str, Any]:
         caps[f"otcl.torch.{name}"] = _otcl_loss_class(name) is not None
     cuda_name = None
     if caps["cuda"]:
-        import torch
-
-        cuda_name = torch.cuda.get_device_name(0)
+        cuda_name = torch_module().cuda.get_device_name(0)
     machine = {
         "cpu_model": _cpu_model(),
         "logical_cpus": os.cpu_count(),
@@ -179,9 +178,7 @@ def _array_lib(backend: str) -> Any:
         import cupy
 
         return cupy
-    import torch
-
-    return torch
+    return torch_module()
 
 
 def _no_check(result: Any, iters: int) -> dict[str, Any]:
@@ -433,8 +430,7 @@ def loss_function(params: dict[str, Any]) -> Callable[..., Any]:
 
 
 def _loss_inputs(params: dict[str, Any], batch: int) -> list[Any]:
-    import torch
-
+    torch = torch_module()
     gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
     d = int(params["d"])
     count = 1 if params["layout"] == "all-views" else 2

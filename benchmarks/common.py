@@ -11,6 +11,7 @@ import gc
 import os
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
     "require_backend",
     "synchronizer",
     "thread_report",
+    "torch_module",
     "unit_vectors",
 ]
 
@@ -42,6 +44,7 @@ THREAD_ENV_VARS = (
 """Environment variables the parent sets to the thread count before starting a child."""
 
 _LIMITS: list[Any] = []  # keeps threadpoolctl's limiter alive for the life of the process
+_THREADS: list[int | None] = [None]  # the thread count of this process, once configured
 
 
 class Skip(Exception):  # noqa: N818 (a control-flow signal, not an error)
@@ -53,23 +56,42 @@ class Skip(Exception):  # noqa: N818 (a control-flow signal, not an error)
 
 
 def configure_threads(n: int) -> None:
-    """Limit BLAS/OpenMP pools (threadpoolctl when installed) and torch's intra-op pool to ``n``.
+    """Limit the BLAS/OpenMP pools loaded so far (threadpoolctl, when installed) to ``n`` threads,
+    and remember ``n`` for torch's pools (set by :func:`torch_module` when torch is first used).
 
-    The environment variables in :data:`THREAD_ENV_VARS` are set by the parent before this
-    process started; this covers pools created before or regardless of them.
+    The environment variables in :data:`THREAD_ENV_VARS`, set by the parent before this process
+    started, cover the pools of libraries loaded later.
     """
+    _THREADS[0] = n
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         pass
     else:
         _LIMITS.append(threadpool_limits(limits=n))
-    if _torch_importable():
-        import torch
+    if "torch" in sys.modules:
+        _set_torch_threads(sys.modules["torch"])
 
-        torch.set_num_threads(n)
-        with contextlib.suppress(RuntimeError):  # already set, or parallel work has started
-            torch.set_num_interop_threads(1)
+
+def _set_torch_threads(torch: Any) -> None:
+    if _THREADS[0] is not None and torch.get_num_threads() != _THREADS[0]:
+        torch.set_num_threads(_THREADS[0])
+    with contextlib.suppress(RuntimeError):  # already set, or parallel work has started
+        torch.set_num_interop_threads(1)
+
+
+def torch_module() -> Any:
+    """``import torch`` with this process's thread count applied; :class:`Skip` if missing.
+
+    Cases import torch through this function so that processes that do not need torch never
+    pay for importing it.
+    """
+    try:
+        import torch
+    except ImportError as err:
+        raise Skip("not available: torch is not installed") from err
+    _set_torch_threads(torch)
+    return torch
 
 
 def thread_report() -> dict[str, Any]:
@@ -84,20 +106,11 @@ def thread_report() -> dict[str, Any]:
             {k: info.get(k) for k in ("internal_api", "version", "num_threads", "filepath")}
             for info in threadpool_info()
         ]
-    if _torch_importable():
-        import torch
-
+    if "torch" in sys.modules:
+        torch = torch_module()
         out["torch_num_threads"] = torch.get_num_threads()
         out["torch_num_interop_threads"] = torch.get_num_interop_threads()
     return out
-
-
-def _torch_importable() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,10 +124,7 @@ def require_backend(backend: str) -> None:
     if backend == "numpy":
         return
     if backend in ("torch", "torch-cuda"):
-        if not _torch_importable():
-            raise Skip("not available: torch is not installed")
-        import torch
-
+        torch = torch_module()
         if backend == "torch-cuda" and not torch.cuda.is_available():
             raise Skip("not available: no CUDA device")
         return
@@ -138,9 +148,7 @@ def backend_array(x: np.ndarray, backend: str, dtype: str) -> Any:
     if backend == "numpy":
         return x
     if backend in ("torch", "torch-cuda"):
-        import torch
-
-        t = torch.from_numpy(x)
+        t = torch_module().from_numpy(x)
         return t.to("cuda") if backend == "torch-cuda" else t
     if backend == "cupy":
         import cupy
@@ -152,9 +160,7 @@ def backend_array(x: np.ndarray, backend: str, dtype: str) -> Any:
 def synchronizer(backend: str) -> Callable[[], None]:
     """A function that waits for the device's queued work (a no-op on the host)."""
     if backend == "torch-cuda":
-        import torch
-
-        return torch.cuda.synchronize
+        return torch_module().cuda.synchronize
     if backend == "cupy":
         import cupy
 

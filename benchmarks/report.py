@@ -1,0 +1,358 @@
+"""Ratios against baselines and the Markdown report of a benchmark run.
+
+A result record (one per case, as stored in ``results.json``) has the case's ``id``, ``suite``,
+``params``, ``baselines`` (column label -> case id), ``status`` (``ok``/``skipped``/``error``),
+``metrics``, ``info`` and, after :func:`add_ratios`, ``ratios`` (column label -> primary metric
+of the row divided by the baseline's, both from this run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from benchmarks.suites import PRIMARY
+
+__all__ = ["add_ratios", "markdown"]
+
+Record = dict[str, Any]
+
+
+def add_ratios(records: list[Record]) -> None:
+    """Set ``record["ratios"]`` for every record: row / baseline on the suite's primary metric.
+
+    A ratio is ``None`` when the row or its baseline did not run (skipped, error, not selected).
+    """
+    by_id = {r["id"]: r for r in records}
+    for rec in records:
+        key = PRIMARY[rec["suite"]]
+        ratios: dict[str, float | None] = {}
+        for label, base_id in rec.get("baselines", {}).items():
+            base = by_id.get(base_id)
+            ratios[label] = _ratio(_metric(rec, key), None if base is None else _metric(base, key))
+        rec["ratios"] = ratios
+
+
+def _metric(rec: Record, key: str) -> float | None:
+    if rec.get("status") != "ok":
+        return None
+    value = rec.get("metrics", {}).get(key)
+    return None if value is None else float(value)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or not den > 0:
+        return None
+    return num / den
+
+
+# --------------------------------------------------------------------------------------------
+# formatting
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    x = float(x)
+    if not math.isfinite(x):
+        return str(x)
+    if x == 0:
+        return "0"
+    if abs(x) >= 10 ** (digits + 2) or abs(x) < 10 ** -(digits + 1):
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits}g}" if abs(x) < 10**digits else f"{x:.0f}"
+
+
+def _table(headers: list[str], rows: Iterable[list[str]]) -> list[str]:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    out = [line(headers), line(["---"] * len(headers))]
+    out += [line(r) for r in rows]
+    return out
+
+
+Column = tuple[str, Callable[[Record], Any]]
+
+
+def _rows(records: list[Record], columns: list[Column]) -> list[str]:
+    return _table([h for h, _ in columns], ([str(f(r)) for _, f in columns] for r in records))
+
+
+def _p(key: str) -> Callable[[Record], Any]:
+    return lambda r: r["params"].get(key, "")
+
+
+def _m(key: str, digits: int = 3) -> Callable[[Record], str]:
+    return lambda r: _num(r.get("metrics", {}).get(key), digits)
+
+
+def _i(key: str) -> Callable[[Record], Any]:
+    return lambda r: r.get("info", {}).get(key, "")
+
+
+def _r(label: str) -> Callable[[Record], str]:
+    return lambda r: _num(r.get("ratios", {}).get(label), 3)
+
+
+def _ok(records: list[Record], suite: str, prefix: str = "") -> list[Record]:
+    return [
+        r
+        for r in records
+        if r["suite"] == suite and r["status"] == "ok" and r["id"].startswith(prefix)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# sections
+
+
+def _solver_section(records: list[Record]) -> list[str]:
+    out = ["## 1. Sinkhorn solver: time per round (100 fixed rounds, `tol=None`)", ""]
+    out += [
+        "Cost `C = 1 - cos` of random unit vectors in 128-d, uniform marginals, `n x n`. "
+        "`floor` = two bare matrix-vector products per round (`K v`, `K^T u`); `exp2` = two "
+        "in-place passes of `exp(Λ + potential)` over the matrix per round. Ratios are this "
+        "row's time per round over the named row's (same backend, dtype and n): "
+        "`× otcl` on a POT row is POT / otcl in the same domain.",
+        "",
+    ]
+    floors = _ok(records, "solver", "solver/floor/")
+    if floors:
+        out += ["### Floors", ""]
+        out += _rows(
+            floors,
+            [
+                ("backend", _p("backend")),
+                ("dtype", _p("dtype")),
+                ("n", _p("n")),
+                ("floor", lambda r: r["id"].rsplit("/", 1)[1]),
+                ("ms/round", _m("ms_per_iter")),
+                ("runs", _i("runs")),
+                ("minflt/round", _m("minflt_per_iter", 2)),
+            ],
+        )
+        out.append("")
+    cols: list[Column] = [
+        ("backend", _p("backend")),
+        ("dtype", _p("dtype")),
+        ("n", _p("n")),
+        ("method", _p("method")),
+        ("ms/round", _m("ms_per_iter")),
+        ("runs", _i("runs")),
+        ("minflt/round", _m("minflt_per_iter", 2)),
+        ("× floor", _r("floor")),
+        ("× exp2", _r("exp2")),
+        ("× otcl", _r("otcl")),
+        ("× otcl-log", _r("otcl-log")),
+        ("domain used", _i("domain_used")),
+    ]
+    for eps in ("0.1", "0.01"):
+        for problem in ("balanced", "unbalanced"):
+            rows = _ok(records, "solver", f"solver/eps={eps}/{problem}/")
+            if rows:
+                what = (
+                    "rho = 1 (POT reg_m = 1, reg_type='entropy')" if problem == "unbalanced" else ""
+                )
+                out += [f"### eps = {eps}, {problem} {what}".rstrip(), ""]
+                out += _rows(rows, cols)
+                out.append("")
+    return out
+
+
+def _stability_section(records: list[Record]) -> list[str]:
+    rows = _ok(records, "stability")
+    if not rows:
+        return []
+    out = ["## 1b. Stability in a long-lived process (20 consecutive solves)", ""]
+    out += [
+        "Balanced, eps = 0.1, 100 rounds per call. `last/2nd` is the time of the 20th call "
+        "over the 2nd; minor page faults per round of the 2nd and 20th call, and the most of "
+        "any call after the first.",
+        "",
+    ]
+    out += _rows(
+        rows,
+        [
+            ("backend", _p("backend")),
+            ("dtype", _p("dtype")),
+            ("n", _p("n")),
+            ("method", _p("method")),
+            ("2nd call ms", _m("t2_ms")),
+            ("20th call ms", _m("tlast_ms")),
+            ("20th/2nd", _m("tlast_over_t2")),
+            ("minflt/round 2nd", _m("minflt_per_iter_2", 2)),
+            ("minflt/round 20th", _m("minflt_per_iter_last", 2)),
+            ("max minflt/round (2..20)", _m("minflt_per_iter_max_after_first", 2)),
+        ],
+    )
+    return [*out, ""]
+
+
+def _batched_section(records: list[Record]) -> list[str]:
+    rows = _ok(records, "batched")
+    if not rows:
+        return []
+    out = ["## 2. Batched problems", ""]
+    out += [
+        "One call on a `(B, n, n)` batch (otcl) vs a Python loop of POT `ot.sinkhorn` over "
+        "the B problems (same backend), eps = 0.1, 100 rounds. `× POT loop` < 1: otcl faster.",
+        "",
+    ]
+
+    def per_problem_round(r: Record) -> str:
+        p = r["params"]
+        return _num(1e3 * r["metrics"]["total_ms"] / (p["batch"] * p["iters"]))
+
+    out += _rows(
+        rows,
+        [
+            ("backend", _p("backend")),
+            ("dtype", _p("dtype")),
+            (
+                "problems",
+                lambda r: f"{r['params']['batch']} x {r['params']['n']}x{r['params']['n']}",
+            ),
+            ("method", _p("method")),
+            ("total ms", _m("total_ms")),
+            ("µs / problem / round", per_problem_round),
+            ("runs", _i("runs")),
+            ("× POT loop", _r("pot-loop")),
+        ],
+    )
+    return [*out, ""]
+
+
+def _loss_section(records: list[Record]) -> list[str]:
+    rows = _ok(records, "losses")
+    if not rows:
+        return []
+    out = ["## 3. Losses: forward + backward (CPU, float32)", ""]
+    out += [
+        "Random embeddings, d = 128, eps = 0.5, 10 rounds; GCA-UOT rho = 0.2. "
+        "`official-style`: explicit kernel, vector Sinkhorn with autograd, plan formed as "
+        "`diag(u) @ K @ diag(v)`, cross-entropy on `log P`; `kernel-autograd`: the same "
+        "rounds without forming the plan; `otcl`: `otcl.torch.GCAInfoNCE` / `GCAUOT`. "
+        "The reference GCA-UOT value is the cross-entropy term only (otcl's adds the "
+        "weighted RINCE and mass terms), so only INCE values must agree.",
+        "",
+    ]
+    out += _rows(
+        rows,
+        [
+            ("layout", _p("layout")),
+            ("batch", lambda r: r["id"].split("/")[2]),
+            (
+                "loss",
+                lambda r: (
+                    r["params"].get("family", "nt-xent")
+                    if r["params"]["impl"] != "ntxent"
+                    else "nt-xent"
+                ),
+            ),
+            ("implementation", _p("impl")),
+            ("ms fwd+bwd", _m("ms")),
+            ("runs", _i("runs")),
+            ("value", _m("value", 6)),
+            ("× NT-Xent", _r("ntxent")),
+            ("× official-style", _r("official-style")),
+            ("× kernel-autograd", _r("kernel-autograd")),
+        ],
+    )
+    return [*out, ""]
+
+
+def _memory_section(records: list[Record]) -> list[str]:
+    rows = _ok(records, "memory")
+    if not rows:
+        return []
+    out = ["## 4. Memory: peak of one forward + backward (GCA-INCE, CPU, float32)", ""]
+    out += [
+        "Peak resident memory added by the call (Linux `VmHWM` reset before it). "
+        "`× L=1`: peak with L rounds over the peak with 1 round of the same implementation; "
+        "`× kernel-autograd`: over the plain kernel-domain autograd loss with the same L.",
+        "",
+    ]
+    out += _rows(
+        rows,
+        [
+            ("implementation", lambda r: r["id"].split("/")[3]),
+            ("L", _p("n_iter")),
+            ("batch", _p("batch")),
+            ("peak MiB", _m("peak_mib")),
+            ("one n x n float32, MiB", lambda r: _num(r["info"].get("n_by_n_float32_mib"))),
+            ("× L=1", _r("L=1")),
+            ("× kernel-autograd", _r("kernel-autograd")),
+        ],
+    )
+    return [*out, ""]
+
+
+def _not_run_section(records: list[Record]) -> list[str]:
+    errors = [r for r in records if r["status"] == "error"]
+    skipped = [r for r in records if r["status"] == "skipped"]
+    out: list[str] = []
+    if errors:
+        out += ["## Errors", ""]
+        out += [f"- `{r['id']}`: {r.get('reason', '')}" for r in errors]
+        out.append("")
+    if skipped:
+        reasons: dict[str, int] = {}
+        for r in skipped:
+            reasons[r.get("reason", "")] = reasons.get(r.get("reason", ""), 0) + 1
+        out += ["## Skipped", ""]
+        out += [f"- {count} case(s): {reason}" for reason, count in sorted(reasons.items())]
+        out.append("")
+    return out
+
+
+def _header(run: dict[str, Any]) -> list[str]:
+    m = run.get("machine", {})
+    versions = m.get("versions", {})
+    threads = m.get("threads", {})
+    pools = threads.get("threadpools")
+    if isinstance(pools, list):
+        pool_text = ", ".join(
+            f"{p['internal_api']} {p.get('version') or ''} x{p['num_threads']}".replace("  ", " ")
+            for p in pools
+        )
+    else:
+        pool_text = str(pools)
+    s = run["settings"]
+    lines = [
+        "# otcl benchmark results",
+        "",
+        f"- Command: `{run.get('command', '')}`",
+        f"- Date: {run.get('started', '')}; total wall time {_num(run.get('wall_s'))} s; "
+        f"git {run.get('git', '?')}",
+        f"- CPU: {m.get('cpu_model', '?')}, {m.get('logical_cpus', '?')} logical CPUs "
+        f"({m.get('usable_cpus', '?')} usable); {m.get('platform', '')}",
+        f"- GPU: {m.get('cuda_device') or 'none'}",
+        f"- Load average (1 min) before / after: {run.get('load_before', '?')} / "
+        f"{run.get('load_after', '?')}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None),
+        f"- Threads per case: {s['threads']} (torch intra-op {threads.get('torch_num_threads')}, "
+        f"inter-op {threads.get('torch_num_interop_threads')}); thread pools: {pool_text}",
+        f"- Timing: each case in a fresh process; one warm-up call, then up to {s['repeat']} "
+        f"timed calls or until {s['budget_s']} s of timed calls; the median is reported"
+        f"{'; QUICK sizes (smoke test)' if s.get('quick') else ''}.",
+        "",
+    ]
+    return lines
+
+
+def markdown(run: dict[str, Any]) -> str:
+    """The Markdown report of a run (``run["cases"]`` are records with ratios)."""
+    records = run["cases"]
+    parts = _header(run)
+    for section in (
+        _solver_section,
+        _stability_section,
+        _batched_section,
+        _loss_section,
+        _memory_section,
+        _not_run_section,
+    ):
+        parts += section(records)
+    return "\n".join(parts).rstrip() + "\n"

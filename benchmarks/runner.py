@@ -1,0 +1,221 @@
+"""The benchmark command: plan, run every case in its own process, write JSON and Markdown.
+
+    python -m benchmarks [--out DIR] [--quick] [--only REGEX ...] [--threads N] [--repeat K]
+                         [--budget SECONDS] [--timeout SECONDS] [--list]
+
+Results go to ``DIR/results.json`` (every record, machine, settings) and ``DIR/results.md``
+(the tables); both are rewritten after each case, so an interrupted run keeps what it measured.
+The exit status is 1 when a case failed (``error``), 0 otherwise (skipped cases are not failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.case import RESULT_PREFIX
+from benchmarks.common import THREAD_ENV_VARS
+from benchmarks.report import add_ratios, markdown
+from benchmarks.suites import PRIMARY, Case, build_plan, select
+
+__all__ = ["main", "run_child"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_MISSING = {
+    "torch": "not available: torch is not installed",
+    "pot": "not available: POT is not installed",
+    "cuda": "not available: no CUDA device",
+    "cupy": "not available: cupy is not installed or no CUDA device",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark otcl against floors, POT and reference losses.",
+    )
+    p.add_argument("--out", default="benchmarks/results", help="output directory")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the suite")
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="REGEX",
+        help="run the cases whose id matches (repeatable; baselines are added)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="threads per case (default 1)")
+    p.add_argument("--repeat", type=int, default=5, help="timed calls per case (default 5)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=3.0,
+        help="stop repeating a case once its timed calls took this long (s)",
+    )
+    p.add_argument("--timeout", type=float, default=900.0, help="per-case limit (s)")
+    p.add_argument("--list", action="store_true", help="print the selected case ids and exit")
+    return p
+
+
+def child_env(threads: int) -> dict[str, str]:
+    """The environment of a case process: thread counts fixed, this checkout importable."""
+    env = dict(os.environ)
+    for var in THREAD_ENV_VARS:
+        env[var] = str(threads)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_child(
+    kind: str, params: dict[str, Any], env: dict[str, str], timeout: float
+) -> dict[str, Any]:
+    """Run ``python -m benchmarks.case kind params`` and return its result record."""
+    cmd = [sys.executable, "-m", "benchmarks.case", kind, json.dumps(params)]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "reason": f"timeout after {timeout:.0f} s"}
+    wall = time.perf_counter() - t0
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX) :])
+            result["wall_s"] = wall
+            return result
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+    return {
+        "status": "error",
+        "reason": f"no result (exit code {proc.returncode})",
+        "traceback": tail,
+        "wall_s": wall,
+    }
+
+
+def _git_revision() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "otcl", "benchmarks"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    return rev + (" (with uncommitted changes)" if dirty.strip() else "")
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "?"
+
+
+def _summary(case: Case, rec: dict[str, Any]) -> str:
+    if rec["status"] != "ok":
+        return f"{rec['status']}: {rec.get('reason', '')}"
+    value = rec.get("metrics", {}).get(PRIMARY[case.suite])
+    return f"{PRIMARY[case.suite]} = {value:.4g}" if value is not None else "ok"
+
+
+def _write(out: Path, run: dict[str, Any]) -> None:
+    add_ratios(run["cases"])
+    for name, text in (
+        ("results.json", json.dumps(run, indent=1, default=str)),
+        ("results.md", markdown(run)),
+    ):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out / name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.threads < 1 or args.repeat < 1 or args.budget <= 0 or args.timeout <= 0:
+        _parser().error("--threads and --repeat must be >= 1, --budget and --timeout > 0")
+    cases = select(build_plan(args.quick), args.only)
+    if args.list:
+        print("\n".join(c.id for c in cases))
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = child_env(args.threads)
+
+    probe = run_child("probe", {"threads": args.threads}, env, args.timeout)
+    if probe["status"] != "ok":
+        print(f"benchmarks: the probe process failed: {probe.get('reason')}", file=sys.stderr)
+        print("\n".join(probe.get("traceback", [])), file=sys.stderr)
+        return 1
+    caps = probe["info"]["capabilities"]
+    settings = {
+        "threads": args.threads,
+        "repeat": args.repeat,
+        "budget_s": args.budget,
+        "timeout_s": args.timeout,
+        "quick": args.quick,
+        "only": args.only,
+    }
+    run: dict[str, Any] = {
+        "command": "python -m benchmarks " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        "git": _git_revision(),
+        "load_before": _load(),
+        "machine": probe["info"]["machine"],
+        "capabilities": caps,
+        "settings": settings,
+        "cases": [],
+    }
+    t_start = time.perf_counter()
+    failed = 0
+    for k, case in enumerate(cases, 1):
+        missing = [need for need in case.needs if not caps.get(need)]
+        if missing:
+            rec = {
+                "status": "skipped",
+                "reason": _MISSING.get(missing[0], f"not available: {missing[0]}"),
+            }
+        else:
+            params = {
+                **case.params,
+                "threads": args.threads,
+                "repeat": args.repeat,
+                "budget_s": args.budget,
+            }
+            rec = run_child(case.kind, params, env, args.timeout)
+        failed += rec["status"] == "error"
+        run["cases"].append(
+            {
+                "id": case.id,
+                "suite": case.suite,
+                "kind": case.kind,
+                "params": case.params,
+                "baselines": case.baselines,
+                **rec,
+            }
+        )
+        run["wall_s"] = time.perf_counter() - t_start
+        run["load_after"] = _load()
+        _write(out, run)
+        print(f"[{k}/{len(cases)}] {case.id}: {_summary(case, rec)}", file=sys.stderr, flush=True)
+    print(
+        f"benchmarks: {len(cases)} cases, {failed} failed; results in {out}/results.md",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0

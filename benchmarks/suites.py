@@ -1,0 +1,277 @@
+"""The benchmark plan: every case, its parameters, and the baselines its ratios are taken against.
+
+A case id reads like a path, e.g. ``solver/eps=0.1/balanced/numpy/float32/n=1024/otcl-kernel``;
+``--only`` selects cases by a regular expression on it. Each case names its baselines as
+``{column label: case id}``; the ratio in that column is the case's primary metric divided by the
+baseline's (so ``> 1`` means slower, or more memory, than the baseline).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PRIMARY", "SIZES", "Case", "build_plan", "select"]
+
+PRIMARY = {
+    "solver": "ms_per_iter",
+    "stability": "tlast_over_t2",
+    "batched": "total_ms",
+    "losses": "ms",
+    "memory": "peak_mib",
+}
+"""The metric of each suite that ratios compare."""
+
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {
+        "solver_n": (256, 1024, 4096),
+        "stability_n": 2048,
+        "batched": (512, 64),
+        "loss_batch": (1024, 2048),
+        "all_views_batch": 2048,  # 2N = 4096 rows
+        "memory_batch": 1024,
+    },
+    "quick": {
+        "solver_n": (48,),
+        "stability_n": 48,
+        "batched": (8, 16),
+        "loss_batch": (48,),
+        "all_views_batch": 24,
+        "memory_batch": 48,
+    },
+}
+"""Problem sizes of the full suite and of ``--quick`` (a smoke test of the instrument)."""
+
+SOLVER_ITERS = 100
+SOLVER_EPS = 0.1
+SMALL_EPS = 0.01
+UNBALANCED_RHO = 1.0
+STABILITY_CALLS = 20
+LOSS = {"d": 128, "eps": 0.5, "n_iter": 10}
+UOT_RHO = 0.2
+MEMORY_ITERS = (1, 100)
+
+CPU_BACKENDS = ("numpy", "torch")
+GPU_BACKENDS = ("torch-cuda", "cupy")
+DTYPES = ("float32", "float64")
+
+_BACKEND_NEEDS = {
+    "numpy": (),
+    "torch": ("torch",),
+    "torch-cuda": ("torch", "cuda"),
+    "cupy": ("cupy",),
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case: run as ``python -m benchmarks.case <kind> <params>``.
+
+    ``needs`` are capabilities (``"torch"``, ``"pot"``, ``"cuda"``, ``"cupy"``,
+    ``"otcl.torch.GCAInfoNCE"``, ...) without which the case is reported as skipped.
+    """
+
+    id: str
+    suite: str
+    kind: str
+    params: dict[str, Any]
+    baselines: dict[str, str] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()
+
+
+def _needs(backend: str, method: str) -> tuple[str, ...]:
+    return _BACKEND_NEEDS[backend] + (("pot",) if method.startswith("pot-") else ())
+
+
+def _solver_group(
+    backend: str, dtype: str, n: int, problem: str, floors: dict[str, str]
+) -> list[Case]:
+    """The rows of one problem type on one backend, dtype and size (eps = 0.1 and eps = 0.01)."""
+    rho = None if problem == "balanced" else UNBALANCED_RHO
+    cases: list[Case] = []
+
+    def add(eps: float, method: str, baselines: dict[str, str]) -> str:
+        cid = f"solver/eps={eps}/{problem}/{backend}/{dtype}/n={n}/{method}"
+        params = {
+            "backend": backend,
+            "dtype": dtype,
+            "n": n,
+            "iters": SOLVER_ITERS,
+            "eps": eps,
+            "rho": rho,
+            "method": method,
+        }
+        cases.append(Case(cid, "solver", "solver", params, baselines, _needs(backend, method)))
+        return cid
+
+    floor = {"floor": floors["floor"]}
+    both = {**floor, "exp2": floors["exp2"]}
+    kernel = add(SOLVER_EPS, "otcl-kernel", floor)
+    add(SOLVER_EPS, "otcl-auto", floor)
+    log = add(SOLVER_EPS, "otcl-log", both)
+    if problem == "balanced":
+        add(SOLVER_EPS, "pot-sinkhorn", {**floor, "otcl": kernel})
+        add(SOLVER_EPS, "pot-sinkhorn_log", {**both, "otcl": log})
+    else:
+        add(SOLVER_EPS, "pot-unbalanced", {**floor, "otcl": kernel})
+    small_log = add(SMALL_EPS, "otcl-log", both)
+    add(SMALL_EPS, "otcl-auto", {**floor, "otcl-log": small_log})
+    return cases
+
+
+def _solver_cases(sizes: dict[str, Any]) -> list[Case]:
+    cases: list[Case] = []
+    for backend in CPU_BACKENDS + GPU_BACKENDS:
+        for dtype in DTYPES:
+            for n in sizes["solver_n"]:
+                floors = {
+                    "floor": f"solver/floor/{backend}/{dtype}/n={n}/matvec",
+                    "exp2": f"solver/floor/{backend}/{dtype}/n={n}/exp2",
+                }
+                for label, method in (("floor", "floor-matvec"), ("exp2", "bound-exp")):
+                    params = {
+                        "backend": backend,
+                        "dtype": dtype,
+                        "n": n,
+                        "iters": SOLVER_ITERS,
+                        "eps": SOLVER_EPS,
+                        "method": method,
+                    }
+                    cases.append(
+                        Case(floors[label], "solver", "solver", params, {}, _needs(backend, ""))
+                    )
+                for problem in ("balanced", "unbalanced"):
+                    cases += _solver_group(backend, dtype, n, problem, floors)
+    return cases
+
+
+def _stability_cases(sizes: dict[str, Any]) -> list[Case]:
+    cases = []
+    n = sizes["stability_n"]
+    for backend in CPU_BACKENDS + GPU_BACKENDS:
+        for method in ("otcl-kernel", "otcl-auto", "otcl-log", "pot-sinkhorn"):
+            params = {
+                "backend": backend,
+                "dtype": "float32",
+                "n": n,
+                "iters": SOLVER_ITERS,
+                "eps": SOLVER_EPS,
+                "method": method,
+                "calls": STABILITY_CALLS,
+            }
+            cid = f"stability/{backend}/float32/n={n}/{method}"
+            cases.append(Case(cid, "stability", "stability", params, {}, _needs(backend, method)))
+    return cases
+
+
+def _batched_cases(sizes: dict[str, Any]) -> list[Case]:
+    cases = []
+    batch, n = sizes["batched"]
+    for backend in CPU_BACKENDS + GPU_BACKENDS:
+        for dtype in DTYPES:
+            group = f"batched/{backend}/{dtype}/{batch}x{n}x{n}"
+            base = {
+                "backend": backend,
+                "dtype": dtype,
+                "n": n,
+                "batch": batch,
+                "iters": SOLVER_ITERS,
+                "eps": SOLVER_EPS,
+            }
+            loop_id = f"{group}/pot-loop"
+            for method in ("pot-loop", "otcl-kernel", "otcl-auto", "otcl-log"):
+                baselines = {} if method == "pot-loop" else {"pot-loop": loop_id}
+                cases.append(
+                    Case(
+                        f"{group}/{method}",
+                        "batched",
+                        "solver",
+                        {**base, "method": method},
+                        baselines,
+                        _needs(backend, method),
+                    )
+                )
+    return cases
+
+
+def _loss_cases(sizes: dict[str, Any]) -> list[Case]:
+    cases = []
+    settings = [("cross", f"B={b}", b) for b in sizes["loss_batch"]]
+    settings.append(("all-views", f"2N={2 * sizes['all_views_batch']}", sizes["all_views_batch"]))
+    for layout, size, batch in settings:
+        group = f"losses/{layout}/{size}"
+        base = {**LOSS, "layout": layout, "batch": batch}
+        ntxent = f"{group}/ntxent"
+        cases.append(Case(ntxent, "losses", "loss", {**base, "impl": "ntxent"}, {}, ("torch",)))
+        for family, rho, cls in (("gca-ince", None, "GCAInfoNCE"), ("gca-uot", UOT_RHO, "GCAUOT")):
+            if layout == "all-views" and family == "gca-uot":
+                continue
+            refs = ["official-style", "kernel-autograd"]
+            if layout == "all-views":  # the explicit-plan reference is cross-view only
+                refs = refs[1:]
+            ref_ids = {r: f"{group}/{family}/{r}" for r in refs}
+            for impl in [*refs, "otcl"]:
+                # every row against NT-Xent and the references before it in ``refs``
+                earlier = refs[: refs.index(impl)] if impl in refs else refs
+                baselines = {"ntxent": ntxent, **{r: ref_ids[r] for r in earlier}}
+                needs = ("torch",) + ((f"otcl.torch.{cls}",) if impl == "otcl" else ())
+                params = {**base, "family": family, "rho": rho, "impl": impl}
+                cases.append(
+                    Case(f"{group}/{family}/{impl}", "losses", "loss", params, baselines, needs)
+                )
+    return cases
+
+
+def _memory_cases(sizes: dict[str, Any]) -> list[Case]:
+    cases = []
+    batch = sizes["memory_batch"]
+    impls: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
+        ("kernel-autograd", {"impl": "kernel-autograd"}, ()),
+        ("official-style", {"impl": "official-style"}, ()),
+        ("log-autograd", {"impl": "log-autograd"}, ()),
+    ]
+    for mode in ("unroll", "implicit", "detach"):
+        impls.append((f"otcl-{mode}", {"impl": "otcl", "mode": mode}, ("otcl.torch.GCAInfoNCE",)))
+    for label, impl, needs in impls:
+        first = f"memory/B={batch}/gca-ince/{label}/L={MEMORY_ITERS[0]}"
+        for n_iter in MEMORY_ITERS:
+            plain = f"memory/B={batch}/gca-ince/kernel-autograd/L={n_iter}"
+            params = {
+                **LOSS,
+                **impl,
+                "layout": "cross",
+                "family": "gca-ince",
+                "batch": batch,
+                "n_iter": n_iter,
+            }
+            cid = f"memory/B={batch}/gca-ince/{label}/L={n_iter}"
+            baselines = {} if cid == first else {"L=1": first}
+            if label != "kernel-autograd":
+                baselines["kernel-autograd"] = plain
+            cases.append(Case(cid, "memory", "memory", params, baselines, ("torch", *needs)))
+    return cases
+
+
+def build_plan(quick: bool = False) -> list[Case]:
+    """Every case of the suite, in running order (baselines before the rows that use them)."""
+    sizes = SIZES["quick" if quick else "full"]
+    return (
+        _solver_cases(sizes)
+        + _stability_cases(sizes)
+        + _batched_cases(sizes)
+        + _loss_cases(sizes)
+        + _memory_cases(sizes)
+    )
+
+
+def select(plan: list[Case], patterns: list[str] | None) -> list[Case]:
+    """The cases whose id matches any regular expression in ``patterns`` (all if none), plus
+    the baselines they need, in plan order."""
+    if not patterns:
+        return list(plan)
+    compiled = [re.compile(p) for p in patterns]
+    by_id = {c.id: c for c in plan}
+    wanted = {c.id for c in plan if any(p.search(c.id) for p in compiled)}
+    wanted |= {b for cid in list(wanted) for b in by_id[cid].baselines.values()}
+    return [c for c in plan if c.id in wanted]
