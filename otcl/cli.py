@@ -146,6 +146,8 @@ def _run_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         parser.error(f"--device {args.device}: no backend of that kind is available here")
     records = run_checks(device, seed=args.seed)
     print(format_table(records))
+    if device != "cpu" and not available_backends("cuda"):
+        print("\n(no CUDA device here: torch-cuda and CuPy were not tested)")
     failed = [r for r in records if not r.passed]
     print()
     if failed:
