@@ -8,6 +8,8 @@ every case's parameters by the runner.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import inspect
 import math
 import os
@@ -52,28 +54,29 @@ def _rho(params: dict[str, Any]) -> float:
 # probe: capabilities and machine description
 
 
+_DISTRIBUTIONS = {
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "torch": "torch",
+    "pot": "POT",
+    "otcl": "otcl",
+    "array_api_compat": "array-api-compat",
+    "threadpoolctl": "threadpoolctl",
+}
+"""Packages whose versions the report states (label: distribution name)."""
+
+
 def probe(params: dict[str, Any]) -> dict[str, Any]:
     """What this machine can run, and the machine itself (as a benchmark child sees it)."""
     caps: dict[str, bool] = {}
     versions: dict[str, str | None] = {"python": platform.python_version()}
-    for mod in (
-        "numpy",
-        "scipy",
-        "torch",
-        "ot",
-        "otcl",
-        "array_api_compat",
-        "threadpoolctl",
-        "cupy",
-    ):
+    for label, dist in _DISTRIBUTIONS.items():
         try:
-            m = __import__(mod)
-        except ImportError:
-            versions[mod] = None
-        else:
-            versions[mod] = getattr(m, "__version__", "?")
-    caps["torch"] = versions["torch"] is not None
-    caps["pot"] = versions["ot"] is not None
+            versions[label] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[label] = None
+    caps["torch"] = importlib.util.find_spec("torch") is not None
+    caps["pot"] = importlib.util.find_spec("ot") is not None
     for backend, cap in (("torch-cuda", "cuda"), ("cupy", "cupy")):
         try:
             require_backend(backend)
@@ -83,6 +86,10 @@ def probe(params: dict[str, Any]) -> dict[str, Any]:
             caps[cap] = True
     for name in ("GCAInfoNCE", "GCAUOT"):
         caps[f"otcl.torch.{name}"] = _otcl_loss_class(name) is not None
+    if caps["cupy"]:
+        import cupy
+
+        versions["cupy"] = cupy.__version__
     cuda_name = None
     if caps["cuda"]:
         cuda_name = torch_module().cuda.get_device_name(0)

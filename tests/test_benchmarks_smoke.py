@@ -1,0 +1,209 @@
+"""The benchmark instrument works: its references compute what they claim, its checks can fail,
+and a ``--quick`` run of a few cases writes consistent JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+if (
+    str(ROOT) not in sys.path
+):  # ``benchmarks`` is a top-level package of the checkout, not installed
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import baselines as ref  # noqa: E402
+from benchmarks.case import run_case  # noqa: E402
+from benchmarks.cases import solver_method  # noqa: E402
+from benchmarks.common import measure  # noqa: E402
+from benchmarks.floors import exp_bound, matvec_floor  # noqa: E402
+from benchmarks.report import add_ratios  # noqa: E402
+from benchmarks.suites import build_plan, select  # noqa: E402
+
+
+def _embeddings(n: int, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(n, d, generator=gen, dtype=torch.float64),
+        torch.randn(n, d, generator=gen, dtype=torch.float64),
+    )
+
+
+def _oracle_balanced(s: np.ndarray, eps: float, n_iter: int, partner: np.ndarray) -> float:
+    """Direct matrix Sinkhorn on the plan (normalise rows, then columns), the final row step,
+    then the cross-entropy of the positives: an independent route to the references' value."""
+    plan = np.exp(s / eps)
+    for _ in range(n_iter):
+        plan = plan / plan.sum(axis=1, keepdims=True)
+        plan = plan / plan.sum(axis=0, keepdims=True)
+    plan = plan / plan.sum(axis=1, keepdims=True)
+    return float(np.mean(-np.log(plan[np.arange(len(partner)), partner])))
+
+
+def _oracle_unbalanced(s: np.ndarray, eps: float, n_iter: int, rho: float) -> float:
+    """POT's unbalanced scaling (``reg_type="entropy"``, unit marginals, exactly ``n_iter``
+    rounds from ``v = 1``), then the cross-entropy of the row-normalised plan's diagonal."""
+    ot = pytest.importorskip("ot")
+    ones = np.ones(len(s))
+    with pytest.warns(UserWarning, match="entropy"):
+        _, log = ot.unbalanced.sinkhorn_unbalanced(
+            ones, ones, -s, eps, rho, reg_type="entropy", numItermax=n_iter, stopThr=0.0, log=True
+        )
+    kernel, log_v = np.exp(s / eps), log["logv"]
+    return float(np.mean(np.log(kernel @ np.exp(log_v)) - np.diag(s) / eps - log_v))
+
+
+@pytest.mark.parametrize("rho", [math.inf, 0.2])
+@pytest.mark.parametrize("n_iter", [0, 1, 7])
+def test_cross_view_references_match_independent_sinkhorn(rho: float, n_iter: int) -> None:
+    z1, z2 = _embeddings(12)
+    s = ref.similarity(z1, z2)
+    if math.isinf(rho):
+        expected = _oracle_balanced(s.numpy(), 0.5, n_iter, np.arange(12))
+    else:
+        expected = _oracle_unbalanced(s.numpy(), 0.5, n_iter, rho)
+    for fn in (ref.gca_official_style, ref.gca_kernel_autograd, ref.gca_log_autograd):
+        assert float(fn(s, 0.5, n_iter, rho)) == pytest.approx(expected, rel=1e-10), fn.__name__
+
+
+def test_all_views_references_match_direct_sinkhorn_and_nt_xent() -> None:
+    z1, z2 = _embeddings(6)
+    s = ref.similarity(torch.cat([z1, z2]))
+    sn = s.numpy().copy()
+    np.fill_diagonal(sn, -np.inf)  # the hard self-mask: K_ii = 0
+    partner = (np.arange(12) + 6) % 12
+    for n_iter in (0, 5):
+        expected = _oracle_balanced(sn, 0.5, n_iter, partner)
+        for fn in (ref.gca_kernel_autograd, ref.gca_log_autograd):
+            assert float(fn(s, 0.5, n_iter, all_views=True)) == pytest.approx(expected, rel=1e-10)
+    logits = sn / 0.5
+    log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    nt_xent = -np.mean(log_softmax[np.arange(12), partner])
+    assert float(ref.nt_xent(s, 0.5, all_views=True)) == pytest.approx(nt_xent, rel=1e-12)
+
+
+def test_official_style_gradient_matches_kernel_autograd() -> None:
+    z1, z2 = _embeddings(10)
+    grads = []
+    for fn in (ref.gca_official_style, ref.gca_kernel_autograd):
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        fn(ref.similarity(a, b), 0.5, 4).backward()
+        grads.append(torch.cat([a.grad, b.grad]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+def test_floors_compute_the_stated_products() -> None:
+    rng = np.random.default_rng(1)
+    log_k = -rng.random((5, 4))
+    f, g = rng.standard_normal(5), rng.standard_normal(4)
+    buf = np.empty_like(log_k)
+    exp_bound(log_k, f, g, buf, 2, np)
+    np.testing.assert_allclose(buf, np.exp(log_k + f[:, None]))  # the last of the two passes
+    calls = []
+
+    class Recorder(np.ndarray):
+        def __matmul__(self, other):
+            calls.append(np.asarray(other).shape)
+            return np.asarray(self) @ np.asarray(other)
+
+    matvec_floor(np.exp(log_k).view(Recorder), np.ones(5), np.ones(4), 3)
+    assert calls == [(4,), (5,)] * 3
+
+
+def test_solver_check_rejects_a_short_run() -> None:
+    params = {"backend": "numpy", "dtype": "float64", "n": 16, "eps": 0.1, "method": "otcl-kernel"}
+    method = solver_method("otcl-kernel", params)
+    assert method.check(method.run(7), 7)["rounds"] == 7
+    with pytest.raises(RuntimeError, match="expected 9"):
+        method.check(method.run(7), 9)
+
+
+def test_measure_respects_repeat_and_budget() -> None:
+    calls = []
+    out = measure(lambda: calls.append(1), repeat=4, budget_s=60.0)
+    assert out["runs"] == 4 and len(calls) == 5  # one warm-up call
+    out = measure(lambda: time.sleep(0.02), repeat=10, budget_s=0.03)
+    assert out["runs"] == 2 and out["median_s"] >= 0.02
+
+
+def test_unknown_kind_and_failing_case_are_errors_not_results() -> None:
+    assert run_case("nope", {})["status"] == "error"
+    bad = run_case(
+        "solver",
+        {
+            "backend": "numpy",
+            "dtype": "float64",
+            "n": 8,
+            "eps": 0.1,
+            "iters": 5,
+            "method": "no-such-method",
+            "repeat": 1,
+            "budget_s": 1,
+        },
+    )
+    assert bad["status"] == "error" and "no-such-method" in bad["reason"]
+
+
+def test_selection_pulls_in_baselines_and_ratios_divide_primary_metrics() -> None:
+    plan = build_plan(quick=True)
+    chosen = select(plan, [r"pot-sinkhorn_log$"])
+    ids = {c.id for c in chosen}
+    for case in chosen:
+        assert set(case.baselines.values()) <= ids
+    assert any(i.endswith("/otcl-log") for i in ids) and any(i.endswith("/exp2") for i in ids)
+    records = [
+        {
+            "id": "a",
+            "suite": "losses",
+            "status": "ok",
+            "metrics": {"ms": 6.0},
+            "baselines": {"b": "b", "gone": "c"},
+        },
+        {"id": "b", "suite": "losses", "status": "ok", "metrics": {"ms": 2.0}, "baselines": {}},
+        {"id": "c", "suite": "losses", "status": "skipped", "baselines": {}},
+    ]
+    add_ratios(records)
+    assert records[0]["ratios"] == {"b": 3.0, "gone": None}
+
+
+def test_quick_run_writes_consistent_results(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "--quick",
+        "--out",
+        str(tmp_path),
+        "--repeat",
+        "2",
+        "--budget",
+        "0.2",
+        "--only",
+        r"^solver/eps=0\.1/balanced/numpy/float64/.*/otcl-kernel$",
+        "--only",
+        r"^losses/cross/.*/ntxent$",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads((tmp_path / "results.json").read_text())
+    by_id = {r["id"]: r for r in run["cases"]}
+    assert len(by_id) == 3  # the two selected rows and the kernel row's floor
+    assert all(r["status"] == "ok" for r in by_id.values())
+    row = next(r for i, r in by_id.items() if i.endswith("otcl-kernel"))
+    floor = by_id[row["baselines"]["floor"]]
+    assert row["info"]["rounds"] == 100 and row["info"]["runs"] >= 1
+    assert row["ratios"]["floor"] == pytest.approx(
+        row["metrics"]["ms_per_iter"] / floor["metrics"]["ms_per_iter"]
+    )
+    assert run["settings"]["threads"] == 1 and run["machine"]["versions"]["numpy"]
+    text = (tmp_path / "results.md").read_text()
+    assert "| numpy | float64 | 48 | otcl-kernel |" in text and "nt-xent" in text
