@@ -374,6 +374,15 @@ def _domain_claims(res: dict) -> list[Claim]:
         f"class-probe accuracy stays within a range of {100 * c_range:.1f} pt "
         f"({'roughly flat' if c_range < 0.03 else 'not flat'})."
     )
+    h_acc = [s["domain_acc_h"]["mean"] for s in sweep if "domain_acc_h" in s]
+    if h_acc:
+        detail += (
+            f" In the backbone features h the domain-probe accuracy stays between "
+            f"{min(h_acc):.3f} and {max(h_acc):.3f}: the prior acts on the embedding the loss "
+            "sees, "
+            + ("while the backbone keeps the domain information."
+               if max(h_acc) - min(h_acc) < 0.05 else "and also moves the backbone features.")
+        )
     return [Claim(
         "domain_prior",
         "With the domain prior, domain accuracy rises with alpha - beta while class accuracy "
