@@ -42,10 +42,7 @@ def test_mlp_training_decreases_the_loss(name: str) -> None:
     history = []
     for _ in range(40):
         z1, z2 = model(x1), model(x2)
-        if name.startswith("IOT"):
-            loss = loss_fn(torch.cat([z1, z2]))
-        else:
-            loss = loss_fn(z1, z2)
+        loss = loss_fn(torch.cat([z1, z2])) if name.startswith("IOT") else loss_fn(z1, z2)
         opt.zero_grad()
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters())
