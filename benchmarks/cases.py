@@ -41,9 +41,6 @@ __all__ = ["KINDS"]
 WARMUP_ITERS = 10
 """Iterations of the warm-up call before a solver is timed (pages code and buffers in)."""
 
-MODE_KEYWORDS = ("grad", "mode", "backward", "autodiff", "gradient")
-"""Constructor keywords under which an otcl loss may accept its gradient mode (first found)."""
-
 
 def _rho(params: dict[str, Any]) -> float:
     rho = params.get("rho")
@@ -272,12 +269,13 @@ def _pot_unbalanced(cost: Any, a: Any, eps: float, rho: float) -> SolverMethod:
 
     def check(result: Any, iters: int) -> dict[str, Any]:
         _, messages = result
-        if verified["rounds"] != iters or verified["messages"] or messages:
+        rounds, early = verified.get("rounds"), verified.get("messages", [])
+        if rounds != iters or early or messages:
             raise RuntimeError(
-                f"POT ran {verified['rounds']} of {iters} rounds; warnings: "
-                f"{verified['messages'] + messages}"
+                f"POT ran {rounds} of {iters} rounds (verified by the warm-up call); "
+                f"warnings: {early + messages}"
             )
-        return {"rounds": verified["rounds"]}
+        return {"rounds": rounds}
 
     return SolverMethod(lambda it: call(it, False), check, warmup)
 
@@ -388,9 +386,9 @@ def otcl_loss(
 ) -> Any:
     """``otcl.torch.GCAInfoNCE(eps, n_iter)`` / ``GCAUOT(eps, rho, n_iter)``, or :class:`Skip`.
 
-    ``mode`` (the gradient mode) and ``layout`` (all-views batches) are passed only when given;
-    a requested option that the class does not accept skips the case rather than measuring
-    something else.
+    ``mode`` (the gradient mode, keyword ``grad``) and ``layout`` (all-views batches) are passed
+    only when given; a requested option that the class does not accept skips the case rather
+    than measuring something else.
     """
     name = {"gca-ince": "GCAInfoNCE", "gca-uot": "GCAUOT"}[kind]
     cls = _otcl_loss_class(name)
@@ -401,10 +399,9 @@ def otcl_loss(
     if kind == "gca-uot":
         kwargs["rho"] = rho
     if mode is not None:
-        key = next((k for k in MODE_KEYWORDS if k in accepted), None)
-        if key is None:
-            raise Skip(f"not available: otcl.torch.{name} has no gradient-mode option")
-        kwargs[key] = mode
+        if "grad" not in accepted:
+            raise Skip(f"not available: otcl.torch.{name} has no grad (gradient mode) option")
+        kwargs["grad"] = mode
     if layout is not None:
         if "layout" not in accepted:
             raise Skip(f"not available: otcl.torch.{name} has no layout option (all-views)")
