@@ -149,6 +149,24 @@ def test_api_reference_covers_every_module() -> None:
     assert not missing, f"modules without an API page entry in docs/api/: {missing}"
 
 
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?")
+
+
+def test_quoted_benchmark_numbers_were_measured() -> None:
+    """Every number quoted in the measured section of the performance guide appears in the
+    committed benchmark results. After ``make bench`` rewrites them, update the guide."""
+    guide = (DOCS / "guides" / "performance.md").read_text("utf-8")
+    start, end = guide.find("<!-- measured:start"), guide.find("<!-- measured:end -->")
+    assert 0 <= start < end, "the performance guide lost its measured:start/end markers"
+    section = guide[guide.index("-->", start) + 3 : end]
+    quoted = set(_NUMBER.findall(section))
+    results = ROOT / "benchmarks" / "results" / "results.md"
+    measured = set(_NUMBER.findall(results.read_text("utf-8")))
+    assert len(quoted) > 20, "the measured section quotes (almost) no numbers"
+    missing = sorted(quoted - measured, key=float)
+    assert not missing, f"numbers in docs/guides/performance.md not found in {results}: {missing}"
+
+
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed")
 def test_site_builds_strict(tmp_path: Path) -> None:
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
