@@ -21,7 +21,7 @@ demo: venv            ## the main job: the equivalence + training study
 
 test: venv            ## lint, docs build and the full test suite
 	$(BIN)/ruff check otcl tests benchmarks
-	$(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: venv
@@ -29,7 +29,7 @@ lint: venv
 	$(BIN)/ruff format --check otcl tests benchmarks
 
 docs: venv
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: venv           ## the benchmark suite; writes benchmarks/results/
 	$(BIN)/python -m benchmarks --out benchmarks/results
