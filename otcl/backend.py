@@ -215,3 +215,316 @@ def to_numpy(x: Array) -> np.ndarray:
         return np.asarray(x)
     except (TypeError, ValueError, RuntimeError):
         return np.from_dlpack(x)
+
+
+# --------------------------------------------------------------------------------------------
+# Buffered operations for solver loops
+
+FUSE_MIN_BYTES = 12 * 2**20
+"""Kernels larger than this (bytes) are swept in cache-sized blocks by :meth:`ArrayOps.blocks`.
+
+Below it the matrix stays in the last-level cache between the two products of a round anyway.
+"""
+
+BLOCK_BYTES = 2 * 2**20
+"""Target size of one block of a fused sweep: a few rows that stay in the core's cache between
+the row product that reads them from memory and the column product that reads them again."""
+
+SMALL_MATVEC = 128 * 128
+"""Stacked matrices of at most this many entries are multiplied by NumPy's stacked ``matmul``
+(one BLAS call per matrix, no threading at this size), also for PyTorch CPU tensors, whose
+batched product costs several microseconds per matrix at this size."""
+
+
+class ArrayOps:
+    """The dense primitives of a solver loop, with optional preallocated outputs.
+
+    Every method returns its result. This base class, used for any array-API library and for
+    arrays that an autograd engine is recording, allocates each result and ignores ``out``:
+    :attr:`inplace` is False and :meth:`buffer` returns ``None``, so a loop written against this
+    interface runs unchanged and stays differentiable. The NumPy and PyTorch (CPU) versions
+    (:func:`array_ops`) write into ``out`` instead, so that a loop reuses a fixed set of buffers
+    and touches no fresh memory per iteration. Shapes are batch-first: kernels ``(B, n, m)``,
+    row vectors ``(B, n)``, column vectors ``(B, m)``.
+    """
+
+    inplace = False
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+
+    def buffer(self, shape: tuple[int, ...], like: Array) -> Array | None:
+        """An uninitialised array of ``like``'s dtype and device (``None`` here)."""
+        return None
+
+    def snapshot(self, x: Array) -> Array:
+        """A copy of ``x`` that later in-place updates cannot change (``x`` itself here)."""
+        return x
+
+    def add(self, x: Array, y: Array, out: Array | None = None) -> Array:
+        """``x + y``."""
+        return x + y
+
+    def divide(self, x: Array, y: Array, out: Array | None = None) -> Array:
+        """``x / y``."""
+        return x / y
+
+    def multiply(self, x: Array, y: Array, out: Array | None = None) -> Array:
+        """``x * y``."""
+        return x * y
+
+    def power(self, x: Array, p: Any, out: Array | None = None) -> Array:
+        """``x ** p``."""
+        return x**p
+
+    def zero(self, x: Array) -> Array:
+        """Zeros shaped like ``x`` (``x`` itself, filled, in place)."""
+        return self.xp.zeros_like(x)
+
+    def scaled(self, x: Array, divisor: Any, out: Array | None = None) -> Array:
+        """``-x / divisor`` (the log-kernel ``-C / eps``)."""
+        return -x / divisor
+
+    def fill_where(self, x: Array, where: Array, value: float) -> Array:
+        """``x`` with ``value`` where the boolean ``where`` is True."""
+        return masked_fill(x, where, value, self.xp)
+
+    def exp_shifted(self, base: Array, row: Array | None, col: Array | None,
+                    out: Array | None = None) -> Array:
+        """``exp(base + row[:, :, None] + col[:, None, :])`` (``None`` terms left out)."""
+        x = base
+        if row is not None:
+            x = x + row[:, :, None]
+        if col is not None:
+            x = x + col[:, None, :]
+        return self.xp.exp(x)
+
+    def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:
+        """``K v``: ``(B, n, m), (B, m) -> (B, n)``."""
+        return self.xp.matmul(kernel, v[:, :, None])[:, :, 0]
+
+    def rmatvec(self, kernel: Array, u: Array, out: Array | None = None) -> Array:
+        """``K^T u``: ``(B, n, m), (B, n) -> (B, m)``."""
+        return self.xp.matmul(u[:, None, :], kernel)[:, 0, :]
+
+    def rmatvec_add(self, kernel: Array, u: Array, acc: Array, tmp: Array | None = None) -> Array:
+        """``acc + K^T u`` (into ``acc``; ``tmp`` is ``(B, m)`` scratch)."""
+        return acc + self.rmatvec(kernel, u)
+
+    def logsumexp_shifted(self, base: Array, shift: Array, axis: int,
+                          work: Array | None = None) -> Array:
+        """``LSE`` over ``axis`` of ``base + shift`` broadcast along the other axis.
+
+        ``axis=2``: ``LSE_j(base_ij + shift_j)`` with ``shift (B, m)``, result ``(B, n)``;
+        ``axis=1``: ``LSE_i(base_ij + shift_i)`` with ``shift (B, n)``, result ``(B, m)``.
+        ``-inf`` where the slice is all ``-inf``; ``work`` is scratch shaped like ``base``.
+        """
+        x = base + (shift[:, None, :] if axis == 2 else shift[:, :, None])
+        return logsumexp(x, axis, self.xp)
+
+    def blocks(self, kernel: Array) -> list[tuple[slice, list[slice]]] | None:
+        """How to sweep ``kernel`` in cache-sized blocks, or ``None`` for whole-matrix products.
+
+        A sweep is a list of groups ``(problems, row_blocks)``: the problems ``kernel[problems]``
+        and, for each of them, the row blocks that partition their rows.
+        """
+        return None
+
+
+class _BufferOps(ArrayOps):
+    """Buffered operations for libraries whose functions take ``out=`` as NumPy's do."""
+
+    inplace = True
+
+    def __init__(self, xp: Any, lib: Any, blocked: bool) -> None:
+        super().__init__(xp)
+        self.lib = lib
+        self.blocked = blocked
+
+    def buffer(self, shape: tuple[int, ...], like: Array) -> Array:
+        return self.lib.empty(shape, dtype=like.dtype)
+
+    def snapshot(self, x: Array) -> Array:
+        return self.lib.clone(x) if hasattr(self.lib, "clone") else x.copy()
+
+    def add(self, x: Array, y: Array, out: Array | None = None) -> Array:
+        return self.lib.add(x, y, out=out)
+
+    def divide(self, x: Array, y: Array, out: Array | None = None) -> Array:
+        return self.lib.divide(x, y, out=out)
+
+    def multiply(self, x: Array, y: Array, out: Array | None = None) -> Array:
+        return self.lib.multiply(x, y, out=out)
+
+    def power(self, x: Array, p: Any, out: Array | None = None) -> Array:
+        return self.lib.pow(x, p, out=out) if hasattr(self.lib, "pow") else self.lib.power(
+            x, p, out=out)
+
+    def zero(self, x: Array) -> Array:
+        x[...] = 0
+        return x
+
+    def scaled(self, x: Array, divisor: Any, out: Array | None = None) -> Array:
+        # -x / d and x / -d are the same IEEE operation (the sign of a quotient is exact)
+        return self.lib.divide(x, -divisor, out=out)
+
+    def exp_shifted(self, base: Array, row: Array | None, col: Array | None,
+                    out: Array | None = None) -> Array:
+        x = base
+        if row is not None:
+            x = self.lib.add(x, row[:, :, None], out=out)
+        if col is not None:
+            x = self.lib.add(x, col[:, None, :], out=out)
+        return self.lib.exp(x, out=out)
+
+    def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:
+        if out is None:
+            return super().matvec(kernel, v)
+        if kernel.shape[0] == 1:  # one matrix: a plain matrix-vector product
+            self.lib.matmul(kernel[0], v[0], out=out[0])
+        else:
+            self.lib.matmul(kernel, v[:, :, None], out=out[:, :, None])
+        return out
+
+    def rmatvec(self, kernel: Array, u: Array, out: Array | None = None) -> Array:
+        if out is None:
+            return super().rmatvec(kernel, u)
+        if kernel.shape[0] == 1:
+            self.lib.matmul(u[0], kernel[0], out=out[0])
+        else:
+            self.lib.matmul(u[:, None, :], kernel, out=out[:, None, :])
+        return out
+
+    def rmatvec_add(self, kernel: Array, u: Array, acc: Array, tmp: Array | None = None) -> Array:
+        return self.add(acc, self.rmatvec(kernel, u, out=tmp), out=acc)
+
+    def _max(self, x: Array, axis: int) -> Array:
+        return self.lib.max(x, axis=axis)
+
+    def _sum(self, x: Array, axis: int) -> Array:
+        return self.lib.sum(x, axis=axis)
+
+    def logsumexp_shifted(self, base: Array, shift: Array, axis: int,
+                          work: Array | None = None) -> Array:
+        lib = self.lib
+        if work is None:
+            work = self.buffer(tuple(base.shape), base)
+        expand = (lambda y: y[:, None, :]) if axis == 2 else (lambda y: y[:, :, None])
+        lib.add(base, expand(shift), out=work)
+        m = self._max(work, axis)
+        m = lib.where(lib.isfinite(m), m, lib.zeros_like(m))
+        lib.subtract(work, m[:, :, None] if axis == 2 else m[:, None, :], out=work)
+        lib.exp(work, out=work)
+        return safe_log(self._sum(work, axis), self.xp) + m
+
+    def blocks(self, kernel: Array) -> list[tuple[slice, list[slice]]] | None:
+        if not self.blocked:
+            return None
+        B, n, m = (int(s) for s in kernel.shape)
+        item = kernel.dtype.itemsize
+        if B * n * m * item <= FUSE_MIN_BYTES:
+            return None
+        if n * m * item <= BLOCK_BYTES:  # several whole problems per block
+            per = max(1, BLOCK_BYTES // (n * m * item))
+            return [(slice(s, min(s + per, B)), [slice(0, n)]) for s in range(0, B, per)]
+        rows = max(8, BLOCK_BYTES // (m * item))
+        row_blocks = [slice(r, min(r + rows, n)) for r in range(0, n, rows)]
+        return [(slice(k, k + 1), row_blocks) for k in range(B)]
+
+
+class _NumpyOps(_BufferOps):
+    def __init__(self, xp: Any) -> None:
+        super().__init__(xp, np, blocked=True)
+
+    def fill_where(self, x: Array, where: Array, value: float) -> Array:
+        np.copyto(x, value, where=where)
+        return x
+
+
+class _TorchOps(_BufferOps):
+    """PyTorch CPU tensors that no autograd graph records.
+
+    Large buffers are allocated through NumPy (which asks the kernel for transparent huge
+    pages): a fresh ``n x m`` buffer then costs hundreds of page faults instead of ``n m / 1024``.
+    Small stacked matrix-vector products go through NumPy on the same memory (zero copy).
+    """
+
+    def __init__(self, xp: Any, torch: Any) -> None:
+        super().__init__(xp, torch, blocked=True)
+        self._np_dtypes = {torch.float32: np.float32, torch.float64: np.float64}
+
+    def buffer(self, shape: tuple[int, ...], like: Array) -> Array:
+        np_dtype = self._np_dtypes.get(like.dtype)
+        if np_dtype is None:
+            return self.lib.empty(shape, dtype=like.dtype)
+        return self.lib.from_numpy(np.empty(shape, dtype=np_dtype))
+
+    def power(self, x: Array, p: Any, out: Array | None = None) -> Array:
+        return self.lib.pow(x, p, out=out)
+
+    def zero(self, x: Array) -> Array:
+        return x.zero_()
+
+    def scaled(self, x: Array, divisor: Any, out: Array | None = None) -> Array:
+        return self.lib.div(x, -divisor, out=out)
+
+    def fill_where(self, x: Array, where: Array, value: float) -> Array:
+        return x.masked_fill_(where, value)
+
+    def _small(self, kernel: Array) -> bool:
+        B, n, m = kernel.shape
+        return B > 1 and n * m <= SMALL_MATVEC and kernel.dtype in self._np_dtypes
+
+    def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:
+        if out is not None and kernel.shape[0] == 1:
+            self.lib.mv(kernel[0], v[0], out=out[0])
+            return out
+        if out is not None and self._small(kernel):
+            np.matmul(kernel.detach().numpy(), v.detach().numpy()[:, :, None],
+                      out=out.detach().numpy()[:, :, None])
+            return out
+        return super().matvec(kernel, v, out)
+
+    def rmatvec(self, kernel: Array, u: Array, out: Array | None = None) -> Array:
+        if out is not None and kernel.shape[0] == 1:
+            self.lib.mv(kernel[0].T, u[0], out=out[0])
+            return out
+        if out is not None and self._small(kernel):
+            np.matmul(u.detach().numpy()[:, None, :], kernel.detach().numpy(),
+                      out=out.detach().numpy()[:, None, :])
+            return out
+        return super().rmatvec(kernel, u, out)
+
+    def rmatvec_add(self, kernel: Array, u: Array, acc: Array, tmp: Array | None = None) -> Array:
+        if kernel.shape[0] == 1:
+            acc[0].addmv_(kernel[0].T, u[0])
+        else:
+            acc[:, None, :].baddbmm_(u[:, None, :], kernel)
+        return acc
+
+    def _max(self, x: Array, axis: int) -> Array:
+        return self.lib.amax(x, dim=axis)
+
+    def _sum(self, x: Array, axis: int) -> Array:
+        return self.lib.sum(x, dim=axis)
+
+
+def array_ops(xp: Any, *arrays: Any) -> ArrayOps:
+    """The :class:`ArrayOps` for a solver loop on ``arrays`` (the loop's inputs).
+
+    Buffered operations for NumPy and for PyTorch CPU tensors when no autograd graph records
+    any of the arrays (no ``requires_grad``, or grad mode off); the allocating, differentiable
+    :class:`ArrayOps` for everything else (array-api-strict, CuPy, GPU tensors, recorded
+    tensors).
+    """
+    if array_api_compat.is_numpy_namespace(xp):
+        return _NumpyOps(xp)
+    if array_api_compat.is_torch_namespace(xp):
+        import torch
+
+        tensors = [x for x in arrays if isinstance(x, torch.Tensor)]
+        recorded = torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
+        on_cpu = all(x.device.type == "cpu" for x in tensors)
+        if not recorded and on_cpu:
+            return _TorchOps(xp, torch)
+    return ArrayOps(xp)

@@ -34,6 +34,8 @@ import numpy as np
 
 from otcl.backend import (
     Array,
+    ArrayOps,
+    array_ops,
     check_compatible,
     dtype_tiny,
     logsumexp,
@@ -185,7 +187,13 @@ def solve(
     init: tuple[Array, Array] | None = None,
     warn: bool = True,
 ) -> Transport:
-    """Run Sinkhorn on an already validated :class:`Problem` (no input checks)."""
+    """Run Sinkhorn on an already validated :class:`Problem` (no input checks).
+
+    The loops reuse preallocated buffers (one or two ``n x m`` matrices and a few vectors)
+    when the library allows it and no autograd engine records the inputs
+    (:func:`otcl.backend.array_ops`); otherwise every step allocates its result and stays
+    differentiable. Both compute the same iteration.
+    """
     xp = problem.xp
     B, n, m = problem.shape
     dtype = problem.cost.dtype
@@ -204,13 +212,17 @@ def solve(
                 error = _LogLoop(problem, phi, gamma, tol, check_every)._final_error()
         return _transport(problem, phi, gamma, np.zeros(B, dtype=np.int64), error, tol, domain,
                           warn=warn)
-    if domain == "log":
-        loop = _LogLoop(problem, phi, gamma, tol, check_every)
-    else:
-        if domain == "kernel" and init is None:
-            phi = phi + _cost_floor(problem)[:, None] / problem.eps
-        loop = _ScalingLoop(problem, phi, gamma, tol, check_every, stabilized=domain != "kernel")
+    ops = array_ops(xp, problem.cost, problem.a, problem.b, problem.eps, *(init or ()))
     with quiet_numerics(xp):
+        if domain == "log":
+            loop: _LogLoop | _ScalingLoop = _LogLoop(problem, phi, gamma, tol, check_every,
+                                                     ops=ops)
+        else:
+            cold = domain == "kernel" and init is None
+            if cold:
+                phi = phi + _cost_floor(problem)[:, None] / problem.eps
+            loop = _ScalingLoop(problem, phi, gamma, tol, check_every,
+                                stabilized=domain != "kernel", ops=ops, cold=cold)
         loop.run(max_iter)
     phi, gamma = loop.potentials()
     return _transport(
@@ -241,11 +253,15 @@ class _LogLoop:
     domain = "log"
 
     def __init__(self, problem: Problem, phi: Array, gamma: Array, tol: float | None,
-                 check_every: int, start: int = 0) -> None:
+                 check_every: int, start: int = 0, *, ops: ArrayOps | None = None,
+                 log_k: Array | None = None, work: Array | None = None) -> None:
         self.p, self.phi, self.gamma = problem, phi, gamma
         self.tol, self.check_every = tol, check_every
         self.xp = problem.xp
-        self.log_k = problem.log_kernel()
+        self.ops = ArrayOps(self.xp) if ops is None else ops
+        self.log_k = _log_kernel(problem, self.ops) if log_k is None else log_k
+        # scratch for the n x m log-sum-exp (None: allocate per step)
+        self.work = self.ops.buffer(problem.shape, problem.cost) if work is None else work
         self.log_a, self.log_b = problem.log_marginals()
         self.tracker = _Tracker(problem.shape[0], tol, start)
         self.trouble: str | None = None
@@ -263,25 +279,34 @@ class _LogLoop:
         it = tr.start
         while it < max_iter:
             check = tr.tol is not None and tr.due(it, self.check_every)
-            lse = logsumexp(self.log_k + self.gamma[:, None, :], 2, xp)
+            lse = self._lse_rows(self.gamma)
             if check and p.balanced and tr.record(it, _row_error(xp, self.phi, lse, p.a)):
                 return
             phi_new = _guarded_update(self.log_a, lse, p.t_a, xp)
             if check and not p.balanced:
                 residual = _max_abs_change(xp, phi_new, self.phi)
                 self.phi = phi_new
-                self.gamma = log_col_update(self.log_k, self.log_b, self.phi, p.t_b, xp)
+                self.gamma = self._col_update(self.phi)
                 if tr.record(it + 1, residual):
                     return
             else:
                 self.phi = phi_new
-                self.gamma = log_col_update(self.log_k, self.log_b, self.phi, p.t_b, xp)
+                self.gamma = self._col_update(self.phi)
             it += 1
         tr.finish(max_iter, self._final_error)
 
+    def _lse_rows(self, gamma: Array) -> Array:
+        """``LSE_j(log K_ij + gamma_j)``, ``(B, n)``."""
+        return self.ops.logsumexp_shifted(self.log_k, gamma, 2, self.work)
+
+    def _col_update(self, phi: Array) -> Array:
+        """``gamma_j = t_b (log b_j - LSE_i(log K_ij + phi_i))``."""
+        lse = self.ops.logsumexp_shifted(self.log_k, phi, 1, self.work)
+        return _guarded_update(self.log_b, lse, self.p.t_b, self.xp)
+
     def _final_error(self) -> np.ndarray:
         p, xp = self.p, self.xp
-        lse = logsumexp(self.log_k + self.gamma[:, None, :], 2, xp)
+        lse = self._lse_rows(self.gamma)
         if p.balanced:
             return _row_error(xp, self.phi, lse, p.a)
         return _max_abs_change(xp, _guarded_update(self.log_a, lse, p.t_a, xp), self.phi)
@@ -296,26 +321,48 @@ class _ScalingLoop:
     The kernel is ``Kt = exp(phi_i + gamma_j - C_ij / eps)`` and the scalings ``u``, ``v`` act on
     it, so the potentials are ``phi + log u`` and ``gamma + log v``. In the unbalanced update the
     absorbed part contributes a fixed factor: ``u = (a / (Kt v))^t * exp(-(1 - t) phi)``.
+
+    With buffered operations a round that needs no convergence check is one fused sweep when
+    the kernel is large (:meth:`ArrayOps.blocks`): for each block of rows, ``Kt v``, the new
+    ``u`` on those rows and their contribution ``Kt[rows]^T u[rows]`` to the column product,
+    while the block is still in cache, so the kernel is read from memory once per round instead
+    of twice. Successive sweeps run in opposite directions, so that the blocks read last are
+    still cached when the next sweep starts. A round computes the same quantities in the same
+    order as the unfused one; only the summation order of ``Kt^T u`` differs.
     """
 
     def __init__(self, problem: Problem, phi: Array, gamma: Array, tol: float | None,
-                 check_every: int, *, stabilized: bool) -> None:
-        self.p, self.xp = problem, problem.xp
+                 check_every: int, *, stabilized: bool, ops: ArrayOps, cold: bool = False) -> None:
+        self.p, self.xp, self.ops = problem, problem.xp, ops
         self.tol, self.check_every = tol, check_every
         self.stabilized = stabilized
         self.domain = "stabilized" if stabilized else "kernel"
-        self.log_k = problem.log_kernel()
-        self.tracker = _Tracker(problem.shape[0], tol, 0)
+        xp, (B, n, m) = self.xp, problem.shape
+        self.tracker = _Tracker(B, tol, 0)
         self.trouble: str | None = None
-        self.absorb_at = 0.25 * -math.log(dtype_tiny(self.xp, problem.cost.dtype))
+        self.absorb_at = 0.25 * -math.log(dtype_tiny(xp, problem.cost.dtype))
+        # zero marginal entries need a guarded (allocating) scaling step
+        self.guarded = not bool(xp.all(problem.a > 0) & xp.all(problem.b > 0))
+        log_k = _log_kernel(problem, ops)
+        # the kernel-domain loop overwrites the log-kernel with the kernel (it never needs it
+        # again); the stabilized loop keeps it for re-absorbing and uses a second buffer
+        self.log_k = log_k if stabilized or not ops.inplace else None
+        self.kernel = ops.buffer(problem.shape, problem.cost) if stabilized else log_k
+        like = problem.cost
+        self.kv, self.u_alt = ops.buffer((B, n), like), ops.buffer((B, n), like)
+        self.ktu, self.tmp = ops.buffer((B, m), like), ops.buffer((B, m), like)
         if stabilized:
             # one log-domain round puts the potentials in the right range before absorbing
             log_a, log_b = problem.log_marginals()
-            phi = _guarded_update(log_a, logsumexp(self.log_k + gamma[:, None, :], 2, self.xp),
-                                  problem.t_a, self.xp)
-            gamma = log_col_update(self.log_k, log_b, phi, problem.t_b, self.xp)
+            lse = ops.logsumexp_shifted(log_k, gamma, 2, self.kernel)
+            phi = _guarded_update(log_a, lse, problem.t_a, xp)
+            lse = ops.logsumexp_shifted(log_k, phi, 1, self.kernel)
+            gamma = _guarded_update(log_b, lse, problem.t_b, xp)
             self.tracker.start = 1
-        self._absorb(phi, gamma)
+        self._absorb(phi, gamma, cold=cold)
+        self.sweep = ops.blocks(self.kernel) if ops.inplace and not self.guarded else None
+        self.forward = True
+        self._views: list | None = None  # the sweep's blocks of the current buffers
 
     @property
     def n_iter(self) -> np.ndarray:
@@ -325,54 +372,120 @@ class _ScalingLoop:
     def error(self) -> np.ndarray | None:
         return self.tracker.error
 
-    def _absorb(self, phi: Array, gamma: Array) -> None:
+    def _absorb(self, phi: Array, gamma: Array, cold: bool = False) -> None:
+        """Absorb ``(phi, gamma)`` into the kernel (``cold``: ``gamma`` is exactly zero)."""
         xp, p = self.xp, self.p
         self.phi, self.gamma = phi, gamma
-        self.kernel = xp.exp(self.log_k + phi[:, :, None] + gamma[:, None, :])
+        base = self.kernel if self.log_k is None else self.log_k
+        self.kernel = self.ops.exp_shifted(base, phi, None if cold else gamma, out=self.kernel)
         self.u = xp.ones_like(phi)
         self.v = xp.ones_like(gamma)
         self.w_a = None if p.t_a == 1.0 else _finite_exp(-(1 - p.t_a) * phi, xp)
         self.w_b = None if p.t_b == 1.0 else _finite_exp(-(1 - p.t_b) * gamma, xp)
+        self._views = None
 
-    def _scale(self, marginal: Array, kv: Array, t: Any, w: Array | None) -> Array:
-        xp = self.xp
-        ratio = xp.where(marginal > 0, marginal / kv, xp.zeros_like(kv))
-        return ratio if w is None else ratio**t * w
+    def _scale(self, marginal: Array, kv: Array, t: Any, w: Array | None,
+               out: Array | None = None) -> Array:
+        """``marginal / kv`` (``0`` where the marginal is), times ``^t * w`` when relaxed."""
+        if self.guarded:
+            xp = self.xp
+            ratio = xp.where(marginal > 0, marginal / kv, xp.zeros_like(kv))
+            return ratio if w is None else ratio**t * w
+        ops = self.ops
+        ratio = ops.divide(marginal, kv, out=out)
+        return ratio if w is None else ops.multiply(ops.power(ratio, t, out=out), w, out=out)
 
     def potentials(self) -> tuple[Array, Array]:
         xp = self.xp
         return self.phi + safe_log(self.u, xp), self.gamma + safe_log(self.v, xp)
 
+    def _snapshot(self, it: int) -> tuple:
+        ops = self.ops
+        return (it, self.phi, self.gamma, ops.snapshot(self.u), ops.snapshot(self.v))
+
     def run(self, max_iter: int) -> None:
-        p, xp, tr = self.p, self.xp, self.tracker
+        tr = self.tracker
         it = tr.start
-        good = (it, self.phi, self.gamma, self.u, self.v)
+        good = self._snapshot(it)
         while it < max_iter:
-            check = tr.due(it, self.check_every)
-            if check:
+            if tr.due(it, self.check_every):
                 if not self._healthy():
                     self._recover(good, max_iter)
                     return
                 if self.stabilized:
                     self._absorb_if_large()
-                good = (it, self.phi, self.gamma, self.u, self.v)
-            kv = _matvec(xp, self.kernel, self.v)
-            if (check and p.balanced and tr.tol is not None
-                    and tr.record(it, self._relative_row_error(kv))):
-                return
-            u_new = self._scale(p.a, kv, p.t_a, self.w_a)
-            track = check and not p.balanced and tr.tol is not None
-            if track:
-                residual = _max_abs_change(xp, safe_log(u_new, xp), safe_log(self.u, xp))
-            self.u = u_new
-            self.v = self._scale(p.b, _rmatvec(xp, self.kernel, self.u), p.t_b, self.w_b)
+                good = self._snapshot(it)
+                if tr.tol is not None:
+                    if self._monitored_round(it):
+                        return
+                    it += 1
+                    continue
+            self._round()
             it += 1
-            if track and tr.record(it, residual):
-                return
         if not self._healthy():
             self._recover(good, max_iter)
             return
         tr.finish(max_iter, self._final_error)
+
+    def _round(self) -> None:
+        """One round ``u = scale(a, Kt v)``, ``v = scale(b, Kt^T u)``, fused when it pays."""
+        p, ops, K = self.p, self.ops, self.kernel
+        if self.sweep is None:
+            kv = ops.matvec(K, self.v, out=self.kv)
+            self.u = self._scale(p.a, kv, p.t_a, self.w_a, out=self.u)
+            ktu = ops.rmatvec(K, self.u, out=self.ktu)
+            self.v = self._scale(p.b, ktu, p.t_b, self.w_b, out=self.v)
+            return
+        if self._views is None:
+            self._views = self._block_views()
+        t_a, t_b = p.t_a, p.t_b
+        forward = self.forward
+        for v, ktu, tmp, b, w_b, rows in self._views if forward else self._views[::-1]:
+            if len(rows) == 1:  # whole problems: both products on the cached block
+                kb, kv, u, a, w_a = rows[0]
+                self._scale(a, ops.matvec(kb, v, out=kv), t_a, w_a, out=u)
+                ops.rmatvec(kb, u, out=ktu)
+            else:
+                ops.zero(ktu)
+                for kb, kv, u, a, w_a in rows if forward else rows[::-1]:
+                    self._scale(a, ops.matvec(kb, v, out=kv), t_a, w_a, out=u)
+                    ops.rmatvec_add(kb, u, ktu, tmp)
+            self._scale(b, ktu, t_b, w_b, out=v)
+        self.forward = not forward
+
+    def _block_views(self) -> list:
+        """Per group of the sweep: views of ``v``, ``Kt^T u``, scratch, ``b``, ``w_b`` and per
+        row block of ``Kt``, ``Kt v``, ``u``, ``a``, ``w_a``."""
+        p, K = self.p, self.kernel
+
+        def part(x: Array | None, *index: slice) -> Array | None:
+            return None if x is None else x[index]
+
+        views = []
+        for probs, rows in self.sweep:
+            row_views = [(K[probs, r], self.kv[probs, r], self.u[probs, r], p.a[probs, r],
+                          part(self.w_a, probs, r)) for r in rows]
+            views.append((self.v[probs], self.ktu[probs], self.tmp[probs], p.b[probs],
+                          part(self.w_b, probs), row_views))
+        return views
+
+    def _monitored_round(self, it: int) -> bool:
+        """A round that also measures the stopping criterion; True when every problem has
+        converged (balanced: before the round, on the row marginal; unbalanced: after it, on
+        the change of ``log u``)."""
+        p, xp, ops, tr = self.p, self.xp, self.ops, self.tracker
+        kv = ops.matvec(self.kernel, self.v, out=self.kv)
+        if p.balanced and tr.record(it, self._relative_row_error(kv)):
+            return True
+        u_new = self._scale(p.a, kv, p.t_a, self.w_a, out=self.u_alt)
+        residual = None
+        if not p.balanced:
+            residual = _max_abs_change(xp, safe_log(u_new, xp), safe_log(self.u, xp))
+        self.u, self.u_alt = u_new, self.u
+        self._views = None
+        ktu = ops.rmatvec(self.kernel, self.u, out=self.ktu)
+        self.v = self._scale(p.b, ktu, p.t_b, self.w_b, out=self.v)
+        return residual is not None and tr.record(it + 1, residual)
 
     def _relative_row_error(self, kv: Array) -> np.ndarray:
         xp, a = self.xp, self.p.a
@@ -380,16 +493,20 @@ class _ScalingLoop:
 
     def _final_error(self) -> np.ndarray:
         p, xp = self.p, self.xp
-        kv = _matvec(xp, self.kernel, self.v)
+        kv = self.ops.matvec(self.kernel, self.v, out=self.kv)
         if p.balanced:
             return self._relative_row_error(kv)
-        u_new = self._scale(p.a, kv, p.t_a, self.w_a)
+        u_new = self._scale(p.a, kv, p.t_a, self.w_a, out=self.u_alt)
         return _max_abs_change(xp, safe_log(u_new, xp), safe_log(self.u, xp))
 
     def _healthy(self) -> bool:
-        xp, p = self.xp, self.p
-        ok = xp.all(xp.isfinite(self.u)) & xp.all(xp.isfinite(self.v))
-        ok = ok & ~xp.any((p.a > 0) & (self.u == 0)) & ~xp.any((p.b > 0) & (self.v == 0))
+        """Every scaling finite, and zero only where its marginal is (one host sync)."""
+        xp, p, u, v = self.xp, self.p, self.u, self.v
+        if not self.guarded:
+            # u, v >= 0 by construction: "finite and not zero" is 0 < x < inf (False for NaN)
+            return bool(xp.all((u > 0) & (u < math.inf)) & xp.all((v > 0) & (v < math.inf)))
+        ok = xp.all(xp.isfinite(u)) & xp.all(xp.isfinite(v))
+        ok = ok & ~xp.any((p.a > 0) & (u == 0)) & ~xp.any((p.b > 0) & (v == 0))
         return bool(ok)
 
     def _absorb_if_large(self) -> None:
@@ -397,7 +514,7 @@ class _ScalingLoop:
         lu, lv = safe_log(self.u, xp), safe_log(self.v, xp)
         big_u = xp.max(xp.abs(xp.where(self.u > 0, lu, xp.zeros_like(lu))))
         big_v = xp.max(xp.abs(xp.where(self.v > 0, lv, xp.zeros_like(lv))))
-        if float(xp.maximum(big_u, big_v)) > self.absorb_at:
+        if to_float(xp.maximum(big_u, big_v)) > self.absorb_at:
             self._absorb(self.phi + lu, self.gamma + lv)
 
     def _recover(self, good: tuple, max_iter: int) -> None:
@@ -414,7 +531,10 @@ class _ScalingLoop:
             self.tracker.stop_at(good_it, self._final_error)
             return
         phi, gamma = self.potentials()
-        log_loop = _LogLoop(self.p, phi, gamma, self.tol, self.check_every, start=good_it)
+        # the absorbed kernel is not needed any more: its buffer becomes the log loop's scratch
+        work = self.kernel if self.ops.inplace else None
+        log_loop = _LogLoop(self.p, phi, gamma, self.tol, self.check_every, start=good_it,
+                            ops=self.ops, log_k=self.log_k, work=work)
         log_loop.tracker = self.tracker
         self.tracker.start = good_it
         log_loop.run(max_iter)
@@ -479,14 +599,14 @@ def _dev(problem: Problem) -> Any:
     return device_of(problem.cost)
 
 
-def _matvec(xp: Any, kernel: Array, v: Array) -> Array:
-    """``K v`` for ``K (B, n, m)``, ``v (B, m)``."""
-    return xp.matmul(kernel, v[:, :, None])[:, :, 0]
-
-
-def _rmatvec(xp: Any, kernel: Array, u: Array) -> Array:
-    """``K^T u`` for ``K (B, n, m)``, ``u (B, n)``."""
-    return xp.matmul(u[:, None, :], kernel)[:, 0, :]
+def _log_kernel(problem: Problem, ops: ArrayOps) -> Array:
+    """``-C / eps`` (``-inf`` on masked entries), into a fresh buffer when ``ops`` has them."""
+    if not ops.inplace:
+        return problem.log_kernel()
+    lk = ops.scaled(problem.cost, problem.eps, out=ops.buffer(problem.shape, problem.cost))
+    if problem.mask is not None:
+        lk = ops.fill_where(lk, ~problem.mask, -math.inf)
+    return lk
 
 
 def _finite_exp(x: Array, xp: Any) -> Array:
