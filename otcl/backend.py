@@ -370,12 +370,19 @@ class _BufferOps(ArrayOps):
 
     def exp_shifted(self, base: Array, row: Array | None, col: Array | None,
                     out: Array | None = None) -> Array:
-        x = base
-        if row is not None:
-            x = self.lib.add(x, row[:, :, None], out=out)
-        if col is not None:
-            x = self.lib.add(x, col[:, None, :], out=out)
-        return self.lib.exp(x, out=out)
+        lib = self.lib
+        if out is None:
+            out = self.buffer(tuple(base.shape), base)
+        # block by block, so that the two additions and the exponential run in cache
+        for probs, r in self._pieces(base):
+            o = out[probs, r]
+            x = base[probs, r]
+            if row is not None:
+                x = lib.add(x, row[probs, r][:, :, None], out=o)
+            if col is not None:
+                x = lib.add(x, col[probs][:, None, :], out=o)
+            lib.exp(x, out=o)
+        return out
 
     def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:
         if out is None:
@@ -404,20 +411,70 @@ class _BufferOps(ArrayOps):
     def _sum(self, x: Array, axis: int) -> Array:
         return self.lib.sum(x, axis=axis)
 
+    def _finite_or_zero(self, x: Array) -> Array:
+        lib = self.lib
+        return lib.where(lib.isfinite(x), x, lib.zeros_like(x))
+
     def logsumexp_shifted(self, base: Array, shift: Array, axis: int,
                           work: Array | None = None) -> Array:
+        """In place in ``work``; large matrices block by block (rows), so that the shift, the
+        maximum, the exponential and the sum of a block run in cache. Columns (``axis=1``)
+        then combine the blocks' partial sums with a running maximum
+        (``s <- s exp(M_old - M_new) + sum_i exp(x_ij - M_new)``)."""
         lib = self.lib
         if work is None:
             work = self.buffer(tuple(base.shape), base)
-        expand = (lambda y: y[:, None, :]) if axis == 2 else (lambda y: y[:, :, None])
-        lib.add(base, expand(shift), out=work)
-        m = self._max(work, axis)
-        m = lib.where(lib.isfinite(m), m, lib.zeros_like(m))
-        lib.subtract(work, m[:, :, None] if axis == 2 else m[:, None, :], out=work)
-        lib.exp(work, out=work)
-        return safe_log(self._sum(work, axis), self.xp) + m
+        plan = self._plan(base)
+        if plan is None:
+            plan = [(slice(None), [slice(None)])]
+        if axis == 2:
+            out = self.buffer(tuple(base.shape[:2]), base)
+            for probs, rows in plan:
+                for r in rows:
+                    x = base[probs, r]
+                    w = work[probs, : x.shape[1]]
+                    lib.add(x, shift[probs][:, None, :], out=w)
+                    m = self._finite_or_zero(self._max(w, 2))
+                    lib.subtract(w, m[:, :, None], out=w)
+                    lib.exp(w, out=w)
+                    out[probs, r] = safe_log(self._sum(w, 2), self.xp) + m
+            return out
+        out = self.buffer((base.shape[0], base.shape[2]), base)
+        for probs, rows in plan:
+            total = level = None
+            for r in rows:
+                x = base[probs, r]
+                w = work[probs, : x.shape[1]]
+                lib.add(x, shift[probs, r][:, :, None], out=w)
+                m = self._max(w, 1)
+                if level is not None:
+                    m = lib.maximum(m, level)
+                m = self._finite_or_zero(m)  # still -inf: all terms so far are 0
+                lib.subtract(w, m[:, None, :], out=w)
+                lib.exp(w, out=w)
+                part = self._sum(w, 1)
+                if total is None:
+                    total = part
+                else:
+                    # level <= m wherever total > 0, so the factor is at most 1
+                    factor = lib.exp(level - m)
+                    total = lib.where(total > 0, total * factor, total) + part
+                level = m
+            out[probs] = safe_log(total, self.xp) + level
+        return out
+
+    def _pieces(self, x: Array) -> list[tuple[slice, slice]]:
+        """``(problems, rows)`` pieces of ``x`` ``(B, n, m)`` in the order of :meth:`blocks`
+        (the whole array when it is small)."""
+        plan = self._plan(x)
+        if plan is None:
+            return [(slice(None), slice(None))]
+        return [(probs, r) for probs, rows in plan for r in rows]
 
     def blocks(self, kernel: Array) -> list[tuple[slice, list[slice]]] | None:
+        return self._plan(kernel)
+
+    def _plan(self, kernel: Array) -> list[tuple[slice, list[slice]]] | None:
         if not self.blocked:
             return None
         B, n, m = (int(s) for s in kernel.shape)

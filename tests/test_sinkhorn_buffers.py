@@ -222,3 +222,44 @@ def test_stabilized_small_eps_absorbs_and_matches_log(small_blocks):
     f_ref, g_ref = _oracle_log(C, a, b, eps, math.inf, 200)
     P_ref = np.exp((f_ref[:, None] + g_ref[None, :] - C) / eps)
     np.testing.assert_allclose(res.plan, P_ref, rtol=0, atol=2e-5 * P_ref.max())
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("axis", [1, 2])
+def test_blocked_logsumexp_with_infinities(small_blocks, library, axis):
+    """The blocked, in-place ``logsumexp_shifted`` (running maximum across row blocks for
+    columns) against SciPy, with ``-inf`` entries, a column that is ``-inf`` in the first blocks
+    only, wholly ``-inf`` rows and columns, and maxima that move by hundreds between blocks."""
+    rng = np.random.default_rng(4)
+    base = 300.0 * rng.standard_normal((3, 41, 33))
+    base[rng.random(base.shape) < 0.2] = -math.inf
+    base[0, :30, 5] = -math.inf  # -inf in the first blocks, finite later
+    base[1, 7, :] = -math.inf  # a whole row
+    base[2, :, 9] = -math.inf  # a whole column
+    base[0, 35:, 2] += 900.0  # the column maximum jumps in the last block
+    shift = 50.0 * rng.standard_normal((3, 33 if axis == 2 else 41))
+    to, back = _library(library)
+    ops = be.array_ops(be.namespace(to(base)), to(base))
+    assert ops.inplace and ops.blocks(to(base)) is not None
+    got = back(ops.logsumexp_shifted(to(base), to(shift), axis, ops.buffer(base.shape, to(base))))
+    expand = shift[:, None, :] if axis == 2 else shift[:, :, None]
+    with np.errstate(divide="ignore"):
+        ref = logsumexp(base + expand, axis=axis)
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(got[fin], ref[fin], rtol=1e-13, atol=1e-12)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+def test_blocked_exp_shifted(small_blocks, library):
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((2, 41, 33))
+    base[0, 3, 4] = -math.inf
+    row, col = rng.standard_normal((2, 41)), rng.standard_normal((2, 33))
+    to, back = _library(library)
+    ops = be.array_ops(be.namespace(to(base)), to(base))
+    got = back(ops.exp_shifted(to(base), to(row), to(col)))
+    np.testing.assert_allclose(got, np.exp(base + row[:, :, None] + col[:, None, :]), rtol=1e-15)
+    inplace = to(base)
+    ops.exp_shifted(inplace, to(row), None, out=inplace)
+    np.testing.assert_allclose(back(inplace), np.exp(base + row[:, :, None]), rtol=1e-15)
