@@ -202,8 +202,9 @@ def solve(
     else:
         phi = xp.zeros((B, n), dtype=dtype, device=_dev(problem))
         gamma = xp.zeros((B, m), dtype=dtype, device=_dev(problem))
+    floor = None  # per-problem min C, once computed
     if domain == "auto":
-        domain = choose_domain(problem, warm=init is not None)
+        domain, floor = _choose_domain(problem, warm=init is not None)
     if max_iter == 0:
         # no rounds: the starting potentials are the result; with a tol, report their error
         error = None
@@ -220,7 +221,8 @@ def solve(
         else:
             cold = domain == "kernel" and init is None
             if cold:
-                phi = phi + _cost_floor(problem)[:, None] / problem.eps
+                floor = _cost_bounds(problem)[0] if floor is None else floor
+                phi = phi + floor[:, None] / problem.eps
             loop = _ScalingLoop(problem, phi, gamma, tol, check_every,
                                 stabilized=domain != "kernel", ops=ops, cold=cold)
         loop.run(max_iter)
@@ -234,17 +236,22 @@ def solve(
 def choose_domain(problem: Problem, *, warm: bool = False) -> str:
     """``"kernel"`` when ``exp(-(C - min C)/eps)`` and the scalings cannot leave the dtype's
     range, ``"stabilized"`` otherwise. A warm start always uses ``"stabilized"``."""
+    return _choose_domain(problem, warm=warm)[0]
+
+
+def _choose_domain(problem: Problem, *, warm: bool) -> tuple[str, Array | None]:
+    """:func:`choose_domain`, and the per-problem ``min C`` ``(B,)`` when it was computed."""
     if warm:
-        return "stabilized"
+        return "stabilized", None
     xp = problem.xp
     budget = 0.5 * -math.log(dtype_tiny(xp, problem.cost.dtype))
     eps = to_float(problem.eps)
-    spread = float(xp.max(problem.cost_range())) / eps
+    lo, hi = _cost_bounds(problem)
+    spread = float(xp.max(hi - lo)) / eps
     if not problem.balanced:
         # the unbalanced update carries a factor exp(-(1 - t) * min C / eps)
-        floor = float(xp.max(xp.abs(_cost_floor(problem)))) / eps
-        spread = max(spread, floor)
-    return "kernel" if spread <= budget else "stabilized"
+        spread = max(spread, float(xp.max(xp.abs(lo))) / eps)
+    return ("kernel" if spread <= budget else "stabilized"), lo
 
 
 class _LogLoop:
@@ -343,11 +350,11 @@ class _ScalingLoop:
         self.absorb_at = 0.25 * -math.log(dtype_tiny(xp, problem.cost.dtype))
         # zero marginal entries need a guarded (allocating) scaling step
         self.guarded = not bool(xp.all(problem.a > 0) & xp.all(problem.b > 0))
-        log_k = _log_kernel(problem, ops)
-        # the kernel-domain loop overwrites the log-kernel with the kernel (it never needs it
-        # again); the stabilized loop keeps it for re-absorbing and uses a second buffer
-        self.log_k = log_k if stabilized or not ops.inplace else None
-        self.kernel = ops.buffer(problem.shape, problem.cost) if stabilized else log_k
+        # the buffered kernel domain builds its kernel straight from the cost, once; the
+        # stabilized loop keeps the log-kernel for re-absorbing
+        log_k = _log_kernel(problem, ops) if stabilized or not ops.inplace else None
+        self.log_k = log_k
+        self.kernel = ops.buffer(problem.shape, problem.cost)
         like = problem.cost
         self.kv, self.u_alt = ops.buffer((B, n), like), ops.buffer((B, n), like)
         self.ktu, self.tmp = ops.buffer((B, m), like), ops.buffer((B, m), like)
@@ -374,10 +381,16 @@ class _ScalingLoop:
 
     def _absorb(self, phi: Array, gamma: Array, cold: bool = False) -> None:
         """Absorb ``(phi, gamma)`` into the kernel (``cold``: ``gamma`` is exactly zero)."""
-        xp, p = self.xp, self.p
+        xp, p, ops = self.xp, self.p, self.ops
         self.phi, self.gamma = phi, gamma
-        base = self.kernel if self.log_k is None else self.log_k
-        self.kernel = self.ops.exp_shifted(base, phi, None if cold else gamma, out=self.kernel)
+        col = None if cold else gamma
+        if self.log_k is None:
+            kernel = ops.exp_shifted(p.cost, phi, col, out=self.kernel, divisor=p.eps)
+            if p.mask is not None:
+                kernel = ops.fill_where(kernel, ~p.mask, 0.0)
+            self.kernel = kernel
+        else:
+            self.kernel = ops.exp_shifted(self.log_k, phi, col, out=self.kernel)
         self.u = xp.ones_like(phi)
         self.v = xp.ones_like(gamma)
         self.w_a = None if p.t_a == 1.0 else _finite_exp(-(1 - p.t_a) * phi, xp)
@@ -630,13 +643,15 @@ def _to_host(x: Array) -> np.ndarray:
     return np.asarray(to_numpy(x), dtype=np.float64)
 
 
-def _cost_floor(problem: Problem) -> Array:
-    """Per-problem ``min C`` over allowed entries, shape ``(B,)``."""
+def _cost_bounds(problem: Problem) -> tuple[Array, Array]:
+    """Per-problem ``min C`` and ``max C`` over allowed entries, shapes ``(B,)``."""
     xp = problem.xp
     c = problem.cost
-    if problem.mask is not None:
-        c = xp.where(problem.mask, c, xp.full_like(c, math.inf))
-    return xp.min(c, axis=(1, 2))
+    if problem.mask is None:
+        return xp.min(c, axis=(1, 2)), xp.max(c, axis=(1, 2))
+    lo = xp.min(xp.where(problem.mask, c, xp.full_like(c, math.inf)), axis=(1, 2))
+    hi = xp.max(xp.where(problem.mask, c, xp.full_like(c, -math.inf)), axis=(1, 2))
+    return lo, hi
 
 
 def _as_batch_vec(x: Array, B: int, size: int, name: str) -> Array:
