@@ -471,11 +471,13 @@ class _ScalingLoop:
         row block of ``Kt``, ``Kt v``, ``u``, ``a``, ``w_a``."""
         p, K = self.p, self.kernel
 
-        def part(x: Array | None, *index: slice) -> Array | None:
+        def part(x: Array | None, *index: Any) -> Array | None:
             return None if x is None else x[index]
 
         views = []
         for probs, rows in self.sweep:
+            if probs.stop - probs.start == 1:  # one problem: plain matrices and vectors
+                probs = probs.start
             row_views = [(K[probs, r], self.kv[probs, r], self.u[probs, r], p.a[probs, r],
                           part(self.w_a, probs, r)) for r in rows]
             views.append((self.v[probs], self.ktu[probs], self.tmp[probs], p.b[probs],
