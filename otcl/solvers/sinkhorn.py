@@ -429,7 +429,7 @@ class _ScalingLoop:
                     self._absorb_if_large()
                 good = self._snapshot(it)
                 if tr.tol is not None:
-                    if self._monitored_round(it):
+                    if self._monitored_round(it, good):
                         return
                     it += 1
                     continue
@@ -440,15 +440,16 @@ class _ScalingLoop:
             return
         tr.finish(max_iter, self._final_error)
 
-    def _round(self) -> None:
-        """One round ``u = scale(a, Kt v)``, ``v = scale(b, Kt^T u)``, fused when it pays."""
+    def _round(self) -> Array:
+        """One round ``u = scale(a, Kt v)``, ``v = scale(b, Kt^T u)``, fused when it pays.
+        Returns ``Kt v`` for the ``v`` the round started from."""
         p, ops, K = self.p, self.ops, self.kernel
         if self.sweep is None:
             kv = ops.matvec(K, self.v, out=self.kv)
             self.u = self._scale(p.a, kv, p.t_a, self.w_a, out=self.u)
             ktu = ops.rmatvec(K, self.u, out=self.ktu)
             self.v = self._scale(p.b, ktu, p.t_b, self.w_b, out=self.v)
-            return
+            return kv
         if self._views is None:
             self._views = self._block_views()
         t_a, t_b = p.t_a, p.t_b
@@ -465,6 +466,7 @@ class _ScalingLoop:
                     ops.rmatvec_add(kb, u, ktu, tmp)
             self._scale(b, ktu, t_b, w_b, out=v)
         self.forward = not forward
+        return self.kv
 
     def _block_views(self) -> list:
         """Per group of the sweep: views of ``v``, ``Kt^T u``, scratch, ``b``, ``w_b`` and per
@@ -484,33 +486,34 @@ class _ScalingLoop:
                           part(self.w_b, probs), row_views))
         return views
 
-    def _monitored_round(self, it: int) -> bool:
+    def _monitored_round(self, it: int, start: tuple) -> bool:
         """A round that also measures the stopping criterion; True when every problem has
-        converged (balanced: before the round, on the row marginal; unbalanced: after it, on
-        the change of ``log u``)."""
-        p, xp, ops, tr = self.p, self.xp, self.ops, self.tracker
-        kv = ops.matvec(self.kernel, self.v, out=self.kv)
-        if p.balanced and tr.record(it, self._relative_row_error(kv)):
-            return True
-        u_new = self._scale(p.a, kv, p.t_a, self.w_a, out=self.u_alt)
-        residual = None
-        if not p.balanced:
-            residual = _max_abs_change(xp, safe_log(u_new, xp), safe_log(self.u, xp))
-        self.u, self.u_alt = u_new, self.u
-        self._views = None
-        ktu = ops.rmatvec(self.kernel, self.u, out=self.ktu)
-        self.v = self._scale(p.b, ktu, p.t_b, self.w_b, out=self.v)
-        return residual is not None and tr.record(it + 1, residual)
+        converged. Balanced: the row-marginal error of the state ``start`` the round began
+        from (snapshot of round ``it``), which is then the result; unbalanced: the change of
+        ``log u`` over the round. The round itself is an ordinary (fused) one: the error uses
+        the ``Kt v`` it computed on the way."""
+        p, xp, tr = self.p, self.xp, self.tracker
+        u_old, v_old = start[3], start[4]
+        kv = self._round()
+        if p.balanced:
+            if tr.record(it, self._relative_row_error(u_old, kv)):
+                ops = self.ops
+                self.u, self.v = ops.snapshot(u_old), ops.snapshot(v_old)
+                self._views = None
+                return True
+            return False
+        residual = _max_abs_change(xp, safe_log(self.u, xp), safe_log(u_old, xp))
+        return tr.record(it + 1, residual)
 
-    def _relative_row_error(self, kv: Array) -> np.ndarray:
+    def _relative_row_error(self, u: Array, kv: Array) -> np.ndarray:
         xp, a = self.xp, self.p.a
-        return _to_host(xp.sum(xp.abs(self.u * kv - a), axis=-1) / xp.sum(a, axis=-1))
+        return _to_host(xp.sum(xp.abs(u * kv - a), axis=-1) / xp.sum(a, axis=-1))
 
     def _final_error(self) -> np.ndarray:
         p, xp = self.p, self.xp
         kv = self.ops.matvec(self.kernel, self.v, out=self.kv)
         if p.balanced:
-            return self._relative_row_error(kv)
+            return self._relative_row_error(self.u, kv)
         u_new = self._scale(p.a, kv, p.t_a, self.w_a, out=self.u_alt)
         return _max_abs_change(xp, safe_log(u_new, xp), safe_log(self.u, xp))
 
