@@ -5,6 +5,12 @@ namespace ``xp`` from :func:`namespace`. The handful of operations the standard 
 (``logsumexp``, a log that maps 0 to ``-inf`` without a warning, the dtype's ``tiny``, conversion
 to NumPy) live here and nowhere else. Fast paths for a particular library (for instance PyTorch's
 fused ``logsumexp``) are chosen here by namespace, never by importing that library.
+
+:func:`array_ops` gives solver loops their dense primitives (matrix-vector products, shifted
+exponentials and log-sum-exps): for NumPy and PyTorch CPU tensors that no autograd graph
+records they write into preallocated buffers and work on large matrices block by block in cache;
+for everything else they allocate and stay differentiable. The loops are written once against
+that interface.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ Array = Any
 
 __all__ = [
     "Array",
+    "ArrayOps",
+    "array_ops",
     "check_compatible",
     "device_of",
     "dtype_eps",
