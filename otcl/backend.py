@@ -590,6 +590,16 @@ class _TorchOps(_BufferOps):
             acc[:, None, :].baddbmm_(u[:, None, :], kernel)
         return acc
 
+    def logsumexp_shifted(self, base: Array, shift: Array, axis: int,
+                          work: Array | None = None) -> Array:
+        if self._plan(base, PASSES_MIN_BYTES) is not None:
+            return super().logsumexp_shifted(base, shift, axis, work)
+        # below the blocking size PyTorch's fused kernel is as fast or faster (fewer calls)
+        if work is None:
+            work = self.buffer(tuple(base.shape), base)
+        self.lib.add(base, shift[:, None, :] if axis == 2 else shift[:, :, None], out=work)
+        return work.logsumexp(dim=axis)
+
     def _max(self, x: Array, axis: int) -> Array:
         return self.lib.amax(x, dim=axis)
 

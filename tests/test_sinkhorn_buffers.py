@@ -231,10 +231,15 @@ def test_stabilized_small_eps_absorbs_and_matches_log(small_blocks):
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])
 @pytest.mark.parametrize("axis", [1, 2])
-def test_blocked_logsumexp_with_infinities(small_blocks, library, axis):
-    """The blocked, in-place ``logsumexp_shifted`` (running maximum across row blocks for
-    columns) against SciPy, with ``-inf`` entries, a column that is ``-inf`` in the first blocks
-    only, wholly ``-inf`` rows and columns, and maxima that move by hundreds between blocks."""
+@pytest.mark.parametrize("blocked", [True, False])
+def test_buffered_logsumexp_with_infinities(monkeypatch, library, axis, blocked):
+    """The in-place ``logsumexp_shifted``, blocked (running maximum across row blocks for
+    columns) or whole (PyTorch's fused kernel), against SciPy, with ``-inf`` entries, a column
+    that is ``-inf`` in the first blocks only, wholly ``-inf`` rows and columns, and maxima
+    that move by hundreds between blocks."""
+    if blocked:
+        monkeypatch.setattr(be, "PASSES_MIN_BYTES", 4096)
+        monkeypatch.setattr(be, "BLOCK_BYTES", 2048)
     rng = np.random.default_rng(4)
     base = 300.0 * rng.standard_normal((3, 41, 33))
     base[rng.random(base.shape) < 0.2] = -math.inf
@@ -245,7 +250,7 @@ def test_blocked_logsumexp_with_infinities(small_blocks, library, axis):
     shift = 50.0 * rng.standard_normal((3, 33 if axis == 2 else 41))
     to, back = _library(library)
     ops = be.array_ops(be.namespace(to(base)), to(base))
-    assert ops.inplace and ops.blocks(to(base)) is not None
+    assert ops.inplace
     got = back(ops.logsumexp_shifted(to(base), to(shift), axis, ops.buffer(base.shape, to(base))))
     expand = shift[:, None, :] if axis == 2 else shift[:, :, None]
     with np.errstate(divide="ignore"):
