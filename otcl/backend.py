@@ -294,7 +294,7 @@ class ArrayOps:
         return x**p
 
     def zero(self, x: Array) -> Array:
-        """Zeros shaped like ``x`` (``x`` itself, filled, in place)."""
+        """Zeros shaped like ``x`` (the buffered versions fill ``x`` itself)."""
         return self.xp.zeros_like(x)
 
     def scaled(self, x: Array, divisor: Any, out: Array | None = None) -> Array:
@@ -378,8 +378,7 @@ class _BufferOps(ArrayOps):
         return self.lib.multiply(x, y, out=out)
 
     def power(self, x: Array, p: Any, out: Array | None = None) -> Array:
-        return self.lib.pow(x, p, out=out) if hasattr(self.lib, "pow") else self.lib.power(
-            x, p, out=out)
+        return self.lib.power(x, p, out=out)
 
     def zero(self, x: Array) -> Array:
         x[...] = 0
