@@ -143,12 +143,17 @@ class ViewBatch:
     def xp(self) -> Any:
         from otcl.backend import namespace
 
-        return namespace(self.similarity if self._cost is None else self._cost)
+        return namespace(self.reference)
+
+    @property
+    def reference(self) -> Array:
+        """The ``(n, m)`` array the batch is built on (``similarity``, or the user's cost): its
+        dtype and device are the batch's. Reading it never materialises the cost."""
+        return self.similarity if self._cost is None else self._cost
 
     @property
     def shape(self) -> tuple[int, int]:
-        ref = self.similarity if self._cost is None else self._cost
-        return tuple(ref.shape)  # type: ignore[return-value]
+        return tuple(self.reference.shape)  # type: ignore[return-value]
 
     @cached_property
     def cost(self) -> Array:

@@ -53,6 +53,17 @@ def test_pair_target_two_views_is_partner_permutation(layout):
     np.testing.assert_array_equal(T.sum(0), np.ones(2 * N))
 
 
+@pytest.mark.parametrize("layout", ["cross", "blocked"])
+def test_pair_target_does_not_materialise_the_cost(layout):
+    # the cosine cost is derived lazily from the similarity; building the pair target must not
+    # allocate it (one n x n array fewer per loss call)
+    z = _z(8, seed=3)
+    batch = view_batch(z[:4], z[4:]) if layout == "cross" else view_batch(z, layout=layout)
+    T = pair_target(batch)
+    assert T.shape == batch.shape
+    assert "cost" not in vars(batch)
+
+
 @pytest.mark.parametrize("layout", ["blocked", "interleaved"])
 def test_pair_target_three_views_is_dense_over_other_views(layout):
     N, V = 3, 3

@@ -262,7 +262,7 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
               final_step: str, reduction: str, return_details: bool,
               inner: InnerSolve | None, extra: Callable[..., Array] | None = None) -> Any:
     xp = batch.xp
-    like = batch.similarity if batch.similarity is not None else batch.cost
+    like = batch.reference
     if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
         raise ValueError(f"n_iter must be a non-negative integer, got {n_iter!r}")
     if reduction not in REDUCTIONS:

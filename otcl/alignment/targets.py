@@ -98,13 +98,13 @@ def pair_target(batch: ViewBatch) -> Target:
     """Positive pairs of views: identity (cross-view), the partner permutation (two views), or,
     for ``V > 2`` views, weight ``1 / (V - 1)`` on every other view of the same sample."""
     xp = batch.xp
-    shape = tuple(batch.cost.shape)
+    shape = batch.shape
     if batch.partner is not None:
         return Target(xp, shape, partner=batch.partner)
     same = batch.row_sample[:, None] == batch.col_sample[None, :]
     if batch.mask is not None:
         same = same & batch.mask
-    T = xp.astype(same, batch.cost.dtype)
+    T = xp.astype(same, batch.reference.dtype)
     return Target(xp, shape, dense=T / xp.sum(T, axis=1, keepdims=True))
 
 
@@ -120,7 +120,7 @@ def label_target(batch: ViewBatch, labels: Array) -> Target:
     _check_same_library("labels", labels, batch)
     if labels.ndim != 1:
         raise ValueError(f"labels must be one-dimensional, got shape {tuple(labels.shape)}")
-    n, m = batch.cost.shape
+    n, m = batch.shape
     n_samples = int(xp.max(batch.row_sample)) + 1
     if labels.shape[0] == n and n == m:
         y_row = y_col = labels
@@ -135,7 +135,7 @@ def label_target(batch: ViewBatch, labels: Array) -> Target:
     same = y_row[:, None] == y_col[None, :]
     if batch.mask is not None:
         same = same & batch.mask
-    T = xp.astype(same, batch.cost.dtype)
+    T = xp.astype(same, batch.reference.dtype)
     counts = xp.sum(T, axis=1, keepdims=True)
     if bool(xp.any(counts == 0)):
         raise ValueError(
@@ -152,7 +152,7 @@ def domain_prior(domains: Array, alpha: float, beta: float, *, batch: ViewBatch 
     ``domains`` holds one domain id per sample (length ``N``). For a cross-view batch (or
     ``batch=None``) the result is ``N x N`` with the identity for the positive pairs; for an
     all-views batch the positive pairs of the batch replace the identity and self-pairs are 0.
-    The dtype and device follow ``batch.cost`` (or ``like``; float64 NumPy-style default).
+    The dtype and device follow the batch's (or ``like``; float64 NumPy-style default).
     """
     for name, val in (("alpha", alpha), ("beta", beta)):
         if isinstance(val, bool) or not isinstance(val, (int, float)) or not (
@@ -167,7 +167,7 @@ def domain_prior(domains: Array, alpha: float, beta: float, *, batch: ViewBatch 
                         f"{type(like).__module__} array")
     if domains.ndim != 1:
         raise ValueError(f"domains must be one-dimensional, got shape {tuple(domains.shape)}")
-    ref = batch.cost if batch is not None else like
+    ref = batch.reference if batch is not None else like
     dtype = ref.dtype if ref is not None else xp.float64
     dev = device_of(domains)
     if batch is None:
@@ -199,7 +199,7 @@ def domain_prior(domains: Array, alpha: float, beta: float, *, batch: ViewBatch 
 
 def _check_same_library(name: str, arr: Array, batch: ViewBatch) -> None:
     """``arr`` (integer ids) must live in the batch's array library and on its device."""
-    ref = batch.similarity if batch.similarity is not None else batch._cost
+    ref = batch.reference
     if namespace(arr) is not batch.xp:
         raise TypeError(
             f"{name} must be an array of the embeddings' library ({type(ref).__module__}), "
@@ -213,14 +213,13 @@ def _check_same_library(name: str, arr: Array, batch: ViewBatch) -> None:
 def as_target(target: Any, batch: ViewBatch) -> Target:
     """Validate a user-given target matrix (or :class:`Target`) against a batch."""
     if isinstance(target, Target):
-        if tuple(target.shape) != tuple(batch.cost.shape):
-            raise ValueError(f"target has shape {target.shape}, cost has {tuple(batch.cost.shape)}")
+        if tuple(target.shape) != batch.shape:
+            raise ValueError(f"target has shape {target.shape}, cost has {batch.shape}")
         return target
-    xp = check_compatible(cost=batch.cost, target=target)
-    if tuple(target.shape) != tuple(batch.cost.shape):
+    xp = check_compatible(cost=batch.reference, target=target)
+    if tuple(target.shape) != batch.shape:
         raise ValueError(
-            f"target has shape {tuple(target.shape)} but the batch cost has "
-            f"{tuple(batch.cost.shape)}"
+            f"target has shape {tuple(target.shape)} but the batch cost has {batch.shape}"
         )
     if not bool(xp.all(xp.isfinite(target))):
         raise ValueError("target contains NaN or inf")
