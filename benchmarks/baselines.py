@@ -76,26 +76,35 @@ def nt_xent(s: torch.Tensor, eps: float, all_views: bool = False) -> torch.Tenso
 
 
 def gca_official_style(
-    s: torch.Tensor, eps: float, n_iter: int, rho: float = math.inf
+    s: torch.Tensor, eps: float, n_iter: int, rho: float = math.inf, all_views: bool = False
 ) -> torch.Tensor:
     """GCA loss the straightforward way: explicit kernel, vector Sinkhorn, explicit plan.
 
-    ``K = exp(s / eps)`` (cost ``-s``), ``L = n_iter`` rounds of the scaling updates above with
-    autograd through every step, a final row step, then the plan formed as
-    ``torch.diag(u) @ K @ torch.diag(v)`` and ``cross_entropy(log P, arange(n))``. Cross-view
-    ``(n, n)`` similarities only. Costs two ``n^3`` products and ``O(n^2)`` memory per call.
+    ``K = exp(s / eps)`` (cost ``-s``; zero diagonal for all-views), ``L = n_iter`` rounds of the
+    scaling updates above with autograd through every step, a final row step, then the plan
+    formed as ``torch.diag(u) @ K @ torch.diag(v)`` and ``cross_entropy(log P, partner)``. For
+    all-views batches the plan is formed on ``K + I`` and its log masked to ``-inf`` on the
+    diagonal afterwards (so the masked entries get a zero, not a NaN, gradient). Costs two
+    ``n^3`` products forward, more backward, and ``O(n^2)`` memory per call.
     """
     n = s.shape[0]
     t = update_exponent(rho, eps)
     kernel = torch.exp(s / eps)
+    eye = torch.eye(n, dtype=torch.bool, device=s.device) if all_views else None
+    if eye is not None:
+        kernel = kernel.masked_fill(eye, 0.0)
     ones = torch.ones(n, dtype=s.dtype, device=s.device)
     v = ones
     for _ in range(n_iter):
         u = _power(ones / (kernel @ v), t)
         v = _power(ones / (kernel.T @ u), t)
     u = _power(ones / (kernel @ v), t)
-    plan = torch.diag(u) @ kernel @ torch.diag(v)
-    return F.cross_entropy(torch.log(plan), torch.arange(n, device=s.device))
+    if eye is None:
+        log_plan = torch.log(torch.diag(u) @ kernel @ torch.diag(v))
+    else:
+        plan = torch.diag(u) @ (kernel + eye.to(s.dtype)) @ torch.diag(v)
+        log_plan = torch.log(plan).masked_fill(eye, -math.inf)
+    return F.cross_entropy(log_plan, partner_index(n, all_views, s.device))
 
 
 def gca_kernel_autograd(

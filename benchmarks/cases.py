@@ -424,12 +424,10 @@ def loss_function(params: dict[str, Any]) -> Callable[..., Any]:
         )
     reference = {
         "ntxent": lambda s: ref.nt_xent(s, eps, all_views),
-        "official-style": lambda s: ref.gca_official_style(s, eps, n_iter, rho),
+        "official-style": lambda s: ref.gca_official_style(s, eps, n_iter, rho, all_views),
         "kernel-autograd": lambda s: ref.gca_kernel_autograd(s, eps, n_iter, rho, all_views),
         "log-autograd": lambda s: ref.gca_log_autograd(s, eps, n_iter, rho, all_views),
     }[impl]
-    if all_views and impl == "official-style":
-        raise ValueError("the official-style reference is cross-view only")
     return lambda *z: reference(ref.similarity(*z))
 
 

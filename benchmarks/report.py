@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from benchmarks.suites import PRIMARY
+from benchmarks.targets import summary_markdown
 
 __all__ = ["add_ratios", "markdown"]
 
@@ -116,7 +117,8 @@ def _solver_section(records: list[Record]) -> list[str]:
         "in-place passes of `exp(Λ + potential)` over the matrix per round. Ratios are this "
         "row's time per round over the named row's (same backend, dtype and n): "
         "`× otcl` on a POT row is POT / otcl in the same domain. At eps = 0.1 `otcl-auto` "
-        "chooses the kernel domain, so its difference from `otcl-kernel` shows the noise.",
+        "chooses the kernel domain, so its difference from `otcl-kernel` shows the noise; at "
+        "eps = 0.01 it is compared with the log domain at 0.01 and the kernel domain at 0.1.",
         "",
     ]
     floors = _ok(records, "solver", "solver/floor/")
@@ -147,6 +149,7 @@ def _solver_section(records: list[Record]) -> list[str]:
         ("× exp2", _r("exp2")),
         ("× otcl", _r("otcl")),
         ("× otcl-log", _r("otcl-log")),
+        ("× kernel at eps 0.1", _r("otcl-kernel")),
         ("domain used", _i("domain_used")),
     ]
     for eps in ("0.1", "0.01"):
@@ -291,6 +294,39 @@ def _memory_section(records: list[Record]) -> list[str]:
     return [*out, ""]
 
 
+def _scale_section(records: list[Record]) -> list[str]:
+    rows = _ok(records, "scale")
+    if not rows:
+        return []
+    out = ["## 5. Scale: peak memory of one forward + backward on a large batch", ""]
+    out += [
+        "All-views batch (blocked layout, hard self-mask), float32, d = 128, eps = 0.5, 10 "
+        "rounds, default gradient mode. `n x n arrays` = peak over one `2N x 2N` float32 array.",
+        "",
+    ]
+
+    def arrays(r: Record) -> str:
+        per = r["info"].get("n_by_n_float32_mib")
+        return _num(r["metrics"]["peak_mib"] / per if per else None)
+
+    out += _rows(
+        rows,
+        [
+            ("2N", lambda r: 2 * int(r["params"]["batch"])),
+            ("loss", lambda r: r["params"].get("family", "nt-xent")),
+            ("implementation", _p("impl")),
+            ("peak GiB", lambda r: _num(r["metrics"]["peak_mib"] / 1024)),
+            ("n x n arrays", arrays),
+            ("× NT-Xent", _r("ntxent")),
+        ],
+    )
+    return [*out, ""]
+
+
+def _targets_section(run: dict[str, Any]) -> list[str]:
+    return ["## Targets", "", summary_markdown(run).rstrip(), ""]
+
+
 def _not_run_section(records: list[Record]) -> list[str]:
     errors = [r for r in records if r["status"] == "error"]
     skipped = [r for r in records if r["status"] == "skipped"]
@@ -347,13 +383,14 @@ def _header(run: dict[str, Any]) -> list[str]:
 def markdown(run: dict[str, Any]) -> str:
     """The Markdown report of a run (``run["cases"]`` are records with ratios)."""
     records = run["cases"]
-    parts = _header(run)
+    parts = _header(run) + _targets_section(run)
     for section in (
         _solver_section,
         _stability_section,
         _batched_section,
         _loss_section,
         _memory_section,
+        _scale_section,
         _not_run_section,
     ):
         parts += section(records)

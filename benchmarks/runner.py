@@ -1,10 +1,14 @@
 """The benchmark command: plan, run every case in its own process, write JSON and Markdown.
 
     python -m benchmarks [--out DIR] [--quick] [--only REGEX ...] [--threads N] [--repeat K]
-                         [--budget SECONDS] [--timeout SECONDS] [--list]
+                         [--budget SECONDS] [--timeout SECONDS] [--list] [--readme FILE]
+                         [--report-only]
 
-Results go to ``DIR/results.json`` (every record, machine, settings) and ``DIR/results.md``
-(the tables); both are rewritten after each case, so an interrupted run keeps what it measured.
+Results go to ``DIR/results.json`` (every record, machine, settings), ``DIR/results.md`` (the
+tables) and ``DIR/summary.md`` (the performance targets, met or not, and the machine); all are
+rewritten after each case, so an interrupted run keeps what it measured. With ``--readme FILE``
+the summary also replaces the block between the benchmark markers of ``FILE`` (the README).
+``--report-only`` rewrites the reports from an existing ``results.json`` without running cases.
 The exit status is 1 when a case failed (``error``), 0 otherwise (skipped cases are not failures).
 """
 
@@ -25,6 +29,7 @@ from benchmarks.case import RESULT_PREFIX
 from benchmarks.common import THREAD_ENV_VARS
 from benchmarks.report import add_ratios, markdown
 from benchmarks.suites import PRIMARY, Case, build_plan, select
+from benchmarks.targets import summary_markdown
 
 __all__ = ["main", "run_child"]
 
@@ -61,7 +66,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=900.0, help="per-case limit (s)")
     p.add_argument("--list", action="store_true", help="print the selected case ids and exit")
+    p.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="also rewrite the targets table between the benchmark markers of FILE",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite results.md, summary.md (and --readme) from OUT/results.json; run nothing",
+    )
     return p
+
+
+README_START = "<!-- benchmarks:start (written by `make bench`; do not edit) -->"
+README_END = "<!-- benchmarks:end -->"
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the lines between :data:`README_START` and :data:`README_END` replaced by
+    ``block``; a ``ValueError`` if the markers are missing or out of order."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the markers {README_START!r} ... {README_END!r} were not found")
+    head = text[: start + len(README_START)]
+    return head + "\n" + block.rstrip("\n") + "\n" + text[end:]
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -135,21 +164,34 @@ def _summary(case: Case, rec: dict[str, Any]) -> str:
     return f"{PRIMARY[case.suite]} = {value:.4g}" if value is not None else "ok"
 
 
-def _write(out: Path, run: dict[str, Any]) -> None:
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _write(out: Path, run: dict[str, Any], readme: Path | None = None) -> None:
     add_ratios(run["cases"])
-    for name, text in (
-        ("results.json", json.dumps(run, indent=1, default=str)),
-        ("results.md", markdown(run)),
-    ):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out / name)
+    summary = summary_markdown(run)
+    _write_atomic(out / "results.json", json.dumps(run, indent=1, default=str))
+    _write_atomic(out / "results.md", markdown(run))
+    _write_atomic(out / "summary.md", summary)
+    if readme is not None:
+        _write_atomic(readme, replace_block(readme.read_text(encoding="utf-8"), summary))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.threads < 1 or args.repeat < 1 or args.budget <= 0 or args.timeout <= 0:
         _parser().error("--threads and --repeat must be >= 1, --budget and --timeout > 0")
+    readme = None if args.readme is None else Path(args.readme)
+    if readme is not None:
+        replace_block(readme.read_text(encoding="utf-8"), "")  # fail early without markers
+    if args.report_only:
+        source = Path(args.out) / "results.json"
+        _write(Path(args.out), json.loads(source.read_text(encoding="utf-8")), readme)
+        print(f"benchmarks: rewrote the reports of {source}", file=sys.stderr)
+        return 0
     cases = select(build_plan(args.quick), args.only)
     if args.list:
         print("\n".join(c.id for c in cases))
@@ -212,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         run["wall_s"] = time.perf_counter() - t_start
         run["load_after"] = _load()
-        _write(out, run)
+        _write(out, run, readme)
         print(f"[{k}/{len(cases)}] {case.id}: {_summary(case, rec)}", file=sys.stderr, flush=True)
     print(
         f"benchmarks: {len(cases)} cases, {failed} failed; results in {out}/results.md",

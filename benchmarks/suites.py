@@ -20,6 +20,7 @@ PRIMARY = {
     "batched": "total_ms",
     "losses": "ms",
     "memory": "peak_mib",
+    "scale": "peak_mib",
 }
 """The metric of each suite that ratios compare."""
 
@@ -29,16 +30,18 @@ SIZES: dict[str, dict[str, Any]] = {
         "stability_n": 2048,
         "batched": (512, 64),
         "loss_batch": (1024, 2048),
-        "all_views_batch": 2048,  # 2N = 4096 rows
+        "all_views_batch": (512, 2048),  # 2N = 1024 and 4096 rows
         "memory_batch": 1024,
+        "scale_batch": 8192,  # 2N = 16384 rows
     },
     "quick": {
         "solver_n": (48,),
         "stability_n": 48,
         "batched": (8, 16),
         "loss_batch": (48,),
-        "all_views_batch": 24,
+        "all_views_batch": (24,),
         "memory_batch": 48,
+        "scale_batch": 64,
     },
 }
 """Problem sizes of the full suite and of ``--quick`` (a smoke test of the instrument)."""
@@ -116,7 +119,7 @@ def _solver_group(
     else:
         add(SOLVER_EPS, "pot-unbalanced", {**floor, "otcl": kernel})
     small_log = add(SMALL_EPS, "otcl-log", both)
-    add(SMALL_EPS, "otcl-auto", {**floor, "otcl-log": small_log})
+    add(SMALL_EPS, "otcl-auto", {**floor, "otcl-log": small_log, "otcl-kernel": kernel})
     return cases
 
 
@@ -198,18 +201,14 @@ def _batched_cases(sizes: dict[str, Any]) -> list[Case]:
 def _loss_cases(sizes: dict[str, Any]) -> list[Case]:
     cases = []
     settings = [("cross", f"B={b}", b) for b in sizes["loss_batch"]]
-    settings.append(("all-views", f"2N={2 * sizes['all_views_batch']}", sizes["all_views_batch"]))
+    settings += [("all-views", f"2N={2 * b}", b) for b in sizes["all_views_batch"]]
     for layout, size, batch in settings:
         group = f"losses/{layout}/{size}"
         base = {**LOSS, "layout": layout, "batch": batch}
         ntxent = f"{group}/ntxent"
         cases.append(Case(ntxent, "losses", "loss", {**base, "impl": "ntxent"}, {}, ("torch",)))
         for family, rho, cls in (("gca-ince", None, "GCAInfoNCE"), ("gca-uot", UOT_RHO, "GCAUOT")):
-            if layout == "all-views" and family == "gca-uot":
-                continue
             refs = ["official-style", "kernel-autograd"]
-            if layout == "all-views":  # the explicit-plan reference is cross-view only
-                refs = refs[1:]
             ref_ids = {r: f"{group}/{family}/{r}" for r in refs}
             for impl in [*refs, "otcl"]:
                 # every row against NT-Xent and the references before it in ``refs``
@@ -253,6 +252,22 @@ def _memory_cases(sizes: dict[str, Any]) -> list[Case]:
     return cases
 
 
+def _scale_cases(sizes: dict[str, Any]) -> list[Case]:
+    """Peak memory of one forward + backward on a large all-views batch (NT-Xent and otcl)."""
+    batch = sizes["scale_batch"]
+    group = f"scale/all-views/2N={2 * batch}"
+    base = {**LOSS, "layout": "all-views", "batch": batch}
+    ntxent = f"{group}/ntxent"
+    cases = [Case(ntxent, "scale", "memory", {**base, "impl": "ntxent"}, {}, ("torch",))]
+    for family, rho, cls in (("gca-ince", None, "GCAInfoNCE"), ("gca-uot", UOT_RHO, "GCAUOT")):
+        params = {**base, "family": family, "rho": rho, "impl": "otcl"}
+        needs = ("torch", f"otcl.torch.{cls}")
+        cases.append(
+            Case(f"{group}/{family}/otcl", "scale", "memory", params, {"ntxent": ntxent}, needs)
+        )
+    return cases
+
+
 def build_plan(quick: bool = False) -> list[Case]:
     """Every case of the suite, in running order (baselines before the rows that use them)."""
     sizes = SIZES["quick" if quick else "full"]
@@ -262,6 +277,7 @@ def build_plan(quick: bool = False) -> list[Case]:
         + _batched_cases(sizes)
         + _loss_cases(sizes)
         + _memory_cases(sizes)
+        + _scale_cases(sizes)
     )
 
 

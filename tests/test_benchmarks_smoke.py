@@ -27,7 +27,9 @@ from benchmarks.cases import solver_method  # noqa: E402
 from benchmarks.common import measure  # noqa: E402
 from benchmarks.floors import exp_bound, matvec_floor  # noqa: E402
 from benchmarks.report import add_ratios  # noqa: E402
+from benchmarks.runner import README_END, README_START, replace_block  # noqa: E402
 from benchmarks.suites import build_plan, select  # noqa: E402
+from benchmarks.targets import evaluate, largest_batch  # noqa: E402
 
 
 def _embeddings(n: int, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +85,7 @@ def test_all_views_references_match_direct_sinkhorn_and_nt_xent() -> None:
     partner = (np.arange(12) + 6) % 12
     for n_iter in (0, 5):
         expected = _oracle_balanced(sn, 0.5, n_iter, partner)
-        for fn in (ref.gca_kernel_autograd, ref.gca_log_autograd):
+        for fn in (ref.gca_official_style, ref.gca_kernel_autograd, ref.gca_log_autograd):
             assert float(fn(s, 0.5, n_iter, all_views=True)) == pytest.approx(expected, rel=1e-10)
     logits = sn / 0.5
     log_softmax = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
@@ -98,6 +100,17 @@ def test_official_style_gradient_matches_kernel_autograd() -> None:
         a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
         fn(ref.similarity(a, b), 0.5, 4).backward()
         grads.append(torch.cat([a.grad, b.grad]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
+def test_all_views_official_style_gradient_is_finite_and_matches_kernel_autograd() -> None:
+    z = torch.cat(_embeddings(6))
+    grads = []
+    for fn in (ref.gca_official_style, ref.gca_kernel_autograd):
+        x = z.clone().requires_grad_()
+        fn(ref.similarity(x), 0.5, 3, all_views=True).backward()
+        grads.append(x.grad)
+    assert bool(torch.isfinite(grads[0]).all())
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-9, atol=1e-12)
 
 
@@ -207,3 +220,74 @@ def test_quick_run_writes_consistent_results(tmp_path: Path) -> None:
     assert run["settings"]["threads"] == 1 and run["machine"]["versions"]["numpy"]
     text = (tmp_path / "results.md").read_text()
     assert "| numpy | float64 | 48 | otcl-kernel |" in text and "nt-xent" in text
+
+
+def test_quick_run_rewrites_the_readme_block_and_report_only_reproduces_it(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nstale\n{README_END}\noutro\n")
+    out = tmp_path / "results"
+    base = [sys.executable, "-m", "benchmarks", "--out", str(out), "--readme", str(readme)]
+    run_args = ["--quick", "--repeat", "1", "--budget", "0.1", "--only", r"^scale/.*/ntxent$"]
+    proc = subprocess.run(
+        base + run_args, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = (out / "summary.md").read_text()
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert summary in text and "| target | row | measured | goal | met |" in summary
+    readme.write_text(replace_block(text, "edited by hand"))
+    proc = subprocess.run(
+        [*base, "--report-only"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert summary in readme.read_text()
+    with pytest.raises(ValueError, match="markers"):
+        replace_block("no markers here", "x")
+
+
+def _ok(cid: str, suite: str, metrics: dict, baselines: dict | None = None, **extra) -> dict:
+    return {
+        "id": cid,
+        "suite": suite,
+        "status": "ok",
+        "metrics": metrics,
+        "baselines": baselines or {},
+        **extra,
+    }
+
+
+def test_targets_read_ratios_of_the_named_rows_and_flag_misses() -> None:
+    pre = "solver/eps=0.1/balanced/numpy/float32/n=4096"
+    records = [
+        _ok(f"{pre}/floor", "solver", {"ms_per_iter": 4.0}),
+        _ok(f"{pre}/otcl-kernel", "solver", {"ms_per_iter": 4.4}, {"floor": f"{pre}/floor"}),
+        _ok(
+            f"{pre}/pot-sinkhorn", "solver", {"ms_per_iter": 5.5}, {"otcl": f"{pre}/otcl-kernel"}
+        ),  # POT / otcl = 1.25 < 1.5: missed
+        _ok(
+            "scale/all-views/2N=16384/gca-ince/otcl",
+            "scale",
+            {"peak_mib": 4096.0},
+            params={"batch": 8192, "family": "gca-ince", "impl": "otcl"},
+        ),
+    ]
+    add_ratios(records)
+    checks = evaluate(records)
+    by_key = {(c.target.split(":")[-1].strip(), c.row): c for c in checks}
+    floor = by_key[("per round within 1.25x of two mat-vecs", "numpy balanced")]
+    assert floor.met is True and floor.measured == "1.1"
+    pot = by_key[("at least 1.5x faster than POT", "numpy balanced")]
+    assert pot.met is False and pot.measured == "1.25"
+    assert by_key[("at least 1.5x faster than POT", "torch balanced")].met is None
+    scale = [c for c in checks if c.target.startswith("6.")]
+    assert scale[0].met is True and scale[0].measured == "4 GiB"
+    # peak 4 GiB at 2N = 16384 grows as n^2: 24 GiB holds 16384 * sqrt(6) rows
+    assert largest_batch(4 * 2**30, 16384, 24 * 2**30) == int(16384 * 6**0.5)
+    assert f"about {int(16384 * 6**0.5):,}" in scale[1].measured
+    assert all(c.met is None for c in checks if c.target.startswith("7."))

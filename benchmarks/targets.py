@@ -1,0 +1,322 @@
+"""The performance targets, checked against the records of one benchmark run.
+
+Every target is a bound on a number the run measured (a ratio of two rows of the same run, or a
+row's own metric). :func:`evaluate` turns the records into :class:`Check` rows: the measured
+value, the goal, and whether it is met (``None`` when a row it needs did not run, e.g. the GPU
+rows on a machine without one). :func:`summary_markdown` is the short table that the README and
+the performance page of the docs show.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.suites import SIZES
+
+__all__ = ["Check", "evaluate", "largest_batch", "summary_markdown"]
+
+Record = dict[str, Any]
+
+GIB = 2**30
+SCALE_LIMIT_GIB = 8.0
+MACHINE_GIB = 24.0
+
+_FULL = SIZES["full"]
+_N = max(_FULL["solver_n"])
+_STABILITY_N = _FULL["stability_n"]
+_BATCH, _SMALL_N = _FULL["batched"]
+_MEMORY_B = _FULL["memory_batch"]
+_CPU = ("numpy", "torch")
+_GPU = ("torch-cuda", "cupy")
+
+
+@dataclass(frozen=True)
+class Check:
+    """One measured number against its bound.
+
+    ``target``: what is promised; ``row``: the row(s) it is read from; ``measured``: the value
+    as text; ``goal``: the bound as text; ``met``: ``True``/``False``, or ``None`` if not run.
+    """
+
+    target: str
+    row: str
+    measured: str
+    goal: str
+    met: bool | None
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def _by_id(records: list[Record]) -> dict[str, Record]:
+    return {r["id"]: r for r in records if r.get("status") == "ok"}
+
+
+def _ratio(rec: Record | None, label: str) -> float | None:
+    if rec is None:
+        return None
+    value = rec.get("ratios", {}).get(label)
+    return None if value is None else float(value)
+
+
+def _metric(rec: Record | None, key: str) -> float | None:
+    if rec is None:
+        return None
+    value = rec.get("metrics", {}).get(key)
+    return None if value is None else float(value)
+
+
+def _bound(
+    target: str,
+    row: str,
+    value: float | None,
+    goal: str,
+    ok: Callable[[float], bool],
+    show: Callable[[float | None], str] = _fmt,
+) -> Check:
+    return Check(target, row, show(value), goal, None if value is None else bool(ok(value)))
+
+
+def largest_batch(peak_bytes: float, n: int, memory_bytes: float) -> int:
+    """The largest ``n'`` whose ``n' x n'`` problem fits ``memory_bytes``, if the peak grows as
+    ``n^2``: ``n' = floor(n * sqrt(memory / peak))``."""
+    return math.floor(n * math.sqrt(memory_bytes / peak_bytes))
+
+
+def _solver_checks(by_id: dict[str, Record], backends: tuple[str, ...]) -> list[Check]:
+    out: list[Check] = []
+    t1 = f"1. kernel domain, n = {_N} float32: per round within 1.25x of two mat-vecs"
+    t1b = f"1. kernel domain, n = {_N} float32: at least 1.5x faster than POT"
+    t2 = f"2. log domain, n = {_N} float32: faster than POT `sinkhorn_log`"
+    t2b = f"2. log domain, n = {_N} float32: within 3x of the exp-only bound"
+    t3 = "3. `auto` at eps = 0.1 (cosine cost, float32) runs in the kernel domain"
+    t3b = "3. `auto` at eps = 0.01: within 2x of the kernel domain's time per round"
+    for backend in backends:
+        pre = f"solver/eps=0.1/{{problem}}/{backend}/float32/n={_N}"
+        for problem, pot in (("balanced", "pot-sinkhorn"), ("unbalanced", "pot-unbalanced")):
+            base = pre.format(problem=problem)
+            row = f"{backend} {problem}"
+            kernel = by_id.get(f"{base}/otcl-kernel")
+            out.append(_bound(t1, row, _ratio(kernel, "floor"), "<= 1.25", lambda x: x <= 1.25))
+            pot_row = by_id.get(f"{base}/{pot}")
+            out.append(
+                _bound(t1b, row, _ratio(pot_row, "otcl"), ">= 1.5 (POT / otcl)", lambda x: x >= 1.5)
+            )
+        base = pre.format(problem="balanced")
+        need = 3.0 if backend in ("numpy", "cupy") else 1.5
+        pot_log = by_id.get(f"{base}/pot-sinkhorn_log")
+        out.append(
+            _bound(
+                t2,
+                backend,
+                _ratio(pot_log, "otcl"),
+                f">= {need:g} (POT / otcl)",
+                lambda x, need=need: x >= need,
+            )
+        )
+        log = by_id.get(f"{base}/otcl-log")
+        out.append(_bound(t2b, backend, _ratio(log, "exp2"), "<= 3", lambda x: x <= 3.0))
+        for problem in ("balanced", "unbalanced"):
+            auto = by_id.get(f"{pre.format(problem=problem)}/otcl-auto")
+            used = None if auto is None else auto.get("info", {}).get("domain_used")
+            out.append(
+                Check(
+                    t3,
+                    f"{backend} {problem}",
+                    used or "–",
+                    "kernel",
+                    None if used is None else used == "kernel",
+                )
+            )
+        for problem in ("balanced", "unbalanced"):
+            small = by_id.get(f"solver/eps=0.01/{problem}/{backend}/float32/n={_N}/otcl-auto")
+            out.append(
+                _bound(
+                    t3b,
+                    f"{backend} {problem}",
+                    _ratio(small, "otcl-kernel"),
+                    "<= 2 (auto at 0.01 / kernel at 0.1)",
+                    lambda x: x <= 2.0,
+                )
+            )
+    return out
+
+
+def _stability_checks(by_id: dict[str, Record]) -> list[Check]:
+    out = []
+    target = f"1. stable in a long-lived process (20th call / 2nd call, n = {_STABILITY_N})"
+    for backend in _CPU:
+        rec = by_id.get(f"stability/{backend}/float32/n={_STABILITY_N}/otcl-kernel")
+        value = _metric(rec, "tlast_over_t2")
+        faults = _metric(rec, "minflt_per_iter_last")
+        row = f"{backend} kernel" + ("" if faults is None else f" ({faults:.2g} page faults/round)")
+        out.append(_bound(target, row, value, "<= 1.2", lambda x: x <= 1.2))
+    return out
+
+
+def _loss_checks(by_id: dict[str, Record]) -> list[Check]:
+    out: list[Check] = []
+    groups = (
+        ("4. B = 2048 cross-view", "losses/cross/B=2048", 1.5, 0.1),
+        ("issue 4. 2N = 1024 all-views", "losses/all-views/2N=1024", 2.0, 0.2),
+        ("issue 4. 2N = 4096 all-views", "losses/all-views/2N=4096", 2.0, 0.2),
+        ("issue 4. B = 1024 cross-view", "losses/cross/B=1024", 2.0, 0.2),
+    )
+    for label, group, vs_ntxent, vs_official in groups:
+        for family in ("gca-ince", "gca-uot"):
+            rec = by_id.get(f"{group}/{family}/otcl")
+            name = family.upper()
+            out.append(
+                _bound(
+                    f"{label}: loss fwd+bwd at most {vs_ntxent:g}x NT-Xent",
+                    name,
+                    _ratio(rec, "ntxent"),
+                    f"<= {vs_ntxent:g}",
+                    lambda x, b=vs_ntxent: x <= b,
+                )
+            )
+            out.append(
+                _bound(
+                    f"{label}: at least {1 / vs_official:g}x faster than official-style",
+                    name,
+                    _ratio(rec, "official-style"),
+                    f"<= {vs_official:g} (otcl / official)",
+                    lambda x, b=vs_official: x <= b,
+                )
+            )
+    return out
+
+
+def _memory_checks(by_id: dict[str, Record]) -> list[Check]:
+    target = f"issue 4. peak memory with 100 rounds / with 1 round (B = {_MEMORY_B})"
+    out = []
+    for mode in ("unroll", "implicit"):
+        rec = by_id.get(f"memory/B={_MEMORY_B}/gca-ince/otcl-{mode}/L=100")
+        out.append(_bound(target, f"grad={mode}", _ratio(rec, "L=1"), "<= 1.5", lambda x: x <= 1.5))
+    return out
+
+
+def _batched_checks(by_id: dict[str, Record]) -> list[Check]:
+    target = f"5. {_BATCH} problems of {_SMALL_N} x {_SMALL_N} in one call vs a loop over POT"
+    out = []
+    for backend in _CPU:
+        rec = by_id.get(f"batched/{backend}/float32/{_BATCH}x{_SMALL_N}x{_SMALL_N}/otcl-auto")
+        ratio = _ratio(rec, "pot-loop")
+        speedup = None if ratio is None or ratio <= 0 else 1.0 / ratio
+        out.append(
+            _bound(
+                target,
+                backend,
+                speedup,
+                ">= 20x faster",
+                lambda x: x >= 20.0,
+                show=lambda x: "–" if x is None else f"{x:.3g}x faster",
+            )
+        )
+    return out
+
+
+def _scale_checks(records: list[Record], by_id: dict[str, Record]) -> list[Check]:
+    out: list[Check] = []
+    for rec in records:
+        if rec.get("suite") != "scale" or rec.get("params", {}).get("impl") != "otcl":
+            continue
+        n = 2 * int(rec["params"]["batch"])
+        family = rec["params"]["family"].upper()
+        peak = _metric(by_id.get(rec["id"]), "peak_mib")
+        peak_gib = None if peak is None else peak / 1024
+        out.append(
+            _bound(
+                f"6. 2N = {n} float32 fwd+bwd: peak memory",
+                family,
+                peak_gib,
+                f"<= {SCALE_LIMIT_GIB:g} GiB",
+                lambda x: x <= SCALE_LIMIT_GIB,
+                show=lambda x: "–" if x is None else f"{x:.3g} GiB",
+            )
+        )
+        if peak:
+            biggest = largest_batch(peak * 2**20, n, MACHINE_GIB * GIB)
+            out.append(
+                Check(
+                    f"6. largest 2N whose fwd+bwd fits {MACHINE_GIB:g} GiB (peak grows as n^2)",
+                    family,
+                    f"about {biggest:,}",
+                    "stated",
+                    True,
+                )
+            )
+    return out
+
+
+def _gpu_checks(by_id: dict[str, Record]) -> list[Check]:
+    target = f"7. GPU, n = {_N} float32: at least 3x faster than POT on the same GPU"
+    out = []
+    for backend in _GPU:
+        for problem, pot in (("balanced", "pot-sinkhorn"), ("unbalanced", "pot-unbalanced")):
+            rec = by_id.get(f"solver/eps=0.1/{problem}/{backend}/float32/n={_N}/{pot}")
+            out.append(
+                _bound(
+                    target,
+                    f"{backend} {problem}",
+                    _ratio(rec, "otcl"),
+                    ">= 3 (POT / otcl)",
+                    lambda x: x >= 3.0,
+                )
+            )
+    return out
+
+
+def evaluate(records: list[Record]) -> list[Check]:
+    """Every target row, in the order of the performance issue's list (the loss targets of the
+    trainable-losses issue after target 4)."""
+    by_id = _by_id(records)
+    solver = _solver_checks(by_id, _CPU)
+    order = list(dict.fromkeys(c.target for c in solver))  # targets in first-seen order
+    solver.sort(key=lambda c: order.index(c.target))  # stable: backends stay in order
+    return [
+        *[c for c in solver if c.target.startswith("1.")],
+        *_stability_checks(by_id),
+        *[c for c in solver if not c.target.startswith("1.")],
+        *_loss_checks(by_id),
+        *_memory_checks(by_id),
+        *_batched_checks(by_id),
+        *_scale_checks(records, by_id),
+        *_gpu_checks(by_id),
+    ]
+
+
+def _met(check: Check) -> str:
+    return {True: "yes", False: "**no**", None: "not run"}[check.met]
+
+
+def summary_markdown(run: dict[str, Any]) -> str:
+    """The targets table of a run, with the machine and the date it ran on (Markdown)."""
+    m = run.get("machine", {})
+    checks = evaluate(run["cases"])
+    met = sum(c.met is True for c in checks)
+    missed = sum(c.met is False for c in checks)
+    not_run = sum(c.met is None for c in checks)
+    lines = [
+        f"Measured by `{run.get('command', 'python -m benchmarks')}` on "
+        f"{run.get('started', '?')[:10]} (git {run.get('git', '?')}): "
+        f"{m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} CPUs, "
+        f"one thread per case, GPU: {m.get('cuda_device') or 'none'}. "
+        f"{met} met, {missed} missed, {not_run} not run.",
+        "",
+        "| target | row | measured | goal | met |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    last = None
+    for c in checks:
+        name = c.target if c.target != last else "〃"
+        last = c.target
+        cells = [name, c.row, c.measured, c.goal, _met(c)]
+        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
+    return "\n".join(lines) + "\n"
