@@ -34,6 +34,7 @@ __all__ = [
     "device_of",
     "dtype_eps",
     "dtype_tiny",
+    "fill_diagonal",
     "from_numpy",
     "full_like",
     "is_array",
@@ -140,6 +141,26 @@ def quiet_numerics(xp: Any) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def fill_diagonal(x: Array, value: float, xp: Any) -> Array:
+    """``x`` with ``value`` on the main diagonal ``x[..., i, i]`` of its last two axes.
+
+    NumPy, CuPy and PyTorch write into ``x`` itself, touching ``min(n, m)`` entries per matrix
+    (in PyTorch an autograd-tracked in-place write, whose gradient is zero on the diagonal): pass
+    an array the caller owns, such as a fresh intermediate. Other array-API libraries get a new
+    array ``where(I, value, x)``.
+    """
+    n, m = x.shape[-2], x.shape[-1]
+    if array_api_compat.is_torch_namespace(xp):
+        x.diagonal(dim1=-2, dim2=-1).fill_(value)
+        return x
+    if array_api_compat.is_numpy_namespace(xp) or array_api_compat.is_cupy_namespace(xp):
+        idx = xp.arange(min(n, m))
+        x[..., idx, idx] = value
+        return x
+    eye = xp.eye(n, m, dtype=xp.bool, device=device_of(x))
+    return xp.where(eye, xp.asarray(value, dtype=x.dtype, device=device_of(x)), x)
 
 
 def masked_fill(x: Array, where: Array, value: float, xp: Any) -> Array:

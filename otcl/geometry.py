@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from otcl.backend import Array, check_compatible, device_of, masked_fill
+from otcl.backend import Array, check_compatible, device_of, fill_diagonal, masked_fill
 
 __all__ = [
     "LAYOUTS",
@@ -115,7 +115,11 @@ class ViewBatch:
     cost:
         ``(n, m)`` cost matrix (for the cosine metrics derived on demand from ``similarity``).
     mask:
-        ``(n, m)`` boolean allowed-entry mask, or ``None`` when every entry is allowed.
+        ``(n, m)`` boolean allowed-entry mask, or ``None`` when every entry is allowed. For
+        all-views batches (``self_masked``) it is ``i != j``, built only when read.
+    self_masked:
+        True when the only excluded entries are the self-pairs on the diagonal; the log-kernel
+        then sets its diagonal directly instead of reading an ``n x n`` mask.
     row_sample, col_sample:
         Sample id of each row / column (``(n,)``, ``(m,)``); entries with equal ids (and allowed)
         are the positive pairs.
@@ -131,13 +135,25 @@ class ViewBatch:
     """
 
     _cost: Array | None
-    mask: Array | None
+    _mask: Array | None
     row_sample: Array
     col_sample: Array
     partner: Array | None
     layout: str
     similarity: Array | None = None
     metric: str | None = None
+    self_masked: bool = False
+
+    @cached_property
+    def mask(self) -> Array | None:
+        if not self.self_masked:
+            return self._mask
+        xp = self.xp
+        n, m = self.shape
+        dev = device_of(self.reference)
+        rows = xp.arange(n, dtype=xp.int64, device=dev)
+        cols = xp.arange(m, dtype=xp.int64, device=dev)
+        return rows[:, None] != cols[None, :]
 
     @property
     def xp(self) -> Any:
@@ -170,7 +186,9 @@ class ViewBatch:
                 lk = lk - 1 / eps
         else:
             lk = self._cost * (-1 / eps)
-        if self.mask is not None:
+        if self.self_masked:  # lk is a fresh array: its diagonal is written in place
+            lk = fill_diagonal(lk, -math.inf, xp)
+        elif self.mask is not None:
             lk = masked_fill(lk, ~self.mask, -math.inf, xp)
         return lk
 
@@ -221,24 +239,24 @@ def view_batch(
     n_rows = z1.shape[0]
     dev = device_of(z1)
     samples = sample_index(n_rows, n_views, layout, xp, dev)
-    r = xp.arange(n_rows, dtype=xp.int64, device=dev)
-    mask = r[:, None] != r[None, :]
     partner = partner_index(n_rows, layout, xp, dev) if n_views == 2 else None
-    return _batch(("z", z1), ("z", z1), metric, mask, samples, partner, layout, xp)
+    return _batch(("z", z1), ("z", z1), metric, None, samples, partner, layout, xp,
+                  self_masked=True)
 
 
 def _batch(x: tuple[str, Array], y: tuple[str, Array], metric: str, mask: Array | None,
-           samples: Array, partner: Array | None, layout: str, xp: Any) -> ViewBatch:
+           samples: Array, partner: Array | None, layout: str, xp: Any, *,
+           self_masked: bool = False) -> ViewBatch:
     (name_x, x), (name_y, y) = x, y
     if metric in ("neg_cosine", "cosine"):
         xn = _normalise_rows(name_x, x, xp)
         yn = xn if y is x else _normalise_rows(name_y, y, xp)
         sim = xn @ xp.matrix_transpose(yn)
-        return ViewBatch(None, mask, samples, samples, partner, layout, sim, metric)
+        return ViewBatch(None, mask, samples, samples, partner, layout, sim, metric, self_masked)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     return ViewBatch(cost_matrix(x, y, metric), mask, samples, samples, partner, layout, None,
-                     metric)
+                     metric, self_masked)
 
 
 def _check_embeddings(xp: Any, **arrays: Array) -> None:

@@ -195,3 +195,30 @@ def test_check_compatible_mixed_devices() -> None:
         be.check_compatible(cost=torch.zeros(2), a=torch.zeros(2, device="meta"))
     with pytest.raises(ValueError, match=r"^b is on device"):
         be.check_compatible(cost=xs.zeros(2), b=xs.zeros(2, device=xs.Device("device1")))
+
+
+@pytest.mark.parametrize("library", sorted(LIBRARIES))
+@pytest.mark.parametrize("shape", [(4, 4), (3, 5), (2, 4, 3)])
+def test_fill_diagonal_sets_exactly_the_main_diagonal(library: str, shape: tuple) -> None:
+    make, back = LIBRARIES[library]
+    host = np.random.default_rng(7).standard_normal(shape)
+    expected = host.copy()
+    k = min(shape[-2:])
+    expected[..., np.arange(k), np.arange(k)] = -math.inf
+    x = make(host)
+    out = be.fill_diagonal(x, -math.inf, be.namespace(x))
+    np.testing.assert_array_equal(back(out), expected)
+
+
+def test_fill_diagonal_under_torch_autograd_zeroes_the_diagonal_gradient() -> None:
+    s = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+    eps = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    lk = be.fill_diagonal(s * (1 / eps), -math.inf, torch)
+    torch.logsumexp(lk, dim=1).sum().backward()
+    # oracle: the same function through a masked_fill (no in-place write)
+    s2, eps2 = s.detach().clone().requires_grad_(), eps.detach().clone().requires_grad_()
+    ref = (s2 * (1 / eps2)).masked_fill(torch.eye(5, dtype=torch.bool), -math.inf)
+    torch.logsumexp(ref, dim=1).sum().backward()
+    torch.testing.assert_close(s.grad, s2.grad, rtol=1e-14, atol=0)
+    torch.testing.assert_close(eps.grad, eps2.grad, rtol=1e-14, atol=0)
+    assert bool((torch.diagonal(s.grad) == 0).all())

@@ -170,6 +170,18 @@ def test_view_batch_all_views_hard_self_mask(layout, n_views):
         assert batch.partner is None
 
 
+@pytest.mark.parametrize("metric", ["neg_cosine", "cosine", "dot"])
+def test_all_views_log_kernel_masks_the_diagonal_without_an_n_by_n_mask(metric):
+    z = np.random.default_rng(8).standard_normal((6, 3))
+    batch = view_batch(z, layout="blocked", metric=metric)
+    lk = batch.log_kernel(0.25)
+    assert "mask" not in vars(batch)  # the dense mask is built only when read
+    expected = -cost_matrix(z, z, metric) / 0.25
+    np.fill_diagonal(expected, -np.inf)
+    np.testing.assert_allclose(lk, expected, atol=1e-12)
+    assert batch.similarity is None or np.isfinite(np.diag(batch.similarity)).all()  # untouched
+
+
 def test_view_batch_cross_view_structure():
     rng = np.random.default_rng(6)
     z1, z2 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
