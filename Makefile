@@ -32,7 +32,7 @@ docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: venv           ## the benchmark suite; writes benchmarks/results/
-	$(BIN)/python -m benchmarks --out benchmarks/results --readme README.md
+	$(BIN)/python -m benchmarks --out benchmarks/results --processes 3 --readme README.md
 
 clean:
 	rm -rf $(VENV) site study-out .pytest_cache

@@ -432,13 +432,15 @@ def loss_function(params: dict[str, Any]) -> Callable[..., Any]:
 
 
 def _loss_inputs(params: dict[str, Any], batch: int) -> list[Any]:
+    """Random float32 embeddings: ``z1, z2`` of shape ``(batch, d)`` (cross-view), or one ``z``
+    of shape ``(2 batch, d)`` holding both views (all-views, ``2N = 2 batch`` rows)."""
     torch = torch_module()
     gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
     d = int(params["d"])
-    count = 1 if params["layout"] == "all-views" else 2
+    shapes = [(2 * batch, d)] if params["layout"] == "all-views" else [(batch, d)] * 2
     return [
-        torch.randn(batch, d, generator=gen, dtype=torch.float32).requires_grad_()
-        for _ in range(count)
+        torch.randn(*shape, generator=gen, dtype=torch.float32).requires_grad_()
+        for shape in shapes
     ]
 
 

@@ -133,6 +133,7 @@ def _solver_section(records: list[Record]) -> list[str]:
                 ("floor", lambda r: r["id"].rsplit("/", 1)[1]),
                 ("ms/round", _m("ms_per_iter")),
                 ("runs", _i("runs")),
+                ("procs", lambda r: r.get("info", {}).get("processes", 1)),
                 ("minflt/round", _m("minflt_per_iter", 2)),
             ],
         )
@@ -144,6 +145,7 @@ def _solver_section(records: list[Record]) -> list[str]:
         ("method", _p("method")),
         ("ms/round", _m("ms_per_iter")),
         ("runs", _i("runs")),
+        ("procs", lambda r: r.get("info", {}).get("processes", 1)),
         ("minflt/round", _m("minflt_per_iter", 2)),
         ("× floor", _r("floor")),
         ("× exp2", _r("exp2")),
@@ -222,6 +224,7 @@ def _batched_section(records: list[Record]) -> list[str]:
             ("total ms", _m("total_ms")),
             ("µs / problem / round", per_problem_round),
             ("runs", _i("runs")),
+            ("procs", lambda r: r.get("info", {}).get("processes", 1)),
             ("minflt/round", _m("minflt_per_iter", 2)),
             ("× POT loop", _r("pot-loop")),
         ],
@@ -259,6 +262,7 @@ def _loss_section(records: list[Record]) -> list[str]:
             ("implementation", _p("impl")),
             ("ms fwd+bwd", _m("ms")),
             ("runs", _i("runs")),
+            ("procs", lambda r: r.get("info", {}).get("processes", 1)),
             ("value", _m("value", 6)),
             ("× NT-Xent", _r("ntxent")),
             ("× official-style", _r("official-style")),
@@ -345,6 +349,16 @@ def _not_run_section(records: list[Record]) -> list[str]:
     return out
 
 
+def _processes(settings: dict[str, Any]) -> str:
+    count = int(settings.get("processes", 1))
+    if count == 1:
+        return "a fresh process"
+    return (
+        f"up to {count} fresh processes (none started once a case's processes took "
+        f"{settings.get('process_budget_s')} s), the median process reported"
+    )
+
+
 def _header(run: dict[str, Any]) -> list[str]:
     m = run.get("machine", {})
     versions = m.get("versions", {})
@@ -372,8 +386,9 @@ def _header(run: dict[str, Any]) -> list[str]:
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None),
         f"- Threads per case: {s['threads']} (torch intra-op {threads.get('torch_num_threads')}, "
         f"inter-op {threads.get('torch_num_interop_threads')}); thread pools: {pool_text}",
-        f"- Timing: each case in a fresh process; one warm-up call, then up to {s['repeat']} "
-        f"timed calls or until {s['budget_s']} s of timed calls; the median is reported"
+        f"- Timing: each case in {_processes(s)}; one warm-up call, then up to "
+        f"{s['repeat']} timed calls or until {s['budget_s']} s of timed calls; the median is "
+        "reported"
         f"{'; QUICK sizes (smoke test)' if s.get('quick') else ''}.",
         "",
     ]

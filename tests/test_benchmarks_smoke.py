@@ -27,7 +27,7 @@ from benchmarks.cases import solver_method  # noqa: E402
 from benchmarks.common import measure  # noqa: E402
 from benchmarks.floors import exp_bound, matvec_floor  # noqa: E402
 from benchmarks.report import add_ratios  # noqa: E402
-from benchmarks.runner import README_END, README_START, replace_block  # noqa: E402
+from benchmarks.runner import README_END, README_START, median_process, replace_block  # noqa: E402
 from benchmarks.suites import build_plan, select  # noqa: E402
 from benchmarks.targets import evaluate, largest_batch  # noqa: E402
 
@@ -227,7 +227,8 @@ def test_quick_run_rewrites_the_readme_block_and_report_only_reproduces_it(tmp_p
     readme.write_text(f"intro\n{README_START}\nstale\n{README_END}\noutro\n")
     out = tmp_path / "results"
     base = [sys.executable, "-m", "benchmarks", "--out", str(out), "--readme", str(readme)]
-    run_args = ["--quick", "--repeat", "1", "--budget", "0.1", "--only", r"^scale/.*/ntxent$"]
+    run_args = ["--quick", "--repeat", "1", "--budget", "0.1", "--processes", "2"]
+    run_args += ["--only", r"^scale/.*/ntxent$"]
     proc = subprocess.run(
         base + run_args, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
     )
@@ -236,6 +237,8 @@ def test_quick_run_rewrites_the_readme_block_and_report_only_reproduces_it(tmp_p
     text = readme.read_text()
     assert "stale" not in text and text.startswith("intro\n") and text.endswith("outro\n")
     assert summary in text and "| target | row | measured | goal | met |" in summary
+    record = json.loads((out / "results.json").read_text())["cases"][0]
+    assert record["info"]["processes"] == 2 and len(record["info"]["per_process"]) == 2
     readme.write_text(replace_block(text, "edited by hand"))
     proc = subprocess.run(
         [*base, "--report-only"],
@@ -291,3 +294,33 @@ def test_targets_read_ratios_of_the_named_rows_and_flag_misses() -> None:
     assert largest_batch(4 * 2**30, 16384, 24 * 2**30) == int(16384 * 6**0.5)
     assert f"about {int(16384 * 6**0.5):,}" in scale[1].measured
     assert all(c.met is None for c in checks if c.target.startswith("7."))
+
+
+def test_median_process_keeps_one_process_metrics_and_fails_on_any_error() -> None:
+    def rec(ms: float, value: float) -> dict:
+        return {"status": "ok", "metrics": {"ms": ms, "value": value}, "info": {}, "wall_s": 1.0}
+
+    runs = [rec(5.0, 1.0), rec(3.0, 2.0), rec(4.0, 3.0)]
+    chosen = median_process(runs, "ms")
+    assert chosen["metrics"] == {"ms": 4.0, "value": 3.0}  # the median process, whole
+    assert chosen["info"]["processes"] == 3 and chosen["info"]["per_process"] == [5.0, 3.0, 4.0]
+    assert chosen["wall_s"] == 3.0 and runs[2]["info"] == {}  # inputs untouched
+    assert median_process(runs[:2], "ms")["metrics"]["ms"] == 3.0  # lower middle of two
+    bad = {"status": "error", "reason": "boom"}
+    assert median_process([runs[0], bad], "ms") is bad
+
+
+def test_loss_case_inputs_have_the_size_their_ids_name() -> None:
+    # an id's ``B=`` is the rows of each of z1, z2 (cross-view), ``2N=`` the rows of z (all-views)
+    import re
+
+    from benchmarks.cases import _loss_inputs
+
+    for case in build_plan(quick=True):
+        if case.kind not in ("loss", "memory"):
+            continue
+        inputs = _loss_inputs(case.params, int(case.params["batch"]))
+        size = re.search(r"/(B|2N)=(\d+)/", case.id)
+        assert size is not None, case.id
+        expected = [int(size[2])] * (1 if size[1] == "2N" else 2)
+        assert [z.shape[0] for z in inputs] == expected, case.id

@@ -182,3 +182,25 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     assert "WARNING" not in proc.stderr, proc.stderr
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "api" / "solvers" / "index.html").is_file()
+
+
+def test_benchmark_tables_are_generated_from_the_committed_run() -> None:
+    """``results.md``, ``summary.md`` and the README's table are what the report code makes of
+    the committed ``results.json`` (nobody edited a number by hand, nothing is stale)."""
+    if str(ROOT) not in sys.path:  # ``benchmarks`` is a top-level package of the checkout
+        sys.path.insert(0, str(ROOT))
+    import json
+
+    from benchmarks.report import add_ratios, markdown
+    from benchmarks.runner import README_END, README_START
+    from benchmarks.targets import summary_markdown
+
+    results = ROOT / "benchmarks" / "results"
+    run = json.loads((results / "results.json").read_text("utf-8"))
+    add_ratios(run["cases"])
+    summary = summary_markdown(run)
+    assert (results / "summary.md").read_text("utf-8") == summary
+    assert (results / "results.md").read_text("utf-8") == markdown(run)
+    readme = (ROOT / "README.md").read_text("utf-8")
+    block = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
+    assert block.strip("\n") == summary.strip("\n"), "README table is stale: run make bench"
