@@ -26,6 +26,7 @@ from benchmarks.common import (
     Skip,
     backend_array,
     cosine_cost,
+    late_over_early,
     measure,
     minor_faults,
     peak_rss_during,
@@ -347,6 +348,7 @@ def stability(params: dict[str, Any]) -> dict[str, Any]:
         "t2_ms": 1e3 * times[1],
         "tlast_ms": 1e3 * times[-1],
         "tlast_over_t2": times[-1] / times[1],
+        "late_over_early": late_over_early([1e3 * t for t in times]),
         "minflt_per_iter_2": faults[1],
         "minflt_per_iter_last": faults[-1],
         "minflt_per_iter_max_after_first": max(faults[1:]),
@@ -439,8 +441,7 @@ def _loss_inputs(params: dict[str, Any], batch: int) -> list[Any]:
     d = int(params["d"])
     shapes = [(2 * batch, d)] if params["layout"] == "all-views" else [(batch, d)] * 2
     return [
-        torch.randn(*shape, generator=gen, dtype=torch.float32).requires_grad_()
-        for shape in shapes
+        torch.randn(*shape, generator=gen, dtype=torch.float32).requires_grad_() for shape in shapes
     ]
 
 

@@ -264,6 +264,18 @@ def _reset_peak_rss() -> bool:
     return True
 
 
+def late_over_early(call_ms: list[float], window: int = 5) -> float:
+    """Drift of a long-lived process: the median time of the last ``window`` calls over the
+    median of calls 2 .. window + 1 (the first call, which builds buffers, is left out).
+
+    A ratio of two single calls (20th / 2nd) moves by tens of percent with one slow call on a
+    shared machine; medians of five keep the question (is the 20th call as fast as the 2nd?)
+    and drop the outliers.
+    """
+    early, late = call_ms[1 : 1 + window], call_ms[-window:]
+    return statistics.median(late) / statistics.median(early)
+
+
 def peak_rss_during(fn: Callable[[], Any]) -> dict[str, Any]:
     """Peak resident memory that ``fn()`` adds above the RSS at its start, in MiB.
 

@@ -16,7 +16,7 @@ __all__ = ["PRIMARY", "SIZES", "Case", "build_plan", "select"]
 
 PRIMARY = {
     "solver": "ms_per_iter",
-    "stability": "tlast_over_t2",
+    "stability": "late_over_early",
     "batched": "total_ms",
     "losses": "ms",
     "memory": "peak_mib",

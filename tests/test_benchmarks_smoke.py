@@ -324,3 +324,12 @@ def test_loss_case_inputs_have_the_size_their_ids_name() -> None:
         assert size is not None, case.id
         expected = [int(size[2])] * (1 if size[1] == "2N" else 2)
         assert [z.shape[0] for z in inputs] == expected, case.id
+
+
+def test_late_over_early_ignores_the_first_call_and_single_outliers() -> None:
+    from benchmarks.common import late_over_early
+
+    calls = [500.0, 10, 11, 9, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 9, 11, 30]
+    assert late_over_early(calls) == pytest.approx(1.0)  # a slow last call is an outlier
+    drifting = [500.0] + [10.0] * 10 + [15.0] * 9
+    assert late_over_early(drifting) == pytest.approx(1.5)
