@@ -333,3 +333,12 @@ def test_late_over_early_ignores_the_first_call_and_single_outliers() -> None:
     assert late_over_early(calls) == pytest.approx(1.0)  # a slow last call is an outlier
     drifting = [500.0] + [10.0] * 10 + [15.0] * 9
     assert late_over_early(drifting) == pytest.approx(1.5)
+
+
+def test_loss_floor_profile_runs_and_reports_its_parts(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.loss_floor import main as loss_floor
+
+    assert loss_floor(["--batch", "32", "--dim", "4", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    for part in ("NT-Xent fwd+bwd", "GCAInfoNCE fwd+bwd", "8 kernel mat-vec passes", "floor"):
+        assert part in out
