@@ -383,3 +383,18 @@ def test_bad_input_raises() -> None:
         implicit_vjp(lk, la, la, la, lb, 1.0, 1.0, la, lb)
     with pytest.raises(ValueError, match="max_iter"):
         implicit_vjp(lk, la, lb, la, lb, 1.0, 1.0, la, lb, max_iter=0)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_matrix_vector_helpers_match_einsum(batch):
+    from otcl.solvers.adjoint import _matvec, _rmatvec
+
+    rng = np.random.default_rng(11)
+    K = rng.random((batch, 4, 5))
+    v, u = rng.random((batch, 5)), rng.random((batch, 4))
+    for xp, make in ((np, np.asarray), (torch, torch.from_numpy)):
+        kv = _matvec(xp, make(K), make(v))
+        ktu = _rmatvec(xp, make(K), make(u))
+        np.testing.assert_allclose(np.asarray(kv), np.einsum("bij,bj->bi", K, v), rtol=1e-14)
+        np.testing.assert_allclose(np.asarray(ktu), np.einsum("bij,bi->bj", K, u), rtol=1e-14)
+        assert tuple(kv.shape) == (batch, 4) and tuple(ktu.shape) == (batch, 5)

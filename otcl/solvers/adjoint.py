@@ -297,8 +297,7 @@ def _forward_kernel(
         if not full:
             s = xp.where(s > -math.inf, s, xp.zeros_like(s))
         scaling = xp.exp(x - s)
-        norm = (kernel @ scaling[:, :, None])[:, :, 0] if row else (
-            (scaling[:, None, :] @ kernel)[:, 0, :])
+        norm = _matvec(xp, kernel, scaling) if row else _rmatvec(xp, kernel, scaling)
         off = s if shift is None else s + shift
         if full:
             out = log_m - xp.log(norm) - off
@@ -413,7 +412,7 @@ def _vjp_kernel(tape: Tape, phi_bar: Array, gamma_bar: Array) -> Cotangents:
         alphas.append(-t_a * w)
         betas.append(v)
         cot_a.append(pbar)
-        return (-t_a) * v * (w[:, None, :] @ K)[:, 0, :]
+        return (-t_a) * v * _rmatvec(xp, K, w)
 
     def col_back(t: int, gbar: Array) -> Array:
         u, ktu, _ = tape.cols[t]
@@ -421,7 +420,7 @@ def _vjp_kernel(tape: Tape, phi_bar: Array, gamma_bar: Array) -> Cotangents:
         alphas.append(u)
         betas.append(-t_b * w)
         cot_b.append(gbar)
-        return (-t_b) * u * (K @ w[:, :, None])[:, :, 0]
+        return (-t_b) * u * _matvec(xp, K, w)
 
     gbar = gamma_bar + row_back(L, phi_bar)
     for t in range(L - 1, -1, -1):
@@ -650,12 +649,17 @@ def _finite_max(x: Array, xp: Any, axis: Any) -> Array:
 
 
 def _matvec(xp: Any, kernel: Array, v: Array) -> Array:
-    """``K v`` for ``K (B, n, m)``, ``v (B, m)``."""
+    """``K v`` for ``K (B, n, m)``, ``v (B, m)``; a plain matrix-vector product when ``B = 1``
+    (a batched product of one matrix with an ``(m, 1)`` column is slower in several libraries)."""
+    if kernel.shape[0] == 1:
+        return xp.matmul(kernel[0, ...], v[0, ...])[None, ...]
     return xp.matmul(kernel, v[:, :, None])[:, :, 0]
 
 
 def _rmatvec(xp: Any, kernel: Array, u: Array) -> Array:
-    """``K^T u`` for ``K (B, n, m)``, ``u (B, n)``."""
+    """``K^T u`` for ``K (B, n, m)``, ``u (B, n)`` (plain vector-matrix product when ``B = 1``)."""
+    if kernel.shape[0] == 1:
+        return xp.matmul(u[0, ...], kernel[0, ...])[None, ...]
     return xp.matmul(u[:, None, :], kernel)[:, 0, :]
 
 
