@@ -12,9 +12,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from benchmarks.common import late_over_early
 from benchmarks.suites import PRIMARY
-from benchmarks.targets import summary_markdown
+from benchmarks.targets import stability_drift, summary_markdown
 
 __all__ = ["add_ratios", "markdown"]
 
@@ -98,6 +97,11 @@ def _r(label: str) -> Callable[[Record], str]:
     return lambda r: _num(r.get("ratios", {}).get(label), 3)
 
 
+def _procs(r: Record) -> Any:
+    """The number of processes a row was measured in (1 unless ``--processes`` said more)."""
+    return r.get("info", {}).get("processes", 1)
+
+
 def _ok(records: list[Record], suite: str, prefix: str = "") -> list[Record]:
     return [
         r
@@ -134,7 +138,7 @@ def _solver_section(records: list[Record]) -> list[str]:
                 ("floor", lambda r: r["id"].rsplit("/", 1)[1]),
                 ("ms/round", _m("ms_per_iter")),
                 ("runs", _i("runs")),
-                ("procs", lambda r: r.get("info", {}).get("processes", 1)),
+                ("procs", _procs),
                 ("minflt/round", _m("minflt_per_iter", 2)),
             ],
         )
@@ -146,7 +150,7 @@ def _solver_section(records: list[Record]) -> list[str]:
         ("method", _p("method")),
         ("ms/round", _m("ms_per_iter")),
         ("runs", _i("runs")),
-        ("procs", lambda r: r.get("info", {}).get("processes", 1)),
+        ("procs", _procs),
         ("minflt/round", _m("minflt_per_iter", 2)),
         ("× floor", _r("floor")),
         ("× exp2", _r("exp2")),
@@ -166,16 +170,6 @@ def _solver_section(records: list[Record]) -> list[str]:
                 out += _rows(rows, cols)
                 out.append("")
     return out
-
-
-def _late_over_early(r: Record) -> float | None:
-    """``late_over_early`` of a stability row, from its per-call times when the metric is
-    missing (results written before it existed)."""
-    value = r.get("metrics", {}).get("late_over_early")
-    calls = r.get("info", {}).get("call_ms")
-    if value is None and calls:
-        value = late_over_early(calls)
-    return value
 
 
 def _stability_section(records: list[Record]) -> list[str]:
@@ -207,7 +201,7 @@ def _stability_section(records: list[Record]) -> list[str]:
             ("2nd call ms", _m("t2_ms")),
             ("20th call ms", _m("tlast_ms")),
             ("20th/2nd", _m("tlast_over_t2")),
-            ("late/early", lambda r: _num(_late_over_early(r))),
+            ("late/early", lambda r: _num(stability_drift(r))),
             ("minflt/round 2nd", _m("minflt_per_iter_2", 2)),
             ("minflt/round 20th", _m("minflt_per_iter_last", 2)),
             ("max minflt/round (2..20)", _m("minflt_per_iter_max_after_first", 2)),
@@ -244,7 +238,7 @@ def _batched_section(records: list[Record]) -> list[str]:
             ("total ms", _m("total_ms")),
             ("µs / problem / round", per_problem_round),
             ("runs", _i("runs")),
-            ("procs", lambda r: r.get("info", {}).get("processes", 1)),
+            ("procs", _procs),
             ("minflt/round", _m("minflt_per_iter", 2)),
             ("× POT loop", _r("pot-loop")),
         ],
@@ -282,7 +276,7 @@ def _loss_section(records: list[Record]) -> list[str]:
             ("implementation", _p("impl")),
             ("ms fwd+bwd", _m("ms")),
             ("runs", _i("runs")),
-            ("procs", lambda r: r.get("info", {}).get("processes", 1)),
+            ("procs", _procs),
             ("value", _m("value", 6)),
             ("× NT-Xent", _r("ntxent")),
             ("× official-style", _r("official-style")),
