@@ -128,8 +128,12 @@ class ViewBatch:
         permutation), else ``None``.
     layout:
         ``"cross"``, ``"blocked"`` or ``"interleaved"``.
+    embeddings:
+        For the cosine metrics, the unit-norm rows ``(x̂ (n, d), ŷ (m, d))`` everything else is
+        derived from; ``None`` for a batch built on a cost matrix.
     similarity:
-        For the cosine metrics, the ``(n, m)`` cosine similarity the cost is derived from.
+        For the cosine metrics, the ``(n, m)`` cosine similarity ``x̂ ŷ^T`` (computed when first
+        read; the log-kernel does not read it), else ``None``.
     metric:
         The metric the cost was built with (``None`` for a user-given cost).
     """
@@ -140,7 +144,7 @@ class ViewBatch:
     col_sample: Array
     partner: Array | None
     layout: str
-    similarity: Array | None = None
+    embeddings: tuple[Array, Array] | None = None
     metric: str | None = None
     self_masked: bool = False
 
@@ -155,6 +159,13 @@ class ViewBatch:
         cols = xp.arange(m, dtype=xp.int64, device=dev)
         return rows[:, None] != cols[None, :]
 
+    @cached_property
+    def similarity(self) -> Array | None:
+        if self.embeddings is None:
+            return None
+        x, y = self.embeddings
+        return x @ self.xp.matrix_transpose(y)
+
     @property
     def xp(self) -> Any:
         from otcl.backend import namespace
@@ -163,13 +174,17 @@ class ViewBatch:
 
     @property
     def reference(self) -> Array:
-        """The ``(n, m)`` array the batch is built on (``similarity``, or the user's cost): its
-        dtype and device are the batch's. Reading it never materialises the cost."""
-        return self.similarity if self._cost is None else self._cost
+        """An array the batch is built on (the user's cost, or the first embeddings): its
+        library, dtype and device are the batch's. Reading it never materialises the cost."""
+        return self._cost if self._cost is not None else self.embeddings[0]
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.reference.shape)  # type: ignore[return-value]
+        """``(n, m)``, the shape of the cost."""
+        if self._cost is not None:
+            return tuple(self._cost.shape)  # type: ignore[return-value]
+        x, y = self.embeddings
+        return (x.shape[0], y.shape[0])
 
     @cached_property
     def cost(self) -> Array:
@@ -178,10 +193,16 @@ class ViewBatch:
         return -self.similarity if self.metric == "neg_cosine" else 1 - self.similarity
 
     def log_kernel(self, eps: Any) -> Array:
-        """``Λ = -C / eps`` with ``-inf`` on masked entries, in as few passes as possible."""
+        """``Λ = -C / eps`` with ``-inf`` on masked entries, in as few passes as possible.
+
+        For the cosine metrics ``Λ = (x̂ / eps) ŷ^T`` (minus ``1 / eps`` for ``"cosine"``): the
+        scale is applied to the ``(n, d)`` factor, so the product writes ``Λ`` directly and,
+        under autograd, its gradient reaches the embeddings without an ``n x m`` pass.
+        """
         xp = self.xp
         if self._cost is None:
-            lk = self.similarity * (1 / eps)
+            x, y = self.embeddings
+            lk = (x * (1 / eps)) @ xp.matrix_transpose(y)
             if self.metric == "cosine":
                 lk = lk - 1 / eps
         else:
@@ -191,6 +212,27 @@ class ViewBatch:
         elif self.mask is not None:
             lk = masked_fill(lk, ~self.mask, -math.inf, xp)
         return lk
+
+    def log_kernel_at(self, eps: Any, rows: Array, cols: Array) -> Array | None:
+        """``Λ[rows[k], cols[k]]`` for each ``k``, shape ``(k,)``, computed from the embeddings in
+        ``O(k d)``, or ``None`` for a batch built on a cost matrix (gather from
+        :meth:`log_kernel` there).
+
+        Used for the entries of a pair target: the value equals the entry of :meth:`log_kernel`
+        (up to rounding), and its gradient never forms an ``n x m`` array. Self-pairs of a
+        self-masked batch are ``-inf``.
+        """
+        if self.embeddings is None:
+            return None
+        xp = self.xp
+        x, y = self.embeddings
+        dots = xp.sum(xp.take(x, rows, axis=0) * xp.take(y, cols, axis=0), axis=1)
+        out = dots * (1 / eps)
+        if self.metric == "cosine":
+            out = out - 1 / eps
+        if self.self_masked:
+            out = xp.where(rows == cols, xp.full_like(out, -math.inf), out)
+        return out
 
 
 def view_batch(
@@ -251,8 +293,8 @@ def _batch(x: tuple[str, Array], y: tuple[str, Array], metric: str, mask: Array 
     if metric in ("neg_cosine", "cosine"):
         xn = _normalise_rows(name_x, x, xp)
         yn = xn if y is x else _normalise_rows(name_y, y, xp)
-        sim = xn @ xp.matrix_transpose(yn)
-        return ViewBatch(None, mask, samples, samples, partner, layout, sim, metric, self_masked)
+        return ViewBatch(None, mask, samples, samples, partner, layout, (xn, yn), metric,
+                         self_masked)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     return ViewBatch(cost_matrix(x, y, metric), mask, samples, samples, partner, layout, None,

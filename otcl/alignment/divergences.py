@@ -3,7 +3,8 @@
 The model plan is ``P_ij = exp(phi_i + gamma_j + Λ_ij)`` with ``Λ = -C / eps`` and scaled
 potentials ``phi = f / eps``, ``gamma = g / eps`` (see ``docs/architecture.md``); ``u = exp(phi)``,
 ``v = exp(gamma)``, ``K = exp(Λ)``. Every function returns an ``(n,)`` array of per-row terms;
-the loss reduces them.
+the loss reduces them. ``log_kernel`` is ``Λ`` ``(n, m)``, or, for a pair target, the ``(n,)``
+entries ``Λ[i, partner[i]]`` (these terms read nothing else of ``Λ``).
 """
 
 from __future__ import annotations

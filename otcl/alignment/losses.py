@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from otcl.alignment.divergences import cross_entropy_rows, kl_rows, rince_rows, validate_rince
 from otcl.alignment.targets import Target, as_target, label_target, pair_target
-from otcl.backend import Array, logsumexp, safe_log
+from otcl.backend import Array, device_of, logsumexp, safe_log
 from otcl.geometry import ViewBatch, view_batch
 from otcl.solvers.bregman import ColumnMarginal, Constraint, RowMarginal, bregman_projection
 from otcl.solvers.problem import make_problem, validate_positive
@@ -306,11 +306,19 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
     else:
         row_mass = xp.exp(phi + logsumexp(log_k + gamma[None, :], 1, xp))
 
+    # the built-in terms read Λ only at the target's entries: for a pair target of an embedding
+    # batch they get those n entries from the embeddings (an (n,) array), so that the gradient
+    # of the loss reaches Λ only through the inner solve (no n x m gather-and-scatter)
+    log_k_terms = log_k
+    if target.partner is not None:
+        rows = xp.arange(target.shape[0], dtype=target.partner.dtype, device=device_of(phi))
+        at_pairs = batch.log_kernel_at(eps, rows, target.partner)
+        log_k_terms = log_k if at_pairs is None else at_pairs
     per_row = None
-    for weight, term in terms:
+    for weight, term, builtin in terms:
         if weight == 0:
             continue
-        val = term(target, phi, gamma, log_k, row_mass, xp)
+        val = term(target, phi, gamma, log_k_terms if builtin else log_k, row_mass, xp)
         per_row = weight * val if per_row is None else per_row + weight * val
     if extra is not None:
         val = extra(target, phi, gamma, log_k, row_mass, xp)
@@ -406,21 +414,27 @@ def _exponent(rho: float, eps: Any) -> Any:
     return 1.0 if math.isinf(rho) else rho / (rho + eps)
 
 
-def _divergence_terms(spec: DivergenceSpec, q: float, lam: float) -> list[tuple[float, Callable]]:
+def _divergence_terms(
+    spec: DivergenceSpec, q: float, lam: float
+) -> list[tuple[float, Callable, bool]]:
+    """``(weight, term, builtin)`` per divergence; built-in terms accept, for a pair target,
+    the ``(n,)`` entries ``Λ[i, partner[i]]`` in place of the ``(n, m)`` log-kernel."""
     if callable(spec):
-        return [(1.0, spec)]
+        return [(1.0, spec, False)]
     weights = {spec: 1.0} if isinstance(spec, str) else dict(spec)
     terms = []
     for name, w in weights.items():
         if name == "kl":
-            terms.append((w, kl_rows))
+            terms.append((w, kl_rows, True))
         elif name == "cross_entropy":
-            terms.append((w, lambda t, p, g, lk, rm, xp: cross_entropy_rows(t, p, g, lk)))
+            terms.append(
+                (w, lambda t, p, g, lk, rm, xp: cross_entropy_rows(t, p, g, lk), True)
+            )
         elif name == "rince":
             qq, ll = validate_rince(q, lam)
             terms.append(
                 (w, lambda t, p, g, lk, rm, xp, qq=qq, ll=ll: rince_rows(t, p, g, lk, q=qq,
-                                                                          lam=ll, xp=xp))
+                                                                          lam=ll, xp=xp), True)
             )
         else:
             raise ValueError(

@@ -59,11 +59,21 @@ class Target:
         return xp.ones((self.shape[1],), dtype=like.dtype, device=device_of(like))
 
     def contract_rows(self, M: Array) -> Array:
-        """``sum_j T_ij M_ij``, shape ``(n,)`` (for pairs: ``M[i, partner[i]]``)."""
+        """``sum_j T_ij M_ij``, shape ``(n,)`` (for pairs: ``M[i, partner[i]]``).
+
+        ``M`` is ``(n, m)``; for a pair target it may also be the ``(n,)`` entries
+        ``M[i, partner[i]]`` already gathered (returned as they are).
+        """
         xp = self.xp
         if self.dense is not None:
             T = self.dense
             return xp.sum(T * xp.where(T > 0, M, xp.zeros_like(M)), axis=1)
+        if M.ndim == 1:
+            if M.shape[0] != self.shape[0]:
+                raise ValueError(
+                    f"M has shape {tuple(M.shape)}, expected ({self.shape[0]},) or {self.shape}"
+                )
+            return M
         n, m = M.shape
         flat = xp.reshape(M, (n * m,))
         rows = xp.arange(n, dtype=self.partner.dtype, device=device_of(M))
@@ -85,7 +95,8 @@ class Target:
 
     def log_weighted_mass(self, log_M: Array, col_shift: Array | None = None) -> Array:
         """``log sum_j T_ij exp(log_M_ij + s_j)`` per row, shape ``(n,)`` (``s = col_shift``,
-        default 0). For pairs this gathers ``n`` entries and never forms ``log_M + s``."""
+        default 0). For pairs this gathers ``n`` entries and never forms ``log_M + s``
+        (``log_M`` may then be the gathered ``(n,)`` entries, as in :meth:`contract_rows`)."""
         xp = self.xp
         if self.dense is None:
             out = self.contract_rows(log_M)
