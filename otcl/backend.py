@@ -23,6 +23,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
+from otcl.buffers import BUFFER_POOL
+
 Array = Any
 """Any array of a supported library (NumPy, CuPy, PyTorch, array-api-strict)."""
 
@@ -41,6 +43,7 @@ __all__ = [
     "logsumexp",
     "masked_fill",
     "namespace",
+    "product_t",
     "quiet_numerics",
     "safe_log",
     "to_float",
@@ -161,6 +164,23 @@ def fill_diagonal(x: Array, value: float, xp: Any) -> Array:
         return x
     eye = xp.eye(n, m, dtype=xp.bool, device=device_of(x))
     return xp.where(eye, xp.asarray(value, dtype=x.dtype, device=device_of(x)), x)
+
+
+def product_t(x: Array, y: Array, xp: Any) -> Array:
+    """``x @ y^T`` for ``x (n, d)``, ``y (m, d)``: a fresh ``(n, m)`` array the caller owns.
+
+    NumPy and PyTorch CPU tensors (recorded by autograd or not) get it in a buffer of
+    :data:`otcl.buffers.BUFFER_POOL` (no fresh pages to fault in when a loss is called again);
+    other libraries, ``xp.matmul``.
+    """
+    if array_api_compat.is_numpy_namespace(xp):
+        out = BUFFER_POOL.empty((x.shape[0], y.shape[0]), np.result_type(x, y))
+        return np.matmul(x, y.T, out=out)
+    if array_api_compat.is_torch_namespace(xp):
+        from otcl.torch.pooled import product_t as torch_product_t
+
+        return torch_product_t(x, y)
+    return xp.matmul(x, xp.matrix_transpose(y))
 
 
 def masked_fill(x: Array, where: Array, value: float, xp: Any) -> Array:
@@ -337,6 +357,10 @@ class ArrayOps:
             x = x + col[:, None, :]
         return self.xp.exp(x)
 
+    def matmul(self, x: Array, y: Array, out: Array | None = None) -> Array:
+        """``x @ y`` (stacked matrices ``(B, n, k) @ (B, k, m)`` or plain ones)."""
+        return self.xp.matmul(x, y)
+
     def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:
         """``K v``: ``(B, n, m), (B, m) -> (B, n)``."""
         if kernel.ndim == 2:
@@ -384,6 +408,8 @@ class _BufferOps(ArrayOps):
         self.blocked = blocked
 
     def buffer(self, shape: tuple[int, ...], like: Array) -> Array:
+        if self.lib is np:
+            return BUFFER_POOL.empty(shape, like.dtype)
         return self.lib.empty(shape, dtype=like.dtype)
 
     def snapshot(self, x: Array) -> Array:
@@ -423,6 +449,15 @@ class _BufferOps(ArrayOps):
             if col is not None:
                 x = lib.add(x, col[probs][:, None, :], out=o)
             lib.exp(x, out=o)
+        return out
+
+    def matmul(self, x: Array, y: Array, out: Array | None = None) -> Array:
+        if out is None:
+            return self.lib.matmul(x, y)
+        if x.ndim == 3 and x.shape[0] == 1:  # one matrix: a plain product
+            self.lib.matmul(x[0], y[0], out=out[0])
+        else:
+            self.lib.matmul(x, y, out=out)
         return out
 
     def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:
@@ -546,8 +581,9 @@ class _NumpyOps(_BufferOps):
 class _TorchOps(_BufferOps):
     """PyTorch CPU tensors that no autograd graph records.
 
-    Large buffers are allocated through NumPy (which asks the kernel for transparent huge
-    pages): a fresh ``n x m`` buffer then costs hundreds of page faults instead of ``n m / 1024``.
+    Large buffers are NumPy arrays from :data:`otcl.buffers.BUFFER_POOL` (reused across calls
+    once unreferenced; NumPy also asks the kernel for transparent huge pages), so that a solve or
+    a loss touches no fresh ``n x m`` memory in a long-lived process.
     Small stacked matrix-vector products go through NumPy on the same memory (zero copy).
     """
 
@@ -559,7 +595,7 @@ class _TorchOps(_BufferOps):
         np_dtype = self._np_dtypes.get(like.dtype)
         if np_dtype is None:
             return self.lib.empty(shape, dtype=like.dtype)
-        return self.lib.from_numpy(np.empty(shape, dtype=np_dtype))
+        return self.lib.from_numpy(BUFFER_POOL.empty(shape, np_dtype))
 
     def power(self, x: Array, p: Any, out: Array | None = None) -> Array:
         return self.lib.pow(x, p, out=out)

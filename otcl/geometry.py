@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from otcl.backend import Array, check_compatible, device_of, fill_diagonal, masked_fill
+from otcl.backend import (
+    Array,
+    check_compatible,
+    device_of,
+    fill_diagonal,
+    masked_fill,
+    product_t,
+)
 
 __all__ = [
     "LAYOUTS",
@@ -202,7 +209,7 @@ class ViewBatch:
         xp = self.xp
         if self._cost is None:
             x, y = self.embeddings
-            lk = (x * (1 / eps)) @ xp.matrix_transpose(y)
+            lk = product_t(x * (1 / eps), y, xp)
             if self.metric == "cosine":
                 lk = lk - 1 / eps
         else:

@@ -96,6 +96,7 @@ from typing import Any
 
 from otcl.backend import (
     Array,
+    array_ops,
     check_compatible,
     device_of,
     dtype_eps,
@@ -280,12 +281,17 @@ def _forward_kernel(
         xp.max(xp.abs(peak)),
         xp.astype(xp.all(fin_a) & xp.all(fin_b), dtype),
     ]))
+    # K' goes into a buffer of the library's buffered operations where there is one (NumPy,
+    # PyTorch CPU: allocated with transparent huge pages, a few hundred page faults instead of
+    # n m / 1024), written block by block
+    ops = array_ops(xp, log_kernel)
     if float(stats[0]) <= 0.25 * -math.log(dtype_tiny(xp, dtype)):
         shift = None  # exp(Λ) and K v stay in range without a shift
-        kernel = xp.exp(log_kernel)
+        kernel = ops.exp_shifted(log_kernel, None, None)
     else:
         shift = xp.where(peak > -math.inf, peak, xp.zeros_like(peak))[:, None]  # (B, 1)
-        kernel = xp.exp(log_kernel - shift[:, :, None])
+        row_shift = xp.broadcast_to(-shift, tuple(log_kernel.shape[:2]))
+        kernel = ops.exp_shifted(log_kernel, row_shift, None)
     full = bool(stats[1] == 1.0)  # no zero mass: the steps need no guards
     floor = max(n, m) * dtype_tiny(xp, dtype) / dtype_eps(xp, dtype)
     low = xp.full((log_kernel.shape[0],), math.inf, dtype=dtype, device=device_of(log_kernel))
@@ -425,8 +431,10 @@ def _vjp_kernel(tape: Tape, phi_bar: Array, gamma_bar: Array) -> Cotangents:
     gbar = gamma_bar + row_back(L, phi_bar)
     for t in range(L - 1, -1, -1):
         gbar = row_back(t, col_back(t, gbar))
-    lam_bar = xp.stack(alphas, axis=2) @ xp.stack(betas, axis=1)  # (B, n, 2L+1) @ (B, 2L+1, m)
-    lam_bar *= K
+    ops = array_ops(xp, K)
+    lam_bar = ops.matmul(xp.stack(alphas, axis=2), xp.stack(betas, axis=1),  # (B, n, 2L+1) @
+                         out=ops.buffer(tuple(K.shape), K))                # (B, 2L+1, m)
+    lam_bar = ops.multiply(lam_bar, K, out=lam_bar if ops.inplace else None)
     return _assemble(xp, tape, lam_bar, cot_a, cot_b, gbar, guard)
 
 
