@@ -39,6 +39,7 @@ __all__ = [
     "fill_diagonal",
     "from_numpy",
     "full_like",
+    "host_matmul",
     "is_array",
     "logsumexp",
     "masked_fill",
@@ -164,6 +165,45 @@ def fill_diagonal(x: Array, value: float, xp: Any) -> Array:
         return x
     eye = xp.eye(n, m, dtype=xp.bool, device=device_of(x))
     return xp.where(eye, xp.asarray(value, dtype=x.dtype, device=device_of(x)), x)
+
+
+def host_matmul(x: Array, y: Array, xp: Any, out: Array | None = None) -> Array:
+    """``x @ y`` (NumPy ``matmul`` semantics: vectors, matrices, stacks), into ``out`` if given.
+
+    PyTorch CPU float32/float64 tensors that no autograd graph records go through NumPy's
+    BLAS on the same memory (zero copy): on the reference machine (one thread) its
+    matrix-vector products take 0.75 ms where PyTorch's take 1.0-1.2 ms at ``2048 x 2048``, and
+    its thin products (``(2048, 21) @ (21, 2048)``, ``(2048, 128) @ (128, 2048)``) half the time
+    or less. Everything else: ``xp.matmul`` (NumPy: with ``out``).
+    """
+    if _torch_on_host(xp, x, y, out):
+        import torch
+
+        res = np.matmul(x.detach().numpy(), y.detach().numpy(),
+                        out=None if out is None else out.detach().numpy())
+        return out if out is not None else torch.from_numpy(res)
+    if out is not None and array_api_compat.is_numpy_namespace(xp):
+        return np.matmul(x, y, out=out)
+    res = xp.matmul(x, y)
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
+def _torch_on_host(xp: Any, *arrays: Array | None) -> bool:
+    """PyTorch CPU tensors of one float dtype (float32/float64), none recorded by autograd."""
+    if not array_api_compat.is_torch_namespace(xp):
+        return False
+    import torch
+
+    present = [a for a in arrays if a is not None]
+    dtype = present[0].dtype
+    if dtype not in (torch.float32, torch.float64):
+        return False
+    if any(a.dtype != dtype or a.device.type != "cpu" for a in present):
+        return False
+    return not (torch.is_grad_enabled() and any(a.requires_grad for a in present))
 
 
 def product_t(x: Array, y: Array, xp: Any) -> Array:

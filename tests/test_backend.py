@@ -222,3 +222,31 @@ def test_fill_diagonal_under_torch_autograd_zeroes_the_diagonal_gradient() -> No
     torch.testing.assert_close(s.grad, s2.grad, rtol=1e-14, atol=0)
     torch.testing.assert_close(eps.grad, eps2.grad, rtol=1e-14, atol=0)
     assert bool((torch.diagonal(s.grad) == 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_host_matmul_equals_torch_matmul_and_keeps_autograd(dtype):
+    from otcl.backend import host_matmul
+
+    gen = torch.Generator().manual_seed(0)
+    K = torch.rand(3, 40, 30, dtype=dtype, generator=gen)
+    v = torch.rand(30, dtype=dtype, generator=gen)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-13, "atol": 0}
+    torch.testing.assert_close(host_matmul(K[0], v, torch), K[0] @ v, **tol)
+    torch.testing.assert_close(host_matmul(v, K[0].T, torch), v @ K[0].T, **tol)
+    Kt = K.transpose(1, 2)
+    torch.testing.assert_close(host_matmul(K, Kt, torch), K @ Kt, **tol)
+    out = torch.empty(40, dtype=dtype)
+    assert host_matmul(K[1], v, torch, out=out) is out
+    torch.testing.assert_close(out, K[1] @ v, **tol)
+    # recorded by autograd: an ordinary differentiable product
+    w = v.clone().requires_grad_()
+    res = host_matmul(K[0], w, torch)
+    assert res.requires_grad
+    res.sum().backward()
+    torch.testing.assert_close(w.grad, K[0].sum(0), **tol)
+    # numpy: the same product, into out
+    Kn, vn = K[0].numpy(), v.numpy()
+    outn = np.empty(40, dtype=Kn.dtype)
+    assert host_matmul(Kn, vn, np, out=outn) is outn
+    np.testing.assert_allclose(outn, Kn @ vn, rtol=1e-6)

@@ -101,6 +101,7 @@ from otcl.backend import (
     device_of,
     dtype_eps,
     dtype_tiny,
+    host_matmul,
     is_array,
     logsumexp,
     quiet_numerics,
@@ -432,8 +433,15 @@ def _vjp_kernel(tape: Tape, phi_bar: Array, gamma_bar: Array) -> Cotangents:
     for t in range(L - 1, -1, -1):
         gbar = row_back(t, col_back(t, gbar))
     ops = array_ops(xp, K)
-    lam_bar = ops.matmul(xp.stack(alphas, axis=2), xp.stack(betas, axis=1),  # (B, n, 2L+1) @
-                         out=ops.buffer(tuple(K.shape), K))                # (B, 2L+1, m)
+    left, right = xp.stack(alphas, axis=2), xp.stack(betas, axis=1)  # (B, n, 2L+1), (B, 2L+1, m)
+    buf = ops.buffer(tuple(K.shape), K)
+    if buf is None:
+        lam_bar = left @ right
+    elif K.shape[0] == 1:
+        host_matmul(left[0, ...], right[0, ...], xp, out=buf[0, ...])
+        lam_bar = buf
+    else:
+        lam_bar = host_matmul(left, right, xp, out=buf)
     lam_bar = ops.multiply(lam_bar, K, out=lam_bar if ops.inplace else None)
     return _assemble(xp, tape, lam_bar, cot_a, cot_b, gbar, guard)
 
@@ -658,17 +666,18 @@ def _finite_max(x: Array, xp: Any, axis: Any) -> Array:
 
 def _matvec(xp: Any, kernel: Array, v: Array) -> Array:
     """``K v`` for ``K (B, n, m)``, ``v (B, m)``; a plain matrix-vector product when ``B = 1``
-    (a batched product of one matrix with an ``(m, 1)`` column is slower in several libraries)."""
+    (a batched product of one matrix with an ``(m, 1)`` column is slower in several libraries),
+    through :func:`otcl.backend.host_matmul`."""
     if kernel.shape[0] == 1:
-        return xp.matmul(kernel[0, ...], v[0, ...])[None, ...]
-    return xp.matmul(kernel, v[:, :, None])[:, :, 0]
+        return host_matmul(kernel[0, ...], v[0, ...], xp)[None, ...]
+    return host_matmul(kernel, v[:, :, None], xp)[:, :, 0]
 
 
 def _rmatvec(xp: Any, kernel: Array, u: Array) -> Array:
     """``K^T u`` for ``K (B, n, m)``, ``u (B, n)`` (plain vector-matrix product when ``B = 1``)."""
     if kernel.shape[0] == 1:
-        return xp.matmul(u[0, ...], kernel[0, ...])[None, ...]
-    return xp.matmul(u[:, None, :], kernel)[:, 0, :]
+        return host_matmul(u[0, ...], kernel[0, ...], xp)[None, ...]
+    return host_matmul(u[:, None, :], kernel, xp)[:, 0, :]
 
 
 def _nbytes(x: Array, xp: Any) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from otcl.backend import host_matmul
 from otcl.buffers import BUFFER_POOL
 
 __all__ = ["product_t"]
@@ -25,15 +26,17 @@ class _ProductT(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         out = torch.from_numpy(BUFFER_POOL.empty((x.shape[0], y.shape[0]), _NP_DTYPES[x.dtype]))
-        torch.mm(x, y.T, out=out)
+        host_matmul(x, y.T, torch, out=out)
         ctx.save_for_backward(x, y)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, Any]:  # type: ignore[override]
         x, y = ctx.saved_tensors
-        gx = grad @ y if ctx.needs_input_grad[0] else None
-        gy = grad.T @ x if ctx.needs_input_grad[1] else None
+        # host_matmul runs the products through NumPy's BLAS unless a graph records them
+        # (create_graph=True), where they stay differentiable torch products
+        gx = host_matmul(grad, y, torch) if ctx.needs_input_grad[0] else None
+        gy = host_matmul(grad.T, x, torch) if ctx.needs_input_grad[1] else None
         return gx, gy
 
 
