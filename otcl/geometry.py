@@ -41,7 +41,7 @@ LAYOUTS = ("blocked", "interleaved")
 
 
 def _normalise_rows(name: str, x: Array, xp: Any) -> Array:
-    norms = xp.sqrt(xp.sum(x * x, axis=-1, keepdims=True))
+    norms = xp.linalg.vector_norm(x, axis=-1, keepdims=True)
     if bool(xp.any(norms == 0)):
         raise ValueError(f"{name} has a row of zero norm; the cosine cost is undefined there")
     return x / norms
@@ -220,10 +220,11 @@ class ViewBatch:
             lk = masked_fill(lk, ~self.mask, -math.inf, xp)
         return lk
 
-    def log_kernel_at(self, eps: Any, rows: Array, cols: Array) -> Array | None:
+    def log_kernel_at(self, eps: Any, rows: Array | None, cols: Array | None) -> Array | None:
         """``Λ[rows[k], cols[k]]`` for each ``k``, shape ``(k,)``, computed from the embeddings in
         ``O(k d)``, or ``None`` for a batch built on a cost matrix (gather from
-        :meth:`log_kernel` there).
+        :meth:`log_kernel` there). ``rows=None`` means every row in order, ``cols=None`` every
+        column in order (``rows=cols=None``: the diagonal of a square batch).
 
         Used for the entries of a pair target: the value equals the entry of :meth:`log_kernel`
         (up to rounding), and its gradient never forms an ``n x m`` array. Self-pairs of a
@@ -233,12 +234,18 @@ class ViewBatch:
             return None
         xp = self.xp
         x, y = self.embeddings
-        dots = xp.sum(xp.take(x, rows, axis=0) * xp.take(y, cols, axis=0), axis=1)
-        out = dots * (1 / eps)
+        xr = x if rows is None else xp.take(x, rows, axis=0)
+        yc = y if cols is None else xp.take(y, cols, axis=0)
+        if xr.shape[0] != yc.shape[0]:
+            raise ValueError(f"rows and cols select {xr.shape[0]} and {yc.shape[0]} entries")
+        out = xp.sum(xr * yc, axis=1) * (1 / eps)
         if self.metric == "cosine":
             out = out - 1 / eps
         if self.self_masked:
-            out = xp.where(rows == cols, xp.full_like(out, -math.inf), out)
+            dev = device_of(out)
+            r = xp.arange(xr.shape[0], device=dev) if rows is None else rows
+            c = xp.arange(yc.shape[0], device=dev) if cols is None else cols
+            out = xp.where(r == c, xp.full_like(out, -math.inf), out)
         return out
 
 

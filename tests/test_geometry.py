@@ -81,6 +81,13 @@ def test_log_kernel_at_equals_the_log_kernel_entries(backend, metric, layout):
     np.testing.assert_allclose(backend.to_numpy(at), expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(batch.log_kernel(eps))[rows, cols], expected,
                                rtol=1e-12, atol=1e-12)
+    diag = np.diag(full) / eps  # rows = cols = None: the diagonal
+    if layout is not None:
+        diag[:] = -np.inf
+    np.testing.assert_allclose(backend.to_numpy(batch.log_kernel_at(eps, None, None)), diag,
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="rows and cols"):
+        batch.log_kernel_at(eps, backend.asarray(rows, None), None)
 
 
 def test_cosine_is_not_clamped():

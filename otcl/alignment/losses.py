@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from otcl.alignment.divergences import cross_entropy_rows, kl_rows, rince_rows, validate_rince
 from otcl.alignment.targets import Target, as_target, label_target, pair_target
-from otcl.backend import Array, device_of, logsumexp, safe_log
+from otcl.backend import Array, logsumexp, safe_log
 from otcl.geometry import ViewBatch, view_batch
 from otcl.solvers.bregman import ColumnMarginal, Constraint, RowMarginal, bregman_projection
 from otcl.solvers.problem import make_problem, validate_positive
@@ -311,8 +311,10 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
     # of the loss reaches Λ only through the inner solve (no n x m gather-and-scatter)
     log_k_terms = log_k
     if target.partner is not None:
-        rows = xp.arange(target.shape[0], dtype=target.partner.dtype, device=device_of(phi))
-        at_pairs = batch.log_kernel_at(eps, rows, target.partner)
+        # the cross-view pairs are the diagonal: no gather at all
+        diagonal = batch.layout == "cross" and target.partner is batch.partner
+        cols = None if diagonal else target.partner
+        at_pairs = batch.log_kernel_at(eps, None, cols)
         log_k_terms = log_k if at_pairs is None else at_pairs
     per_row = None
     for weight, term, builtin in terms:
