@@ -16,6 +16,7 @@ that interface.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -209,18 +210,57 @@ def _torch_on_host(xp: Any, *arrays: Array | None) -> bool:
 def product_t(x: Array, y: Array, xp: Any) -> Array:
     """``x @ y^T`` for ``x (n, d)``, ``y (m, d)``: a fresh ``(n, m)`` array the caller owns.
 
-    NumPy and PyTorch CPU tensors (recorded by autograd or not) get it in a buffer of
-    :data:`otcl.buffers.BUFFER_POOL` (no fresh pages to fault in when a loss is called again);
-    other libraries, ``xp.matmul``.
+    NumPy arrays and PyTorch CPU float tensors (recorded by autograd or not: the product is then
+    a ``torch.autograd.Function`` with the gradient of ``x @ y.T``) get it in a buffer of
+    :data:`otcl.buffers.BUFFER_POOL`, so a loss called again faults in no fresh pages; other
+    libraries, ``xp.matmul``.
     """
     if array_api_compat.is_numpy_namespace(xp):
         out = BUFFER_POOL.empty((x.shape[0], y.shape[0]), np.result_type(x, y))
         return np.matmul(x, y.T, out=out)
-    if array_api_compat.is_torch_namespace(xp):
-        from otcl.torch.pooled import product_t as torch_product_t
-
-        return torch_product_t(x, y)
+    if array_api_compat.is_torch_namespace(xp) and _pooled_torch_product(x, y):
+        return _torch_product_function().apply(x, y)
     return xp.matmul(x, xp.matrix_transpose(y))
+
+
+def _pooled_torch_product(x: Array, y: Array) -> bool:
+    import torch
+
+    return (x.ndim == 2 and y.ndim == 2 and x.dtype == y.dtype
+            and x.dtype in (torch.float32, torch.float64)
+            and x.device.type == "cpu" and y.device.type == "cpu")
+
+
+@functools.cache
+def _torch_product_function() -> Any:
+    """The ``torch.autograd.Function`` behind :func:`product_t` (built on first use, so that
+    importing this module never imports torch).
+
+    Forward: ``x @ y^T`` into a pooled buffer. Backward: ``x̄ = Ḡ y``, ``ȳ = Ḡ^T x`` through
+    :func:`host_matmul`, which keeps them differentiable torch products when a graph records
+    them (``create_graph=True``), so double backward works too.
+    """
+    import torch
+
+    np_dtypes = {torch.float32: np.float32, torch.float64: np.float64}
+
+    class ProductT(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any, y: Any) -> Any:  # type: ignore[override]
+            buf = BUFFER_POOL.empty((x.shape[0], y.shape[0]), np_dtypes[x.dtype])
+            out = torch.from_numpy(buf)
+            host_matmul(x, y.T, torch, out=out)
+            ctx.save_for_backward(x, y)
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> tuple[Any, Any]:  # type: ignore[override]
+            x, y = ctx.saved_tensors
+            gx = host_matmul(grad, y, torch) if ctx.needs_input_grad[0] else None
+            gy = host_matmul(grad.T, x, torch) if ctx.needs_input_grad[1] else None
+            return gx, gy
+
+    return ProductT
 
 
 def masked_fill(x: Array, where: Array, value: float, xp: Any) -> Array:

@@ -109,3 +109,9 @@ def test_product_t_gradient_is_that_of_the_product():
     gx32, gy32 = torch.autograd.grad((product_t(x32, y32, torch) * w32).sum(), (x32, y32))
     torch.testing.assert_close(gx32.double(), ex, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gy32.double(), ey, rtol=1e-4, atol=1e-4)
+
+
+def test_limit_zero_turns_pooling_off():
+    pool = BufferPool(limit_bytes=0)
+    a = pool.empty(SHAPE, np.float32)
+    assert pool.nbytes == 0 and a.shape == SHAPE and a.dtype == np.float32
