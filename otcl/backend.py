@@ -199,12 +199,19 @@ def _torch_on_host(xp: Any, *arrays: Array | None) -> bool:
     import torch
 
     present = [a for a in arrays if a is not None]
-    dtype = present[0].dtype
-    if dtype not in (torch.float32, torch.float64):
-        return False
-    if any(a.dtype != dtype or a.device.type != "cpu" for a in present):
+    if not _torch_cpu_floats(*present):
         return False
     return not (torch.is_grad_enabled() and any(a.requires_grad for a in present))
+
+
+def _torch_cpu_floats(*tensors: Array) -> bool:
+    """PyTorch CPU tensors that share one dtype, float32 or float64."""
+    import torch
+
+    dtype = tensors[0].dtype
+    return dtype in (torch.float32, torch.float64) and all(
+        t.dtype == dtype and t.device.type == "cpu" for t in tensors
+    )
 
 
 def product_t(x: Array, y: Array, xp: Any) -> Array:
@@ -218,17 +225,10 @@ def product_t(x: Array, y: Array, xp: Any) -> Array:
     if array_api_compat.is_numpy_namespace(xp):
         out = BUFFER_POOL.empty((x.shape[0], y.shape[0]), np.result_type(x, y))
         return np.matmul(x, y.T, out=out)
-    if array_api_compat.is_torch_namespace(xp) and _pooled_torch_product(x, y):
+    if (array_api_compat.is_torch_namespace(xp) and x.ndim == 2 and y.ndim == 2
+            and _torch_cpu_floats(x, y)):
         return _torch_product_function().apply(x, y)
     return xp.matmul(x, xp.matrix_transpose(y))
-
-
-def _pooled_torch_product(x: Array, y: Array) -> bool:
-    import torch
-
-    return (x.ndim == 2 and y.ndim == 2 and x.dtype == y.dtype
-            and x.dtype in (torch.float32, torch.float64)
-            and x.device.type == "cpu" and y.device.type == "cpu")
 
 
 @functools.cache
@@ -437,10 +437,6 @@ class ArrayOps:
             x = x + col[:, None, :]
         return self.xp.exp(x)
 
-    def matmul(self, x: Array, y: Array, out: Array | None = None) -> Array:
-        """``x @ y`` (stacked matrices ``(B, n, k) @ (B, k, m)`` or plain ones)."""
-        return self.xp.matmul(x, y)
-
     def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:
         """``K v``: ``(B, n, m), (B, m) -> (B, n)``."""
         if kernel.ndim == 2:
@@ -529,15 +525,6 @@ class _BufferOps(ArrayOps):
             if col is not None:
                 x = lib.add(x, col[probs][:, None, :], out=o)
             lib.exp(x, out=o)
-        return out
-
-    def matmul(self, x: Array, y: Array, out: Array | None = None) -> Array:
-        if out is None:
-            return self.lib.matmul(x, y)
-        if x.ndim == 3 and x.shape[0] == 1:  # one matrix: a plain product
-            self.lib.matmul(x[0], y[0], out=out[0])
-        else:
-            self.lib.matmul(x, y, out=out)
         return out
 
     def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:

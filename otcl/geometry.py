@@ -226,14 +226,17 @@ class ViewBatch:
         :meth:`log_kernel` there). ``rows=None`` means every row in order, ``cols=None`` every
         column in order (``rows=cols=None``: the diagonal of a square batch).
 
-        Used for the entries of a pair target: the value equals the entry of :meth:`log_kernel`
-        (up to rounding), and its gradient never forms an ``n x m`` array. Self-pairs of a
-        self-masked batch are ``-inf``.
+        A cross-view batch's own ``partner`` as ``cols`` (with ``rows=None``) is read as the
+        diagonal, without a gather. Used for the entries of a pair target: the value equals the
+        entry of :meth:`log_kernel` (up to rounding), and its gradient never forms an ``n x m``
+        array. Self-pairs of a self-masked batch are ``-inf``.
         """
         if self.embeddings is None:
             return None
         xp = self.xp
         x, y = self.embeddings
+        if rows is None and cols is self.partner and self.layout == "cross":
+            cols = None  # the cross-view pairs are the diagonal: no gather
         xr = x if rows is None else xp.take(x, rows, axis=0)
         yc = y if cols is None else xp.take(y, cols, axis=0)
         if xr.shape[0] != yc.shape[0]:

@@ -311,10 +311,7 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
     # of the loss reaches Λ only through the inner solve (no n x m gather-and-scatter)
     log_k_terms = log_k
     if target.partner is not None:
-        # the cross-view pairs are the diagonal: no gather at all
-        diagonal = batch.layout == "cross" and target.partner is batch.partner
-        cols = None if diagonal else target.partner
-        at_pairs = batch.log_kernel_at(eps, None, cols)
+        at_pairs = batch.log_kernel_at(eps, None, target.partner)
         log_k_terms = log_k if at_pairs is None else at_pairs
     per_row = None
     for weight, term, builtin in terms:

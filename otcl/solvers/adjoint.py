@@ -283,8 +283,8 @@ def _forward_kernel(
         xp.astype(xp.all(fin_a) & xp.all(fin_b), dtype),
     ]))
     # K' goes into a buffer of the library's buffered operations where there is one (NumPy,
-    # PyTorch CPU: allocated with transparent huge pages, a few hundred page faults instead of
-    # n m / 1024), written block by block
+    # PyTorch CPU: a pooled buffer, no fresh pages when the loss is called again), written block
+    # by block
     ops = array_ops(xp, log_kernel)
     if float(stats[0]) <= 0.25 * -math.log(dtype_tiny(xp, dtype)):
         shift = None  # exp(Λ) and K v stay in range without a shift
@@ -434,14 +434,7 @@ def _vjp_kernel(tape: Tape, phi_bar: Array, gamma_bar: Array) -> Cotangents:
         gbar = row_back(t, col_back(t, gbar))
     ops = array_ops(xp, K)
     left, right = xp.stack(alphas, axis=2), xp.stack(betas, axis=1)  # (B, n, 2L+1), (B, 2L+1, m)
-    buf = ops.buffer(tuple(K.shape), K)
-    if buf is None:
-        lam_bar = left @ right
-    elif K.shape[0] == 1:
-        host_matmul(left[0, ...], right[0, ...], xp, out=buf[0, ...])
-        lam_bar = buf
-    else:
-        lam_bar = host_matmul(left, right, xp, out=buf)
+    lam_bar = host_matmul(left, right, xp, out=ops.buffer(tuple(K.shape), K))
     lam_bar = ops.multiply(lam_bar, K, out=lam_bar if ops.inplace else None)
     return _assemble(xp, tape, lam_bar, cot_a, cot_b, gbar, guard)
 
