@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F  # noqa: N812 (the usual PyTorch spelling)
 
     import otcl.torch as ot
+    from benchmarks.common import configure_threads
 
-    torch.set_num_threads(args.threads)
+    # every pool (torch's and the BLAS that NumPy brings, which otcl's CPU products use)
+    configure_threads(args.threads)
     n, eps = args.batch, 0.5
     gen = torch.Generator().manual_seed(0)
     z1, z2 = (torch.randn(n, args.dim, generator=gen).requires_grad_() for _ in range(2))

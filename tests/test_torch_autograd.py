@@ -7,8 +7,10 @@ optimum needs no derivative of the potentials); torch autograd through a plainly
 
 from __future__ import annotations
 
+import gc
 import math
 import time
+import weakref
 
 import pytest
 import torch
@@ -168,6 +170,26 @@ def test_graph_and_modes() -> None:
     direct = InnerSolve.apply(lk, a.log(), b.log(), 1.0, 1.0, 2, "unroll", "auto", None, None,
                               100)
     torch.testing.assert_close(direct[0], phi, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backward", [True, False])
+@pytest.mark.parametrize("domain", ["kernel", "log"])
+def test_graph_holds_no_reference_cycle(backward: bool, domain: str) -> None:
+    """Once the outputs are gone, the solve's records (the kernel, the per-step vectors) are
+    freed by reference counting alone, with or without a backward pass: a reference cycle
+    through the autograd node would keep an ``n x m`` kernel alive per call."""
+    _, C, eps, mask, a, b = _setup(75)
+    lk = _log_kernel(C, eps, mask)
+    phi, gamma = inner_potentials(lk, a.log(), b.log(), 1.0, 1.0, 3, domain=domain)
+    tape = weakref.ref(phi.grad_fn.tape)
+    if backward:
+        (phi.sum() + gamma.sum()).backward()
+    gc.disable()  # the collector must not be needed
+    try:
+        del phi, gamma
+        assert tape() is None
+    finally:
+        gc.enable()
 
 
 def test_bad_input_raises() -> None:

@@ -74,8 +74,13 @@ class InnerSolve(torch.autograd.Function):
         ctx.t_specs = (_spec(t_a), _spec(t_b))
         if unroll:
             ctx.tape = tape
-        else:
-            ctx.save_for_backward(log_kernel, log_a, log_b, phi, gamma)
+            # The tape records phi and gamma themselves. Returned as they are, they would
+            # become the outputs, and output -> grad_fn -> ctx -> tape -> output a reference
+            # cycle through the autograd node that Python's collector cannot see: the kernel
+            # and the records of every call would stay alive. Aliases (same memory, other
+            # tensor objects) break it.
+            return phi.detach(), gamma.detach()
+        ctx.save_for_backward(log_kernel, log_a, log_b, phi, gamma)
         return phi, gamma
 
     @staticmethod
