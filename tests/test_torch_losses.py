@@ -309,6 +309,26 @@ def test_inputs_not_modified():
     assert torch.equal(y, torch.tensor([0, 1, 0, 1, 2, 2]))
 
 
+@pytest.mark.parametrize("name", list(MODULES))
+def test_repeated_calls_keep_no_buffer_alive(name):
+    """After forward + backward, no large buffer of the loss stays in use: the pool does not
+    grow from call to call (a buffer held by a leftover graph would be replaced by a fresh one
+    each time, growing memory by ``n x n`` per training step)."""
+    from otcl.buffers import BUFFER_POOL, POOL_MIN_BYTES
+
+    n = 512  # n x n float32 = POOL_MIN_BYTES: the loss's kernel buffers are pooled
+    assert 4 * n * n >= POOL_MIN_BYTES
+    z1, z2 = pairs(n, 16, seed=16, dtype=torch.float32)
+    z1.requires_grad_()
+    loss = MODULES[name]()
+    sizes = []
+    for _ in range(3):
+        loss(z1, z2).backward()
+        sizes.append(BUFFER_POOL.nbytes)
+        assert BUFFER_POOL.free_nbytes == BUFFER_POOL.nbytes
+    assert sizes[2] == sizes[1]
+
+
 # ------------------------------------------------------------------------------------------
 # errors
 
