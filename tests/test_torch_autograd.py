@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import math
-import time
 import weakref
 
 import pytest
@@ -216,9 +215,10 @@ def test_bad_input_raises() -> None:
         inner_potentials(lk, la, lb, 1.0, 1.0, -2)
 
 
-def test_timing_n1024_float32_single_thread() -> None:
-    """Measured, not asserted: forward+backward of L = 10 ``unroll`` against torch autograd
-    through the plain log-domain loop and against plain NT-Xent (the gradients must agree)."""
+def test_unroll_matches_plain_autograd_at_n1024_float32() -> None:
+    """At a contrastive size in float32 (n = 1024, d = 128, L = 10, kernel domain), the unrolled
+    adjoint's embedding gradient agrees with torch autograd through the plain log-domain loop
+    (timings are the benchmark suite's job: ``losses/`` rows)."""
     n, d, L, eps = 1024, 128, 10, 0.5
     g = torch.Generator().manual_seed(0)
     z1 = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
@@ -226,38 +226,13 @@ def test_timing_n1024_float32_single_thread() -> None:
     zeros = torch.zeros(1, n)
     idx = torch.arange(n)
 
-    def ince(z, how):
+    def ince(solve):
+        z = z1.clone().requires_grad_()
         lk = (z @ z2.T / eps)[None]
-        if how == "ours":
-            phi, gamma = inner_potentials(lk, zeros, zeros, 1.0, 1.0, L)
-        else:
-            phi, gamma = _naive(lk, zeros, zeros, 1.0, 1.0, L)
-        return -(phi[0] + gamma[0] + lk[0, idx, idx]).mean()
+        phi, gamma = solve(lk, zeros, zeros, 1.0, 1.0, L)
+        (-(phi[0] + gamma[0] + lk[0, idx, idx]).mean()).backward()
+        return z.grad
 
-    def nt_xent(z, how):
-        return torch.nn.functional.cross_entropy(z @ z2.T / eps, idx)
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runs = (("otcl unroll", ince, "ours"), ("plain autograd", ince, "plain"),
-                ("NT-Xent", nt_xent, None))
-        times = dict.fromkeys([r[0] for r in runs], math.inf)
-        grads = {}
-        for _ in range(4):  # interleaved, so that every variant sees the same machine load
-            for name, fn, how in runs:
-                z = z1.clone().requires_grad_()
-                start = time.perf_counter()
-                fn(z, how).backward()
-                times[name] = min(times[name], time.perf_counter() - start)
-                grads[name] = z.grad
-    finally:
-        torch.set_num_threads(threads)
-    torch.testing.assert_close(grads["otcl unroll"], grads["plain autograd"], rtol=1e-3,
-                               atol=1e-6)
-    print(
-        f"\nn={n} float32, 1 thread, L={L} fwd+bwd: "
-        + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in times.items())
-        + f"; otcl/plain {times['otcl unroll'] / times['plain autograd']:.2f}x"
-        + f", otcl/NT-Xent {times['otcl unroll'] / times['NT-Xent']:.2f}x"
-    )
+    ours, plain = ince(inner_potentials), ince(_naive)
+    assert ours.abs().max() > 0
+    torch.testing.assert_close(ours, plain, rtol=1e-3, atol=1e-6)
