@@ -242,13 +242,11 @@ def _torch_product_function() -> Any:
     """
     import torch
 
-    np_dtypes = {torch.float32: np.float32, torch.float64: np.float64}
-
     class ProductT(torch.autograd.Function):
         @staticmethod
         def forward(ctx: Any, x: Any, y: Any) -> Any:  # type: ignore[override]
-            buf = BUFFER_POOL.empty((x.shape[0], y.shape[0]), np_dtypes[x.dtype])
-            out = torch.from_numpy(buf)
+            # grad mode is off in here: the buffered operations' pooled buffer
+            out = array_ops(torch, x, y).buffer((x.shape[0], y.shape[0]), x)
             host_matmul(x, y.T, torch, out=out)
             ctx.save_for_backward(x, y)
             return out
