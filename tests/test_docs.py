@@ -181,7 +181,7 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "WARNING" not in proc.stderr, proc.stderr
     assert (tmp_path / "site" / "index.html").is_file()
-    assert (tmp_path / "site" / "api" / "solvers" / "index.html").is_file()
+    assert (tmp_path / "site" / "api" / "solvers.html").is_file()  # use_directory_urls: false
 
 
 def test_benchmark_tables_are_generated_from_the_committed_run() -> None:
