@@ -1,6 +1,13 @@
 """PyTorch adapters: loss modules with gradient modes, the differentiable inner solve, and
 distributed training. Importing this module imports torch."""
 
+try:
+    import torch  # noqa: F401  (imported first, so that a missing torch is one clear line)
+except ModuleNotFoundError as exc:
+    if exc.name != "torch":
+        raise
+    raise ImportError('otcl.torch needs PyTorch: pip install "otcl[torch]"', name="torch") from None
+
 from otcl.torch.autograd import INNER_GRAD_MODES, InnerSolve, inner_potentials
 from otcl.torch.losses import (
     GCARINCE,
