@@ -6,7 +6,8 @@ The same algorithms run on NumPy, CuPy, PyTorch (CPU and CUDA) and any array-API
   domain), :func:`row_projection` (the one-step projection behind InfoNCE).
 * Geometry: :func:`cost_matrix`, :func:`view_batch`, :func:`partner_index`.
 * Losses: :func:`info_nce`, :func:`gca_ince`, :func:`rince`, :func:`gca_rince`, :func:`gca_uot`,
-  :func:`iot`, :func:`iot_uni`, and the generic :func:`alignment_loss`.
+  :func:`iot`, :func:`iot_uni`, and the generic :func:`alignment_loss`; the paper's official
+  configurations by name: :func:`official_config`.
 * Targets: :func:`pair_target`, :func:`label_target`, :func:`domain_prior`.
 * Constraint sets: :func:`bregman_projection` with :class:`RowMarginal`, :class:`ColumnMarginal`,
   :class:`UpperBound`, :class:`LowerBound`, :class:`TotalMass` (Bregman–Dykstra).
@@ -28,6 +29,7 @@ from otcl.alignment import (
     iot,
     iot_uni,
     label_target,
+    official_config,
     pair_target,
     rince,
 )
@@ -74,6 +76,7 @@ __all__ = [
     "iot",
     "iot_uni",
     "label_target",
+    "official_config",
     "pair_target",
     "partner_index",
     "rince",

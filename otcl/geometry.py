@@ -1,13 +1,23 @@
 """Geometry: costs between embeddings, batch layouts of views, self-masks and positive pairs.
 
-Two batch layouts are supported, and the caller always says which one is meant:
+The caller always says which problem is meant; the layouts are:
 
-* **cross-view**: ``z1, z2`` of shape ``(N, d)``; the cost is ``N x N`` with row ``i`` = view 1 of
-  sample ``i``, column ``j`` = view 2 of sample ``j``; positives on the diagonal. No self-pairs.
-* **all-views**: ``z`` of shape ``(V N, d)`` holding ``V`` views of ``N`` samples, either
-  ``"blocked"`` (rows ``v N .. (v+1) N - 1`` are view ``v``) or ``"interleaved"`` (rows
-  ``V k .. V k + V - 1`` are the views of sample ``k``); the cost is ``VN x VN`` and self-pairs are
-  excluded by a hard mask (``P_ii = 0``), never by a large finite cost.
+* **all-views, two arrays** (the default of a two-view call ``f(z1, z2)``): the SimCLR / lightly /
+  pytorch-metric-learning problem. ``z1, z2`` of shape ``(N, d)`` are stacked into
+  ``z = [z1; z2]`` (``2N`` rows, the ``"blocked"`` layout below); every view is an anchor, the
+  other view of its sample is its positive and the remaining ``2N - 2`` views are its negatives.
+* **all-views, one array** ``z`` of shape ``(V N, d)`` holding ``V`` views of ``N`` samples,
+  either ``"blocked"`` (rows ``v N .. (v+1) N - 1`` are view ``v``) or ``"interleaved"`` (rows
+  ``V k .. V k + V - 1`` are the views of sample ``k``). In every all-views problem the cost is
+  ``VN x VN`` and self-pairs are excluded by a hard mask (``P_ii = 0``), never by a large finite
+  cost.
+* **cross-view** (``layout="cross"``, CLIP-style, one direction): ``z1 (N, d)``, ``z2 (M, d)``
+  with ``M >= N``; the cost is ``N x M`` with row ``i`` = view 1 of sample ``i`` and column ``j`` =
+  view 2 of sample ``j``; positives on the diagonal ``(i, i)``. Columns ``N .. M - 1`` are extra
+  negatives only (a memory bank or MoCo queue). No self-pairs.
+* **single batch** (``f(z, labels=y)`` or ``f(z, target=T)`` without a layout): every row is an
+  anchor, self-pairs are masked, and the positives come from the labels or the target
+  (supervised contrastive learning).
 """
 
 from __future__ import annotations
@@ -38,13 +48,19 @@ __all__ = [
 
 METRICS = ("neg_cosine", "cosine", "dot", "sqeuclidean")
 LAYOUTS = ("blocked", "interleaved")
+"""Layouts of an all-views batch ``z``; ``"cross"`` names the cross-view problem."""
 
 
 def _normalise_rows(name: str, x: Array, xp: Any) -> Array:
-    norms = xp.linalg.vector_norm(x, axis=-1, keepdims=True)
-    if bool(xp.any(norms == 0)):
+    """``x_i / ||x_i||`` per row, safe for any scale: each row is first divided by its largest
+    absolute entry, so that norms of rows scaled far beyond ``sqrt(max float)`` (about
+    ``1.8e19`` in float32) neither overflow to ``inf`` nor underflow to 0. The quotient by the
+    row maximum leaves ``x_i / ||x_i||`` unchanged, values and derivatives."""
+    peak = xp.max(xp.abs(x), axis=-1, keepdims=True)
+    if bool(xp.any(peak == 0)):
         raise ValueError(f"{name} has a row of zero norm; the cosine cost is undefined there")
-    return x / norms
+    scaled = x / peak
+    return scaled / xp.linalg.vector_norm(scaled, axis=-1, keepdims=True)
 
 
 def cost_matrix(x: Array, y: Array, metric: str = "neg_cosine") -> Array:
@@ -134,7 +150,8 @@ class ViewBatch:
         For two-view batches, the column of each row's unique positive (``(n,)``, a
         permutation), else ``None``.
     layout:
-        ``"cross"``, ``"blocked"`` or ``"interleaved"``.
+        ``"cross"``, ``"blocked"``, ``"interleaved"`` or ``"single"`` (one batch, positives from
+        labels or a target).
     embeddings:
         For the cosine metrics, the unit-norm rows ``(x̂ (n, d), ŷ (m, d))`` everything else is
         derived from; ``None`` for a batch built on a cost matrix.
@@ -239,6 +256,8 @@ class ViewBatch:
             cols = None  # the cross-view pairs are the diagonal: no gather
         xr = x if rows is None else xp.take(x, rows, axis=0)
         yc = y if cols is None else xp.take(y, cols, axis=0)
+        if cols is None and rows is None and yc.shape[0] > xr.shape[0]:
+            yc = yc[: xr.shape[0], ...]  # the diagonal of a cross-view batch with extra negatives
         if xr.shape[0] != yc.shape[0]:
             raise ValueError(f"rows and cols select {xr.shape[0]} and {yc.shape[0]} entries")
         out = xp.sum(xr * yc, axis=1) * (1 / eps)
@@ -260,41 +279,66 @@ def view_batch(
     n_views: int = 2,
     metric: str = "neg_cosine",
 ) -> ViewBatch:
-    """Build the cost, mask and positive structure of a contrastive batch.
+    """Build the cost, mask and positive structure of a contrastive batch (module docstring).
 
-    ``view_batch(z1, z2)``: cross-view ``N x N`` (``layout`` must be ``None`` or ``"cross"``).
-    ``view_batch(z, layout="blocked" | "interleaved", n_views=V)``: all-views ``VN x VN`` with a
-    hard self-mask.
+    * ``view_batch(z1, z2)`` (or ``layout="blocked"``): the all-views ``2N x 2N`` problem of
+      ``z = [z1; z2]`` (SimCLR); ``z1``, ``z2`` of the same shape ``(N, d)``.
+    * ``view_batch(z1, z2, layout="cross")``: the cross-view ``N x M`` problem, ``z2`` of shape
+      ``(M, d)`` with ``M >= N`` (rows ``N ..`` of ``z2`` are extra negatives).
+    * ``view_batch(z, layout="blocked" | "interleaved", n_views=V)``: all-views ``VN x VN``.
+    * ``view_batch(z)``: the single-batch problem (self-pairs masked, no positives: give the
+      loss ``labels`` or ``target``).
     """
     if z2 is not None:
         xp = check_compatible(z1=z1, z2=z2)
-        if layout not in (None, "cross"):
+        if layout not in (None, "cross", "blocked"):
             raise ValueError(
-                f"layout={layout!r} describes an all-views batch z; with two arrays z1, z2 the "
-                "batch is cross-view (leave layout unset)"
+                f"layout={layout!r} with two arrays z1, z2: use None or 'blocked' (the all-views "
+                "2N x 2N problem of [z1; z2], as SimCLR) or 'cross' (the cross-view N x M "
+                "problem)"
             )
         if z1.ndim != 2 or z2.ndim != 2:
             raise ValueError(
                 f"z1 and z2 must have shape (N, d), got {tuple(z1.shape)} and {tuple(z2.shape)}"
             )
+        if layout == "cross":
+            if z1.shape[1] != z2.shape[1] or z2.shape[0] < z1.shape[0]:
+                raise ValueError(
+                    "with layout='cross', z2 must have the width of z1 and at least as many "
+                    f"rows (rows N.. are extra negatives), got {tuple(z1.shape)} and "
+                    f"{tuple(z2.shape)}"
+                )
+            _check_embeddings(xp, z1=z1, z2=z2)
+            n, m = z1.shape[0], z2.shape[0]
+            dev = device_of(z1)
+            rows = xp.arange(n, dtype=xp.int64, device=dev)
+            cols = xp.arange(m, dtype=xp.int64, device=dev)
+            return _batch(("z1", z1), ("z2", z2), metric, None, rows, rows, "cross", xp,
+                          col_samples=cols)
         if z1.shape != z2.shape:
             raise ValueError(
-                f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+                f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
+                f"{tuple(z2.shape)} (for extra negatives in z2 use layout='cross')"
             )
+        if n_views != 2:
+            raise ValueError(f"two arrays z1, z2 hold two views; got n_views={n_views}")
         _check_embeddings(xp, z1=z1, z2=z2)
-        n = z1.shape[0]
-        idx = xp.arange(n, dtype=xp.int64, device=device_of(z1))
-        return _batch(("z1", z1), ("z2", z2), metric, None, idx, idx, "cross", xp)
-
-    xp = check_compatible(z=z1)
+        z1 = xp.concat([z1, z2], axis=0)
+        layout = "blocked"
+    else:
+        xp = check_compatible(z=z1)
+        if z1.ndim != 2:
+            raise ValueError(f"z must have shape (V*N, d), got {tuple(z1.shape)}")
+        _check_embeddings(xp, z=z1)
     if layout is None:
-        raise ValueError(
-            "layout must be given for an all-views batch z: 'blocked' (views stacked) or "
-            "'interleaved' (views of a sample adjacent)"
-        )
-    if z1.ndim != 2:
-        raise ValueError(f"z must have shape (V*N, d), got {tuple(z1.shape)}")
-    _check_embeddings(xp, z=z1)
+        n_rows = z1.shape[0]
+        if n_rows < 2:
+            raise ValueError(f"a single batch z needs at least 2 rows, got {n_rows}")
+        rows = xp.arange(n_rows, dtype=xp.int64, device=device_of(z1))
+        return _batch(("z", z1), ("z", z1), metric, None, rows, None, "single", xp,
+                      self_masked=True)
+    if layout == "cross":
+        raise ValueError("layout='cross' needs two arrays z1, z2")
     n_rows = z1.shape[0]
     dev = device_of(z1)
     samples = sample_index(n_rows, n_views, layout, xp, dev)
@@ -305,16 +349,17 @@ def view_batch(
 
 def _batch(x: tuple[str, Array], y: tuple[str, Array], metric: str, mask: Array | None,
            samples: Array, partner: Array | None, layout: str, xp: Any, *,
-           self_masked: bool = False) -> ViewBatch:
+           self_masked: bool = False, col_samples: Array | None = None) -> ViewBatch:
     (name_x, x), (name_y, y) = x, y
+    cols = samples if col_samples is None else col_samples
     if metric in ("neg_cosine", "cosine"):
         xn = _normalise_rows(name_x, x, xp)
         yn = xn if y is x else _normalise_rows(name_y, y, xp)
-        return ViewBatch(None, mask, samples, samples, partner, layout, (xn, yn), metric,
+        return ViewBatch(None, mask, samples, cols, partner, layout, (xn, yn), metric,
                          self_masked)
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    return ViewBatch(cost_matrix(x, y, metric), mask, samples, samples, partner, layout, None,
+    return ViewBatch(cost_matrix(x, y, metric), mask, samples, cols, partner, layout, None,
                      metric, self_masked)
 
 

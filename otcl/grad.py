@@ -17,16 +17,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from otcl.alignment.divergences import kl_rows, rince_rows, validate_rince
-from otcl.alignment.targets import Target, as_target, label_target, pair_target
+from otcl.alignment.divergences import validate_rince
+from otcl.alignment.losses import (
+    GCA_UOT_KL,
+    _embedding_batch,
+    as_count,
+    problem_marginals,
+    resolve_temperature,
+)
+from otcl.alignment.targets import Target
 from otcl.backend import Array, logsumexp, safe_log
-from otcl.geometry import ViewBatch, view_batch
+from otcl.geometry import ViewBatch
 from otcl.solvers.adjoint import fixed_round_potentials, implicit_cotangents, unrolled_cotangents
 from otcl.solvers.problem import make_problem, validate_positive
 
 __all__ = ["LOSSES", "value_and_grad"]
 
-# name -> (default n_iter, divergence weights {kl, rince}, relaxed marginals?)
+# name -> (default n_iter, divergence weights {kl, rince} (None: r1, r2), relaxed marginals?)
 LOSSES = {
     "info_nce": (0, (1.0, 0.0), False),
     "gca_ince": (10, (1.0, 0.0), False),
@@ -41,16 +48,18 @@ def value_and_grad(
     z1: Array,
     z2: Array | None = None,
     *,
-    eps: float = 0.5,
+    eps: float | None = None,
+    temperature: float | None = None,
     n_iter: int | None = None,
     rho: float = 0.2,
     r1: float = 1.0,
-    r2: float = 0.02,
+    r2: float = 0.2,
     q: float = 0.6,
     lam: float = 0.01,
+    kl: str = "row",
     layout: str | None = None,
     n_views: int = 2,
-    metric: str = "neg_cosine",
+    metric: str | None = None,
     labels: Array | None = None,
     target: Any = None,
     reduction: str = "mean",
@@ -62,10 +71,13 @@ def value_and_grad(
     ----------
     loss:
         ``"info_nce"``, ``"gca_ince"``, ``"rince"``, ``"gca_rince"`` or ``"gca_uot"``; the
-        hyper-parameters and defaults are those of the functions of the same name in :mod:`otcl`
-        (``rho``, ``r1``, ``r2`` apply to ``gca_uot``; ``q``, ``lam`` to the RINCE terms).
+        hyper-parameters, call forms and defaults are those of the functions of the same name
+        in :mod:`otcl` (``rho``, ``r1``, ``r2``, ``kl`` apply to ``gca_uot``; ``q``, ``lam`` to
+        the RINCE terms; ``metric=None`` is the loss's default, ``"cosine"`` for ``gca_uot`` and
+        ``"neg_cosine"`` otherwise; ``temperature`` is another name for ``eps``).
     z1, z2:
-        Cross-view embeddings ``(N, d)`` each, or ``z1 = z`` ``(V N, d)`` with ``layout``.
+        Two views ``(N, d)`` each (the SimCLR problem, or the cross-view one with
+        ``layout="cross"``), or ``z1 = z`` ``(V N, d)`` with ``layout`` (or with ``labels``).
     grad:
         ``"unroll"`` (exact derivative of ``n_iter`` rounds) or ``"implicit"`` (at the fixed
         point; use with enough rounds to converge).
@@ -82,52 +94,57 @@ def value_and_grad(
         raise ValueError(f"grad must be 'unroll' or 'implicit', got {grad!r}")
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    eps = resolve_temperature(eps, temperature)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"eps must be a Python number here, got {type(eps).__name__}")
     default_iter, weights, relaxed = LOSSES[loss]
-    n_iter = default_iter if n_iter is None else n_iter
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
-        raise ValueError(f"n_iter must be a non-negative integer, got {n_iter!r}")
+    n_iter = as_count("n_iter", default_iter if n_iter is None else n_iter)
+    if kl not in GCA_UOT_KL:
+        raise ValueError(f"kl must be one of {GCA_UOT_KL}, got {kl!r}")
     w_kl, w_rince = (r1, r2) if weights is None else weights
+    row_kl = relaxed and kl == "row"
     if w_rince:
         q, lam = validate_rince(q, lam)
     rho_v = validate_positive("rho", rho, allow_inf=True) if relaxed else math.inf
+    if metric is None:
+        metric = "cosine" if loss == "gca_uot" else "neg_cosine"
 
-    batch = view_batch(z1, z2, layout=layout, n_views=n_views, metric=metric)
+    batch, tgt = _embedding_batch(z1, z2, layout=layout, n_views=n_views, metric=metric,
+                                  labels=labels, target=target)
     xp = batch.xp
-    if labels is not None and target is not None:
-        raise ValueError("give either labels or target, not both")
-    tgt = (label_target(batch, labels) if labels is not None
-           else as_target(target, batch) if target is not None else pair_target(batch))
-    a, b = tgt.row_sums(batch.cost), tgt.col_sums(batch.cost)
+    a, b = problem_marginals(batch, tgt, "probability" if relaxed else "target")
     problem = make_problem(batch.cost, a, b, eps=eps, rho_a=rho_v, rho_b=rho_v, mask=batch.mask)
     lk3 = problem.log_kernel()
     la3, lb3 = problem.log_marginals()
     t_a, t_b = problem.t_a, problem.t_b
     if n_iter == 0:
         grad = "unroll"  # no rounds, no fixed point: the row step's derivative is exact
-    phi3, gamma3, tape = fixed_round_potentials(lk3, la3, lb3, t_a, t_b, n_iter,
+    # unbalanced rounds start from v_0 = b, as the losses do
+    init = lb3 if relaxed and n_iter > 0 else None
+    phi3, gamma3, tape = fixed_round_potentials(lk3, la3, lb3, t_a, t_b, n_iter, init=init,
                                                 record=grad == "unroll")
     phi, gamma, lk = phi3[0, ...], gamma3[0, ...], lk3[0, ...]
     n = phi.shape[0]
 
-    balanced_rows = t_a == 1.0
-    if balanced_rows:
-        row_mass, plan_rows = a, None
+    hard_rows = t_a == 1.0
+    # log (K v) per row: closed form after a hard row step, else one log-sum-exp
+    if hard_rows:
+        log_kv, row_mass, plan_rows = safe_log(a, xp) - phi, a, None
     else:
-        lse = logsumexp(lk + gamma[None, :], 1, xp)
-        row_mass = xp.exp(phi + lse)
-        plan_rows = xp.exp(lk + gamma[None, :] - lse[:, None])  # row-stochastic K diag(v)
+        log_kv = logsumexp(lk + gamma[None, :], 1, xp)
+        row_mass = xp.exp(phi + log_kv)
+        plan_rows = xp.exp(lk + gamma[None, :] - log_kv[:, None])  # row-stochastic K diag(v)
     per_row = xp.zeros_like(phi)
-    if w_kl:
-        per_row = per_row + w_kl * kl_rows(tgt, phi, gamma, lk, row_mass, xp)
-    if w_rince:
-        per_row = per_row + w_rince * rince_rows(tgt, phi, gamma, lk, q=q, lam=lam, xp=xp)
-    value = per_row if reduction == "none" else xp.sum(per_row) / (n if reduction == "mean" else 1)
     w = xp.ones_like(phi) / (n if reduction == "mean" else 1)
+    terms = _Terms(tgt, phi, gamma, lk, log_kv, row_mass, xp)
+    if w_kl:
+        per_row = per_row + w_kl * (terms.row_kl() if row_kl else terms.kl())
+    if w_rince:
+        per_row = per_row + w_rince * terms.rince(q, lam)
+    value = per_row if reduction == "none" else xp.sum(per_row) / (n if reduction == "mean" else 1)
 
-    phi_bar, gamma_bar, lk_bar = _divergence_backward(
-        tgt, phi, gamma, lk, row_mass, plan_rows, w, w_kl, w_rince, q, lam, xp)
+    phi_bar, gamma_bar, lk_bar = terms.backward(w, w_kl, row_kl, w_rince, q, lam, hard_rows,
+                                                plan_rows)
     if grad == "unroll":
         cot = unrolled_cotangents(tape, phi_bar[None, :], gamma_bar[None, :])
     else:
@@ -137,48 +154,89 @@ def value_and_grad(
     if batch.mask is not None:
         lk_bar = xp.where(batch.mask, lk_bar, xp.zeros_like(lk_bar))
     cost_bar = -lk_bar / eps
+    if z2 is not None and batch.layout != "cross":
+        # the SimCLR problem is built on [z1; z2]: its gradient splits back into the two views
+        g1, g2 = _cost_backward(batch, xp.concat([z1, z2], axis=0), None, cost_bar, metric, xp)
+        g = g1 + g2
+        return value, (g[: z1.shape[0], ...], g[z1.shape[0]:, ...])
     g1, g2 = _cost_backward(batch, z1, z2, cost_bar, metric, xp)
     if z2 is None:
         return value, g1 + g2
     return value, (g1, g2)
 
 
-def _divergence_backward(tgt: Target, phi: Array, gamma: Array, lk: Array, row_mass: Array,
-                         plan_rows: Array | None, w: Array, w_kl: float, w_rince: float,
-                         q: float, lam: float, xp: Any) -> tuple[Array, Array, Array]:
-    """Cotangents of ``sum_i w_i l_i`` for ``phi``, ``gamma`` and (explicitly) ``Λ``."""
-    T = tgt.to_dense(lk)
-    phi_bar = xp.zeros_like(phi)
-    gamma_bar = xp.zeros_like(gamma)
-    lk_bar = xp.zeros_like(lk)
-    mass_bar = xp.zeros_like(phi)
-    if w_kl:
-        # l_i = H_i - t_i phi_i - (T gamma)_i - sum_j T_ij Λ_ij - t_i + m_i
-        wk = w_kl * w
-        phi_bar = phi_bar - wk * tgt.row_sums(lk)
-        gamma_bar = gamma_bar - wk @ T
-        lk_bar = lk_bar - wk[:, None] * T
-        mass_bar = mass_bar + wk
-    if w_rince:
-        # l_i = (exp(q ln_i) - exp(q lp_i)) / q,  ln_i = log lam + log t_i - phi_i,
-        # lp_i = log sum_j T_ij exp(Λ_ij + gamma_j)
-        wr = w_rince * w
-        log_neg = math.log(lam) + safe_log(tgt.row_sums(lk), xp) - phi
-        log_pos = tgt.log_weighted_mass(lk, gamma)
-        phi_bar = phi_bar - wr * xp.exp(q * log_neg)
-        lp_bar = -wr * xp.exp(q * log_pos)
-        pos = T > 0
-        soft = xp.where(pos, T * xp.exp(xp.where(pos, lk + gamma[None, :] - log_pos[:, None],
-                                                 xp.zeros_like(lk))), xp.zeros_like(lk))
-        lk_bar = lk_bar + lp_bar[:, None] * soft
-        gamma_bar = gamma_bar + lp_bar @ soft
-    if plan_rows is not None:
-        # m_i = exp(phi_i + LSE_j(Λ_ij + gamma_j))
-        mb = mass_bar * row_mass
-        phi_bar = phi_bar + mb
-        lk_bar = lk_bar + mb[:, None] * plan_rows
-        gamma_bar = gamma_bar + mb @ plan_rows
-    return phi_bar, gamma_bar, lk_bar
+class _Terms:
+    """The per-row outer terms in potential form and their hand-written backward.
+
+    ``log_kv = log (K v)`` per row (``K v`` with ``v = exp(gamma)``); ``T`` the target."""
+
+    def __init__(self, tgt: Target, phi: Array, gamma: Array, lk: Array, log_kv: Array,
+                 row_mass: Array, xp: Any) -> None:
+        self.tgt, self.phi, self.gamma, self.lk = tgt, phi, gamma, lk
+        self.log_kv, self.row_mass, self.xp = log_kv, row_mass, xp
+        self.T = tgt.to_dense(lk)
+        self.s = tgt.row_sums(lk)
+
+    def kl(self) -> Array:
+        """``sum_j T log(T / P) - T + P``: ``H - s phi - T gamma - sum T Λ - s + P 1``."""
+        t, phi = self.tgt, self.phi
+        return (t.row_entropy(phi) - self.s * phi - t.apply(self.gamma)
+                - t.contract_rows(self.lk) - self.s + self.row_mass)
+
+    def row_kl(self) -> Array:
+        """``KL(T_i / s_i || P_i / |P_i|)``: ``(H - T gamma - sum T Λ) / s - log s + log_kv``."""
+        t, xp = self.tgt, self.xp
+        inner = t.row_entropy(self.phi) - t.apply(self.gamma) - t.contract_rows(self.lk)
+        return inner / self.s - safe_log(self.s, xp) + self.log_kv
+
+    def rince(self, q: float, lam: float) -> Array:
+        """``(exp(q (log lam + log_kv)) - exp(q log sum_j T K v)) / q``."""
+        xp = self.xp
+        log_pos = self.tgt.log_weighted_mass(self.lk, self.gamma)
+        return (xp.exp(q * (math.log(lam) + self.log_kv)) - xp.exp(q * log_pos)) / q
+
+    def backward(self, w: Array, w_kl: float, row_kl: bool, w_rince: float, q: float,
+                 lam: float, hard_rows: bool,
+                 plan_rows: Array | None) -> tuple[Array, Array, Array]:
+        """Cotangents of ``sum_i w_i l_i`` for ``phi``, ``gamma`` and (explicitly) ``Λ``."""
+        xp, T, lk, gamma = self.xp, self.T, self.lk, self.gamma
+        phi_bar = xp.zeros_like(self.phi)
+        gamma_bar = xp.zeros_like(gamma)
+        lk_bar = xp.zeros_like(lk)
+        mass_bar = xp.zeros_like(self.phi)
+        kv_bar = xp.zeros_like(self.phi)  # cotangent of log_kv
+        if w_kl and row_kl:
+            wk = w_kl * w
+            gamma_bar = gamma_bar - (wk / self.s) @ T
+            lk_bar = lk_bar - (wk / self.s)[:, None] * T
+            kv_bar = kv_bar + wk
+        elif w_kl:
+            wk = w_kl * w
+            phi_bar = phi_bar - wk * self.s
+            gamma_bar = gamma_bar - wk @ T
+            lk_bar = lk_bar - wk[:, None] * T
+            mass_bar = mass_bar + wk
+        if w_rince:
+            wr = w_rince * w
+            log_pos = self.tgt.log_weighted_mass(lk, gamma)
+            kv_bar = kv_bar + wr * xp.exp(q * (math.log(lam) + self.log_kv))
+            lp_bar = -wr * xp.exp(q * log_pos)
+            pos = T > 0
+            soft = xp.where(pos, T * xp.exp(xp.where(pos, lk + gamma[None, :] - log_pos[:, None],
+                                                     xp.zeros_like(lk))), xp.zeros_like(lk))
+            lk_bar = lk_bar + lp_bar[:, None] * soft
+            gamma_bar = gamma_bar + lp_bar @ soft
+        if hard_rows:
+            # log_kv = log a - phi; the row mass is a (constant)
+            phi_bar = phi_bar - kv_bar
+        else:
+            # log_kv = LSE_j(Λ_ij + gamma_j); m_i = exp(phi_i + log_kv_i)
+            mb = mass_bar * self.row_mass
+            phi_bar = phi_bar + mb
+            kv_total = kv_bar + mb
+            lk_bar = lk_bar + kv_total[:, None] * plan_rows
+            gamma_bar = gamma_bar + kv_total @ plan_rows
+        return phi_bar, gamma_bar, lk_bar
 
 
 def _cost_backward(batch: ViewBatch, z1: Array, z2: Array | None, cost_bar: Array, metric: str,

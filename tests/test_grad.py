@@ -27,12 +27,15 @@ def _eps(metric: str) -> float:
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 @pytest.mark.parametrize("metric", METRICS)
-def test_cross_view_matches_torch_autograd(name: str, metric: str) -> None:
+@pytest.mark.parametrize("layout", [None, "cross"])
+def test_two_views_match_torch_autograd(name: str, metric: str, layout: str | None) -> None:
     z1, z2 = _pair(1)
-    value, (g1, g2) = value_and_grad(name, z1, z2, metric=metric, eps=_eps(metric))
+    value, (g1, g2) = value_and_grad(name, z1, z2, metric=metric, eps=_eps(metric),
+                                     layout=layout)
     t1 = torch.tensor(z1, requires_grad=True)
     t2 = torch.tensor(z2, requires_grad=True)
-    ref = getattr(alg, name)(t1, t2, metric=metric, eps=_eps(metric), inner=alg.UnrolledInner())
+    ref = getattr(alg, name)(t1, t2, metric=metric, eps=_eps(metric), layout=layout,
+                             inner=alg.UnrolledInner())
     ref.backward()
     assert abs(float(value) - ref.item()) < 1e-12 * max(1.0, abs(ref.item()))
     np.testing.assert_allclose(g1, t1.grad.numpy(), atol=1e-11, rtol=1e-9)
@@ -83,7 +86,7 @@ def test_reduction_sum_and_none() -> None:
     vm, (gm, _) = value_and_grad("gca_ince", z1, z2, reduction="mean")
     vs, (gs, _) = value_and_grad("gca_ince", z1, z2, reduction="sum")
     vn, (gn, _) = value_and_grad("gca_ince", z1, z2, reduction="none")
-    n = z1.shape[0]
+    n = 2 * z1.shape[0]  # the SimCLR problem: one row per view
     assert vn.shape == (n,)
     np.testing.assert_allclose(vs, n * vm, rtol=1e-12)
     np.testing.assert_allclose(np.sum(vn), vs, rtol=1e-12)

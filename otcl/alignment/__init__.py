@@ -13,9 +13,11 @@ from otcl.alignment.losses import (
     iot_uni,
     rince,
 )
+from otcl.alignment.official import OFFICIAL_CONFIGS, official_config
 from otcl.alignment.targets import Target, domain_prior, label_target, pair_target
 
 __all__ = [
+    "OFFICIAL_CONFIGS",
     "LossDetails",
     "Target",
     "alignment_loss",
@@ -29,6 +31,7 @@ __all__ = [
     "iot",
     "iot_uni",
     "label_target",
+    "official_config",
     "pair_target",
     "rince",
 ]

@@ -101,7 +101,8 @@ def kl_curve(z1: Array, z2: Array, *, eps: float = 0.5, n_half_steps: int = 20,
 def check_equivalences(z1: Array, z2: Array, *, eps: float = 0.5, n_half_steps: int = 20,
                        q: float = 0.6, lam: float = 0.01, rho: float = 0.2,
                        tol: float | None = None) -> list[EquivalenceRecord]:
-    """Run every check on one cross-view batch ``z1, z2`` of shape ``(N, d)``.
+    """Run every check on one cross-view batch ``z1, z2`` of shape ``(N, d)`` (the paper's
+    ``N x N`` form: the losses are called with ``layout="cross"``).
 
     ``tol`` defaults to ``1e-10`` for float64 and ``1e-4`` for float32 inputs (relative to the
     values' magnitude, which is ``O(log N)``).
@@ -133,21 +134,22 @@ def check_equivalences(z1: Array, z2: Array, *, eps: float = 0.5, n_half_steps: 
     rise = max(kls[k + 1] - kls[k] for k in range(len(kls) - 1))
     records.append(_record("kl_monotone", rise / n, 0.0, tol, one_sided=True))
 
-    ince = to_float(info_nce(z1, z2, eps=eps))
-    records.append(_record("gca_ince_below_ince", to_float(gca_ince(z1, z2, eps=eps)), ince, tol,
-                           one_sided=True))
+    ince = to_float(info_nce(z1, z2, eps=eps, layout="cross"))
+    gca = to_float(gca_ince(z1, z2, eps=eps, layout="cross"))
+    records.append(_record("gca_ince_below_ince", gca, ince, tol, one_sided=True))
 
     # RINCE from exp(s) directly vs GCA-RINCE after one row step
     e = xp.exp(s)
     rince_direct = to_float(xp.mean(-(xp.sum(e * T, axis=1) ** q) / q
                                     + (lam * xp.sum(e, axis=1)) ** q / q))
     records.append(_record("gca_rince_one_step_is_rince",
-                           to_float(gca_rince(z1, z2, eps=eps, n_iter=0, q=q, lam=lam)),
+                           to_float(gca_rince(z1, z2, eps=eps, n_iter=0, q=q, lam=lam,
+                                              layout="cross")),
                            rince_direct, tol))
 
     # q -> 0 with lam = 1: RINCE -> InfoNCE, gap O(q)
     q_small = 1e-6 if z1.dtype == xp.float64 else 1e-3
-    r0 = to_float(gca_rince(z1, z2, eps=eps, n_iter=0, q=q_small, lam=1.0))
+    r0 = to_float(gca_rince(z1, z2, eps=eps, n_iter=0, q=q_small, lam=1.0, layout="cross"))
     records.append(_record("rince_q_to_zero_is_infonce", r0, ince, 100 * q_small * (1 + ince**2)))
 
     # UOT fixed point
