@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from otcl._api import checked_keywords
 from otcl.alignment import losses as _alg
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "GCAInfoNCE",
     "IOTUni",
     "InfoNCE",
+    "MemoryBank",
     "TorchInner",
     "gca_ince",
     "gca_rince",
@@ -71,13 +73,15 @@ class TorchInner:
         return self.grad == "detach"
 
     def __call__(self, log_kernel: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,
-                 t_a: Any, t_b: Any, n_iter: int) -> tuple[torch.Tensor, torch.Tensor]:
+                 t_a: Any, t_b: Any, n_iter: int,
+                 init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         from otcl.torch.autograd import inner_potentials
 
         # with no rounds there is no fixed point: the one row step's exact derivative is the
         # unrolled one, whatever the mode asked for (detach excepted)
         grad = "unroll" if n_iter == 0 and self.grad == "implicit" else self.grad
-        return inner_potentials(log_kernel, log_a, log_b, t_a, t_b, n_iter, grad=grad)
+        return inner_potentials(log_kernel, log_a, log_b, t_a, t_b, n_iter, grad=grad,
+                                init=init)
 
     def __repr__(self) -> str:
         return f"TorchInner(grad={self.grad!r})"
@@ -94,10 +98,20 @@ def _call(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any],
           distributed: bool = False) -> Any:
     """Run a backend-agnostic loss on torch tensors: gradient mode, precision, autocast;
     ``distributed=True``: the loss of all ranks' samples (:mod:`otcl.torch.distributed`)."""
+    if "temperature" in kwargs:
+        kwargs["eps"] = _alg.resolve_temperature(kwargs.get("eps"), kwargs.pop("temperature"))
     if distributed is not False:
         if distributed is not True:
             raise TypeError(f"distributed must be a bool, got {distributed!r}")
         from otcl.torch.distributed import global_loss
+
+        if (z2 is not None and kwargs.get("layout") in (None, "blocked")
+                and isinstance(z1, torch.Tensor) and isinstance(z2, torch.Tensor)
+                and z1.shape == z2.shape):
+            # the SimCLR two-view problem is the all-views blocked batch [z1; z2]: gathered as
+            # such, every rank's two views join the global blocked batch
+            z1, z2 = torch.cat([z1, z2]), None
+            kwargs = {**kwargs, "layout": "blocked", "n_views": 2}
 
         return global_loss(lambda Z1, Z2, kw: _call(fn, Z1, Z2, grad, kw), z1, z2, kwargs,
                            signature=f"{getattr(fn, '__qualname__', fn)!s}|grad={grad}")
@@ -137,55 +151,150 @@ def _warn_local_negatives(stacklevel: int) -> bool:
     return message is not None
 
 
-def info_nce(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-             distributed: bool = False, **kwargs: Any) -> Any:
-    """InfoNCE / NT-Xent on torch tensors; keyword arguments as :func:`otcl.info_nce`."""
-    return _functional(_alg.info_nce, z1, z2, grad, distributed, kwargs)
+_COMMON = ("eps", "temperature", "layout", "n_views", "metric", "labels", "target", "reduction",
+           "return_details")
 
 
-def gca_ince(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-             distributed: bool = False, **kwargs: Any) -> Any:
-    """GCA-INCE on torch tensors; keyword arguments as :func:`otcl.gca_ince`."""
-    return _functional(_alg.gca_ince, z1, z2, grad, distributed, kwargs)
+def _functional_kwargs(local: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {k: local[k] for k in (*_COMMON, *names)}
 
 
-def rince(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-          distributed: bool = False, **kwargs: Any) -> Any:
-    """RINCE on torch tensors; keyword arguments as :func:`otcl.rince`."""
-    return _functional(_alg.rince, z1, z2, grad, distributed, kwargs)
+@checked_keywords
+def info_nce(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
+             eps: float | torch.Tensor | None = None,
+             temperature: float | torch.Tensor | None = None, divergence: str = "kl",
+             layout: str | None = None, n_views: int = 2, metric: str = "neg_cosine",
+             labels: torch.Tensor | None = None, target: torch.Tensor | None = None,
+             reduction: str = "mean", return_details: bool = False, grad: str = "unroll",
+             distributed: bool = False) -> Any:
+    """InfoNCE / NT-Xent on torch tensors (:func:`otcl.info_nce`); ``loss(z1, z2)`` equals
+    lightly's and pytorch-metric-learning's ``NTXentLoss`` at the same temperature."""
+    return _functional(_alg.info_nce, z1, z2, grad, distributed,
+                       _functional_kwargs(locals(), "divergence"))
 
 
-def gca_rince(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-              distributed: bool = False, **kwargs: Any) -> Any:
-    """GCA-RINCE on torch tensors; keyword arguments as :func:`otcl.gca_rince`."""
-    return _functional(_alg.gca_rince, z1, z2, grad, distributed, kwargs)
+@checked_keywords
+def gca_ince(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
+             eps: float | torch.Tensor | None = None,
+             temperature: float | torch.Tensor | None = None, n_iter: int = 10,
+             divergence: str = "kl", layout: str | None = None, n_views: int = 2,
+             metric: str = "neg_cosine", labels: torch.Tensor | None = None,
+             target: torch.Tensor | None = None, reduction: str = "mean",
+             return_details: bool = False, grad: str = "unroll",
+             distributed: bool = False) -> Any:
+    """GCA-INCE on torch tensors (:func:`otcl.gca_ince`)."""
+    return _functional(_alg.gca_ince, z1, z2, grad, distributed,
+                       _functional_kwargs(locals(), "n_iter", "divergence"))
 
 
-def gca_uot(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-            distributed: bool = False, **kwargs: Any) -> Any:
-    """GCA-UOT on torch tensors; keyword arguments as :func:`otcl.gca_uot`."""
-    return _functional(_alg.gca_uot, z1, z2, grad, distributed, kwargs)
+@checked_keywords
+def rince(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
+          eps: float | torch.Tensor | None = None,
+          temperature: float | torch.Tensor | None = None, q: float = 0.6, lam: float = 0.01,
+          layout: str | None = None, n_views: int = 2, metric: str = "neg_cosine",
+          labels: torch.Tensor | None = None, target: torch.Tensor | None = None,
+          reduction: str = "mean", return_details: bool = False, grad: str = "unroll",
+          distributed: bool = False) -> Any:
+    """RINCE on torch tensors (:func:`otcl.rince`)."""
+    return _functional(_alg.rince, z1, z2, grad, distributed,
+                       _functional_kwargs(locals(), "q", "lam"))
 
 
-def iot(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-        distributed: bool = False, **kwargs: Any) -> Any:
-    """IOT on torch tensors; keyword arguments as :func:`otcl.iot`."""
-    return _functional(_alg.iot, z1, z2, grad, distributed, kwargs)
+@checked_keywords
+def gca_rince(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
+              eps: float | torch.Tensor | None = None,
+              temperature: float | torch.Tensor | None = None, n_iter: int = 10,
+              q: float = 0.6, lam: float = 0.01, layout: str | None = None, n_views: int = 2,
+              metric: str = "neg_cosine", labels: torch.Tensor | None = None,
+              target: torch.Tensor | None = None, reduction: str = "mean",
+              return_details: bool = False, grad: str = "unroll",
+              distributed: bool = False) -> Any:
+    """GCA-RINCE on torch tensors (:func:`otcl.gca_rince`)."""
+    return _functional(_alg.gca_rince, z1, z2, grad, distributed,
+                       _functional_kwargs(locals(), "n_iter", "q", "lam"))
 
 
-def iot_uni(z1: torch.Tensor, z2: torch.Tensor | None = None, *, grad: str = "unroll",
-            distributed: bool = False, **kwargs: Any) -> Any:
-    """IOT-uni on torch tensors; keyword arguments as :func:`otcl.iot_uni`."""
-    return _functional(_alg.iot_uni, z1, z2, grad, distributed, kwargs)
+@checked_keywords
+def gca_uot(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
+            eps: float | torch.Tensor | None = None,
+            temperature: float | torch.Tensor | None = None, rho: float = 0.2,
+            rho_a: float | None = None, rho_b: float | None = None, n_iter: int = 10,
+            r1: float = 1.0, r2: float = 0.2, q: float = 0.6, lam: float = 0.01,
+            kl: str = "row", layout: str | None = None, n_views: int = 2,
+            metric: str = "cosine", labels: torch.Tensor | None = None,
+            target: torch.Tensor | None = None, reduction: str = "mean",
+            return_details: bool = False, grad: str = "unroll",
+            distributed: bool = False) -> Any:
+    """GCA-UOT on torch tensors (:func:`otcl.gca_uot`, the official loss and defaults)."""
+    return _functional(_alg.gca_uot, z1, z2, grad, distributed,
+                       _functional_kwargs(locals(), "rho", "rho_a", "rho_b", "n_iter", "r1",
+                                          "r2", "q", "lam", "kl"))
+
+
+@checked_keywords
+def iot(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
+        eps: float | torch.Tensor | None = None,
+        temperature: float | torch.Tensor | None = None, n_iter: int = 10,
+        layout: str | None = None, n_views: int = 2, metric: str = "neg_cosine",
+        labels: torch.Tensor | None = None, target: torch.Tensor | None = None,
+        reduction: str = "mean", return_details: bool = False, grad: str = "unroll",
+        distributed: bool = False) -> Any:
+    """IOT on torch tensors (:func:`otcl.iot`)."""
+    return _functional(_alg.iot, z1, z2, grad, distributed,
+                       _functional_kwargs(locals(), "n_iter"))
+
+
+@checked_keywords
+def iot_uni(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
+            eps: float | torch.Tensor | None = None,
+            temperature: float | torch.Tensor | None = None, n_iter: int = 10,
+            lam_p: float = 0.2, layout: str | None = None, n_views: int = 2,
+            metric: str = "neg_cosine", labels: torch.Tensor | None = None,
+            target: torch.Tensor | None = None, reduction: str = "mean",
+            return_details: bool = False, grad: str = "unroll",
+            distributed: bool = False) -> Any:
+    """IOT-uni on torch tensors (:func:`otcl.iot_uni`)."""
+    return _functional(_alg.iot_uni, z1, z2, grad, distributed,
+                       _functional_kwargs(locals(), "n_iter", "lam_p"))
 
 
 def _alignment(z1: Any, z2: Any, *, inner: Any, **kw: Any) -> Any:
     """``alignment_loss`` on embeddings (cost, mask and target built from the batch)."""
+    kw["eps"] = _alg.resolve_temperature(kw.get("eps"), kw.pop("temperature", None))
     return _alg._embedding_loss(z1, z2, inner=inner, **kw)
 
 
+LAYOUT_NAMES = (None, "cross", "blocked", "interleaved")
+
+
+def _check_common(layout: Any, n_views: Any, metric: Any, reduction: Any) -> int:
+    from otcl.alignment.losses import REDUCTIONS, as_count
+    from otcl.geometry import METRICS
+
+    if layout not in LAYOUT_NAMES:
+        raise ValueError(f"layout must be one of {LAYOUT_NAMES}, got {layout!r}")
+    n_views = as_count("n_views", n_views, minimum=2)
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return n_views
+
+
+def _check_weight(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
+
+
 class _Loss(nn.Module):
-    """Shared machinery: hyper-parameters, learnable temperature, call forms.
+    """Shared machinery: hyper-parameters checked at construction, a learnable temperature,
+    call forms.
+
+    ``eps`` (or its other name ``temperature``): a float; an ``nn.Parameter`` (registered,
+    learnable); any other tensor that requires grad (used as given, so its gradient reaches
+    the caller's tensor: a learnable temperature kept outside the module); or a tensor that
+    does not (copied into a buffer).
 
     ``distributed=True``: under ``torch.distributed`` the loss is the one of the global batch
     (all ranks' samples are each other's negatives), with a gradient that DDP's averaging turns
@@ -196,9 +305,10 @@ class _Loss(nn.Module):
 
     _fn: Any = None
 
-    def __init__(self, *, eps: float | torch.Tensor = 0.5, grad: str = "unroll",
-                 layout: str | None = None, n_views: int = 2, metric: str = "neg_cosine",
-                 reduction: str = "mean", distributed: bool = False, **hyper: Any) -> None:
+    def __init__(self, *, eps: float | torch.Tensor | None,
+                 temperature: float | torch.Tensor | None, grad: str, layout: str | None,
+                 n_views: int, metric: str, reduction: str, distributed: bool,
+                 hyper: dict[str, Any]) -> None:
         super().__init__()
         if not isinstance(distributed, bool):
             raise TypeError(f"distributed must be a bool, got {distributed!r}")
@@ -206,9 +316,16 @@ class _Loss(nn.Module):
         self._warned_local = False
         if grad not in GRAD_MODES:
             raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
+        n_views = _check_common(layout, n_views, metric, reduction)
+        eps = _alg.resolve_temperature(eps, temperature)
         if isinstance(eps, nn.Parameter):
+            _check_eps_tensor(eps)
             self.eps = eps  # learnable temperature: registered, receives gradients
+        elif isinstance(eps, torch.Tensor) and eps.requires_grad:
+            _check_eps_tensor(eps)
+            object.__setattr__(self, "_eps_external", eps)  # the caller's tensor, not copied
         elif isinstance(eps, torch.Tensor):
+            _check_eps_tensor(eps)
             self.register_buffer("eps", eps.detach().clone())
         else:
             if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (
@@ -220,10 +337,17 @@ class _Loss(nn.Module):
         self.layout, self.n_views, self.metric, self.reduction = layout, n_views, metric, reduction
         self.hyper = hyper
 
+    def __getattr__(self, name: str) -> Any:
+        if name == "eps" and "_eps_external" in self.__dict__:
+            return self.__dict__["_eps_external"]
+        return super().__getattr__(name)
+
     def forward(self, z1: torch.Tensor, z2: torch.Tensor | None = None, *,
                 labels: torch.Tensor | None = None, target: torch.Tensor | None = None,
                 return_details: bool = False) -> Any:
-        """``loss(z1, z2)``, ``loss(z, labels=...)`` or ``loss(z1, z2, target=...)``."""
+        """``loss(z1, z2)`` (SimCLR, all ``2N`` views), ``loss(z1, z2)`` with
+        ``layout="cross"`` (one direction, ``z2`` may hold extra negatives), ``loss(z,
+        labels=y)`` (supervised, one batch) or ``loss(z1, z2, target=T)``."""
         kwargs = dict(self.hyper)
         kwargs.update(eps=self.eps, layout=self.layout, n_views=self.n_views,
                       metric=self.metric, labels=labels, target=target,
@@ -243,13 +367,36 @@ class _Loss(nn.Module):
         return ", ".join(parts)
 
 
+def _check_eps_tensor(eps: torch.Tensor) -> None:
+    if eps.ndim != 0 or not eps.is_floating_point():
+        raise ValueError(f"eps must be a 0-d floating tensor, got shape {tuple(eps.shape)} and "
+                         f"dtype {eps.dtype}")
+    value = float(eps.detach())
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"eps must be positive and finite, got {value}")
+
+
 class InfoNCE(_Loss):
-    """InfoNCE / NT-Xent (``eps = 0.5``). See :func:`otcl.info_nce`."""
+    """InfoNCE / NT-Xent (``eps = temperature = 0.5``). See :func:`otcl.info_nce`.
+
+    ``InfoNCE(temperature=t)(z0, z1)`` equals lightly's and pytorch-metric-learning's
+    ``NTXentLoss(temperature=t)(...)`` on the same two views; ``InfoNCE(temperature=t,
+    divergence="cross_entropy")(z, labels=y)`` equals ``SupConLoss(temperature=t)``.
+    """
 
     _fn = staticmethod(_alg.info_nce)
 
-    def __init__(self, *, eps: float | torch.Tensor = 0.5, **kwargs: Any) -> None:
-        super().__init__(eps=eps, **kwargs)
+    @checked_keywords
+    def __init__(self, *, eps: float | torch.Tensor | None = None,
+                 temperature: float | torch.Tensor | None = None, divergence: str = "kl",
+                 layout: str | None = None, n_views: int = 2, metric: str = "neg_cosine",
+                 reduction: str = "mean", grad: str = "unroll",
+                 distributed: bool = False) -> None:
+        if divergence not in ("kl", "cross_entropy"):
+            raise ValueError(f"divergence must be 'kl' or 'cross_entropy', got {divergence!r}")
+        super().__init__(eps=eps, temperature=temperature, grad=grad, layout=layout,
+                         n_views=n_views, metric=metric, reduction=reduction,
+                         distributed=distributed, hyper={"divergence": divergence})
 
 
 class GCAInfoNCE(_Loss):
@@ -257,8 +404,20 @@ class GCAInfoNCE(_Loss):
 
     _fn = staticmethod(_alg.gca_ince)
 
-    def __init__(self, *, eps: float | torch.Tensor = 0.5, n_iter: int = 10, **kwargs: Any) -> None:
-        super().__init__(eps=eps, n_iter=n_iter, **kwargs)
+    @checked_keywords
+    def __init__(self, *, eps: float | torch.Tensor | None = None,
+                 temperature: float | torch.Tensor | None = None, n_iter: int = 10,
+                 divergence: str = "kl", layout: str | None = None, n_views: int = 2,
+                 metric: str = "neg_cosine", reduction: str = "mean", grad: str = "unroll",
+                 distributed: bool = False) -> None:
+        from otcl.alignment.losses import as_count
+
+        if divergence not in ("kl", "cross_entropy"):
+            raise ValueError(f"divergence must be 'kl' or 'cross_entropy', got {divergence!r}")
+        super().__init__(eps=eps, temperature=temperature, grad=grad, layout=layout,
+                         n_views=n_views, metric=metric, reduction=reduction,
+                         distributed=distributed,
+                         hyper={"n_iter": as_count("n_iter", n_iter), "divergence": divergence})
 
 
 class RINCE(_Loss):
@@ -266,10 +425,16 @@ class RINCE(_Loss):
 
     _fn = staticmethod(_alg.rince)
 
-    def __init__(self, *, eps: float | torch.Tensor = 0.5, q: float = 0.6, lam: float = 0.01,
-                 **kwargs: Any) -> None:
-        _check_rince(q, lam)
-        super().__init__(eps=eps, q=q, lam=lam, **kwargs)
+    @checked_keywords
+    def __init__(self, *, eps: float | torch.Tensor | None = None,
+                 temperature: float | torch.Tensor | None = None, q: float = 0.6,
+                 lam: float = 0.01, layout: str | None = None, n_views: int = 2,
+                 metric: str = "neg_cosine", reduction: str = "mean", grad: str = "unroll",
+                 distributed: bool = False) -> None:
+        q, lam = _check_rince(q, lam)
+        super().__init__(eps=eps, temperature=temperature, grad=grad, layout=layout,
+                         n_views=n_views, metric=metric, reduction=reduction,
+                         distributed=distributed, hyper={"q": q, "lam": lam})
 
 
 class GCARINCE(_Loss):
@@ -278,35 +443,72 @@ class GCARINCE(_Loss):
 
     _fn = staticmethod(_alg.gca_rince)
 
-    def __init__(self, *, eps: float | torch.Tensor = 0.5, n_iter: int = 10, q: float = 0.6,
-                 lam: float = 0.01, **kwargs: Any) -> None:
-        _check_rince(q, lam)
-        super().__init__(eps=eps, n_iter=n_iter, q=q, lam=lam, **kwargs)
+    @checked_keywords
+    def __init__(self, *, eps: float | torch.Tensor | None = None,
+                 temperature: float | torch.Tensor | None = None, n_iter: int = 10,
+                 q: float = 0.6, lam: float = 0.01, layout: str | None = None,
+                 n_views: int = 2, metric: str = "neg_cosine", reduction: str = "mean",
+                 grad: str = "unroll", distributed: bool = False) -> None:
+        from otcl.alignment.losses import as_count
+
+        q, lam = _check_rince(q, lam)
+        super().__init__(eps=eps, temperature=temperature, grad=grad, layout=layout,
+                         n_views=n_views, metric=metric, reduction=reduction,
+                         distributed=distributed,
+                         hyper={"n_iter": as_count("n_iter", n_iter), "q": q, "lam": lam})
 
 
 class GCAUOT(_Loss):
-    """GCA-UOT (``eps = 0.5``, ``rho = 0.2``, ``n_iter = 10``, ``r1 = 1``, ``r2 = 0.02``,
-    ``q = 0.6``, ``lam = 0.01``). ``details.row_mass`` flags noisy pairs.
-    See :func:`otcl.gca_uot`."""
+    """GCA-UOT, the official loss and defaults (``eps = 0.5``, ``rho = 0.2``, ``n_iter = 10``,
+    ``r1 = 1``, ``r2 = 0.2``, ``q = 0.6``, ``lam = 0.01``, metric ``"cosine"``: the paper's
+    CIFAR-10 README run). ``details.row_mass`` flags noisy pairs. Other official configurations:
+    ``GCAUOT(**otcl.official_config("gca_uot", name))``. See :func:`otcl.gca_uot`."""
 
     _fn = staticmethod(_alg.gca_uot)
 
-    def __init__(self, *, eps: float | torch.Tensor = 0.5, rho: float = 0.2,
+    @checked_keywords
+    def __init__(self, *, eps: float | torch.Tensor | None = None,
+                 temperature: float | torch.Tensor | None = None, rho: float = 0.2,
                  rho_a: float | None = None, rho_b: float | None = None, n_iter: int = 10,
-                 r1: float = 1.0, r2: float = 0.02, q: float = 0.6, lam: float = 0.01,
-                 **kwargs: Any) -> None:
-        _check_rince(q, lam)
-        super().__init__(eps=eps, rho=rho, rho_a=rho_a, rho_b=rho_b, n_iter=n_iter, r1=r1,
-                         r2=r2, q=q, lam=lam, **kwargs)
+                 r1: float = 1.0, r2: float = 0.2, q: float = 0.6, lam: float = 0.01,
+                 kl: str = "row", layout: str | None = None, n_views: int = 2,
+                 metric: str = "cosine", reduction: str = "mean", grad: str = "unroll",
+                 distributed: bool = False) -> None:
+        from otcl.alignment.losses import GCA_UOT_KL, as_count
+        from otcl.solvers.problem import validate_positive
+
+        q, lam = _check_rince(q, lam)
+        rho = validate_positive("rho", rho, allow_inf=True)
+        for name, value in (("rho_a", rho_a), ("rho_b", rho_b)):
+            if value is not None:
+                validate_positive(name, value, allow_inf=True)
+        if kl not in GCA_UOT_KL:
+            raise ValueError(f"kl must be one of {GCA_UOT_KL}, got {kl!r}")
+        hyper = {"rho": rho, "rho_a": rho_a, "rho_b": rho_b,
+                 "n_iter": as_count("n_iter", n_iter), "r1": _check_weight("r1", r1),
+                 "r2": _check_weight("r2", r2), "q": q, "lam": lam, "kl": kl}
+        super().__init__(eps=eps, temperature=temperature, grad=grad, layout=layout,
+                         n_views=n_views, metric=metric, reduction=reduction,
+                         distributed=distributed, hyper=hyper)
 
 
 class IOT(_Loss):
-    """IOT (``eps = 0.5``, ``n_iter = 10``). See :func:`otcl.iot`."""
+    """IOT (``eps = 0.5``, ``n_iter = 10``: the official loop's 11 projections).
+    See :func:`otcl.iot`."""
 
     _fn = staticmethod(_alg.iot)
 
-    def __init__(self, *, eps: float | torch.Tensor = 0.5, n_iter: int = 10, **kwargs: Any) -> None:
-        super().__init__(eps=eps, n_iter=n_iter, **kwargs)
+    @checked_keywords
+    def __init__(self, *, eps: float | torch.Tensor | None = None,
+                 temperature: float | torch.Tensor | None = None, n_iter: int = 10,
+                 layout: str | None = None, n_views: int = 2, metric: str = "neg_cosine",
+                 reduction: str = "mean", grad: str = "unroll",
+                 distributed: bool = False) -> None:
+        from otcl.alignment.losses import as_count
+
+        super().__init__(eps=eps, temperature=temperature, grad=grad, layout=layout,
+                         n_views=n_views, metric=metric, reduction=reduction,
+                         distributed=distributed, hyper={"n_iter": as_count("n_iter", n_iter)})
 
 
 class IOTUni(_Loss):
@@ -314,30 +516,95 @@ class IOTUni(_Loss):
 
     _fn = staticmethod(_alg.iot_uni)
 
-    def __init__(self, *, eps: float | torch.Tensor = 0.5, n_iter: int = 10, lam_p: float = 0.2,
-                 **kwargs: Any) -> None:
-        super().__init__(eps=eps, n_iter=n_iter, lam_p=lam_p, **kwargs)
+    @checked_keywords
+    def __init__(self, *, eps: float | torch.Tensor | None = None,
+                 temperature: float | torch.Tensor | None = None, n_iter: int = 10,
+                 lam_p: float = 0.2, layout: str | None = None, n_views: int = 2,
+                 metric: str = "neg_cosine", reduction: str = "mean", grad: str = "unroll",
+                 distributed: bool = False) -> None:
+        from otcl.alignment.losses import as_count
+        from otcl.solvers.problem import validate_positive
+
+        hyper = {"n_iter": as_count("n_iter", n_iter),
+                 "lam_p": validate_positive("lam_p", lam_p)}
+        super().__init__(eps=eps, temperature=temperature, grad=grad, layout=layout,
+                         n_views=n_views, metric=metric, reduction=reduction,
+                         distributed=distributed, hyper=hyper)
 
 
 class AlignmentLoss(_Loss):
     """The generic GCA loss: choose the inner constraints (``rho_a``, ``rho_b``, ``n_iter``),
     the target (per call) and the outer divergence. See :func:`otcl.alignment_loss`.
 
-    ``divergence`` is ``"kl"``, ``"cross_entropy"``, ``"rince"`` or a mapping of them to weights.
+    ``divergence`` is ``"kl"``, ``"row_kl"``, ``"cross_entropy"``, ``"rince"`` or a mapping of
+    them to weights; ``marginals`` ``"target"``, ``"uniform"`` or ``"probability"``.
     """
 
     _fn = staticmethod(_alignment)
 
-    def __init__(self, *, eps: float | torch.Tensor = 0.5, n_iter: int = 10,
+    @checked_keywords
+    def __init__(self, *, eps: float | torch.Tensor | None = None,
+                 temperature: float | torch.Tensor | None = None, n_iter: int = 10,
                  rho_a: float = math.inf, rho_b: float = math.inf, divergence: Any = "kl",
                  marginals: str = "target", final_step: str = "row", q: float = 0.6,
-                 lam: float = 0.01, **kwargs: Any) -> None:
-        super().__init__(eps=eps, n_iter=n_iter, rho_a=rho_a, rho_b=rho_b,
-                         divergence=divergence, marginals=marginals, final_step=final_step,
-                         q=q, lam=lam, **kwargs)
+                 lam: float = 0.01, layout: str | None = None, n_views: int = 2,
+                 metric: str = "neg_cosine", reduction: str = "mean", grad: str = "unroll",
+                 distributed: bool = False) -> None:
+        from otcl.alignment.losses import MARGINALS, _divergence_terms, as_count
+        from otcl.solvers.problem import validate_positive
+
+        validate_positive("rho_a", rho_a, allow_inf=True)
+        validate_positive("rho_b", rho_b, allow_inf=True)
+        _divergence_terms(divergence, q, lam)  # validates names, weights, q and lam
+        if marginals not in MARGINALS:
+            raise ValueError(f"marginals must be one of {MARGINALS}, got {marginals!r}")
+        if final_step not in ("row", "column"):
+            raise ValueError(f"final_step must be 'row' or 'column', got {final_step!r}")
+        hyper = {"n_iter": as_count("n_iter", n_iter), "rho_a": rho_a, "rho_b": rho_b,
+                 "divergence": divergence, "marginals": marginals, "final_step": final_step,
+                 "q": q, "lam": lam}
+        super().__init__(eps=eps, temperature=temperature, grad=grad, layout=layout,
+                         n_views=n_views, metric=metric, reduction=reduction,
+                         distributed=distributed, hyper=hyper)
 
 
-def _check_rince(q: float, lam: float) -> None:
+class MemoryBank(nn.Module):
+    """A first-in first-out queue of past embeddings, the extra negatives of a cross-view loss
+    (MoCo's queue, lightly's ``memory_bank_size``).
+
+    ``bank(z2)`` returns ``[z2; queue]`` (``(N + K, d)``, ``K <= size`` the embeddings queued so
+    far) and then queues ``z2`` (detached, copied), dropping the oldest rows beyond ``size``.
+    Use it with a cross-view loss: ``loss(z1, bank(z2))`` with ``layout="cross"``.
+    """
+
+    @checked_keywords
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        from otcl.alignment.losses import as_count
+
+        self.size = as_count("size", size, minimum=1)
+        self.register_buffer("queue", None)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if not isinstance(z, torch.Tensor) or z.ndim != 2:
+            raise ValueError(f"z must be a (N, d) tensor, got {getattr(z, 'shape', type(z))}")
+        queue = self.queue
+        if queue is not None and (queue.shape[1] != z.shape[1] or queue.dtype != z.dtype
+                                  or queue.device != z.device):
+            raise ValueError(f"z has width {z.shape[1]}, dtype {z.dtype} and device {z.device}"
+                             f"; the queue holds {tuple(queue.shape)} {queue.dtype} on "
+                             f"{queue.device} (call reset() to start a new queue)")
+        out = z if queue is None else torch.cat([z, queue])
+        fresh = z.detach().clone()
+        self.queue = (fresh if queue is None else torch.cat([fresh, queue]))[: self.size]
+        return out
+
+    def reset(self) -> None:
+        """Empty the queue."""
+        self.queue = None
+
+
+def _check_rince(q: float, lam: float) -> tuple[float, float]:
     from otcl.alignment.divergences import validate_rince
 
-    validate_rince(q, lam)
+    return validate_rince(q, lam)
