@@ -56,7 +56,22 @@ def _make_cases(world: int) -> list[dict[str, Any]]:
     def cross(name: str, loss: str, kw: dict[str, Any], **extra: Any) -> dict[str, Any]:
         z1 = [_rand(g, s, D) for s in sizes]
         z2 = [z + 0.3 * _rand(g, *z.shape) for z in z1]
-        return dict(name=name, loss=loss, kw=kw, form="cross", z1=z1, z2=z2, **extra)
+        return dict(name=name, loss=loss, kw=dict(kw, layout="cross"), form="cross", z1=z1,
+                    z2=z2, **extra)
+
+    def two(name: str, loss: str, kw: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        # the SimCLR call loss(z1, z2): the all-views problem of the global [Z1; Z2]
+        z1 = [_rand(g, s, D) for s in sizes]
+        z2 = [z + 0.3 * _rand(g, *z.shape) for z in z1]
+        return dict(name=name, loss=loss, kw=kw, form="two", z1=z1, z2=z2, **extra)
+
+    cases.append(two("two_info_nce", "InfoNCE", {}))
+    cases.append(two("two_gca_uot", "GCAUOT", {"n_iter": 5}))
+    cases.append(two("two_gca_ince_labels", "GCAInfoNCE", {"n_iter": 3},
+                     labels=[torch.arange(s) % 2 for s in sizes]))
+    two_none = two("two_gca_ince_none", "GCAInfoNCE", {"n_iter": 4, "reduction": "none"})
+    two_none["weights"] = [torch.rand(2 * s, generator=g, dtype=DT) for s in sizes]
+    cases.append(two_none)
 
     cases.append(cross("info_nce", "InfoNCE", {}))
     cases.append(cross("gca_ince", "GCAInfoNCE", {"n_iter": 5}))
@@ -106,7 +121,7 @@ def _make_cases(world: int) -> list[dict[str, Any]]:
 
 def _global_inputs(case: dict[str, Any], world: int) -> dict[str, Any]:
     """The concatenated batch in the global layout (built directly from the per-view parts)."""
-    if case["form"] == "cross":
+    if case["form"] in ("cross", "two"):
         return {"z1": torch.cat(case["z1"]), "z2": torch.cat(case["z2"])}
     per_view = case["views"]
     if case["kw"]["layout"] == "blocked":
@@ -121,6 +136,8 @@ def _global_rows(case: dict[str, Any], world: int, rank: int) -> torch.Tensor:
     s = sizes[rank]
     if case["form"] == "cross":
         return torch.arange(s) + off
+    if case["form"] == "two":  # local rows [z1; z2] -> global rows of [Z1; Z2]
+        return torch.cat([torch.arange(s) + off, torch.arange(s) + n + off])
     v = case["kw"]["n_views"]
     if case["kw"]["layout"] == "blocked":
         return torch.cat([torch.arange(s) + k * n + off for k in range(v)])
@@ -131,7 +148,7 @@ def _labels_global(case: dict[str, Any], world: int) -> torch.Tensor | None:
     lab = case.get("labels")
     if lab is None:
         return None
-    if case["form"] == "cross":
+    if case["form"] in ("cross", "two"):
         return torch.cat(lab)
     n = sum(SIZES[world])
     out = torch.empty(2 * n, dtype=lab[0].dtype)
@@ -156,7 +173,7 @@ def _distributed_case(case: dict[str, Any], rank: int, world: int) -> dict[str, 
         call["labels"] = case["labels"][rank]
     if case.get("target") is not None:
         call["target"] = case["target"]
-    if case["form"] == "cross":
+    if case["form"] in ("cross", "two"):
         z1 = case["z1"][rank].clone().requires_grad_(True)
         z2 = case["z2"][rank].clone().requires_grad_(True)
         value, details = loss(z1, z2, return_details=True, **call)
@@ -204,9 +221,9 @@ def _error_checks(rank: int, world: int) -> dict[str, str]:
             msgs[key] = "<no error>"
 
     # a per-rank target is not the global target (same shape on every rank, or not)
-    expect("local_target", lambda: ot.GCAInfoNCE(distributed=True)(
+    expect("local_target", lambda: ot.GCAInfoNCE(layout="cross", distributed=True)(
         z1[:2], z2[:2], target=torch.eye(2, dtype=DT)))
-    expect("local_target_sizes", lambda: ot.GCAInfoNCE(distributed=True)(
+    expect("local_target_sizes", lambda: ot.GCAInfoNCE(layout="cross", distributed=True)(
         z1, z2, target=torch.eye(s, dtype=DT)))
     # the ranks disagree on a hyper-parameter
     expect("hyper", lambda: ot.GCAInfoNCE(n_iter=3 + rank, distributed=True)(z1, z2))
@@ -378,7 +395,7 @@ def _reference_case(case: dict[str, Any], world: int) -> dict[str, Any]:
         call["labels"] = lab
     if case.get("target") is not None:
         call["target"] = case["target"]
-    args = (glob["z1"], glob["z2"]) if case["form"] == "cross" else (glob["z"],)
+    args = (glob["z1"], glob["z2"]) if case["form"] in ("cross", "two") else (glob["z"],)
     value, details = loss(*args, return_details=True, **call)
     return {"value": value, "details": details, "inputs": glob}
 
@@ -410,7 +427,12 @@ def _check_case(case: dict[str, Any], world: int, results: list[dict[str, Any]])
         _close(got["per_sample"], det.per_sample.detach(), f"{name}: details.per_sample")
         _close(got["f"], det.f.detach(), f"{name}: details.f")
         _close(got["g"], det.g.detach(), f"{name}: details.g")
-        if case["form"] == "cross":
+        if case["form"] == "two":
+            own = rows[: rows.shape[0] // 2]
+            for key in ("z1", "z2"):
+                expected = ref["inputs"][key].grad[own]
+                _close(got["grads"][key] / scale, expected, f"{name}: rank {r} d/d{key}")
+        elif case["form"] == "cross":
             for key in ("z1", "z2"):
                 expected = ref["inputs"][key].grad[rows]
                 _close(got["grads"][key] / scale, expected, f"{name}: rank {r} d/d{key}")
