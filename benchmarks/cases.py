@@ -388,8 +388,8 @@ def otcl_loss(
 ) -> Any:
     """``otcl.torch.GCAInfoNCE(eps, n_iter)`` / ``GCAUOT(eps, rho, n_iter)``, or :class:`Skip`.
 
-    ``mode`` (the gradient mode, keyword ``grad``) and ``layout`` (all-views batches) are passed
-    only when given; a requested option that the class does not accept skips the case rather
+    ``mode`` (the gradient mode, keyword ``grad``) and ``layout`` (``"blocked"`` for all-views
+    batches, ``"cross"`` for the one-direction cross-view problem) are passed only when given; a requested option that the class does not accept skips the case rather
     than measuring something else.
     """
     name = {"gca-ince": "GCAInfoNCE", "gca-uot": "GCAUOT"}[kind]
@@ -406,7 +406,7 @@ def otcl_loss(
         kwargs["grad"] = mode
     if layout is not None:
         if "layout" not in accepted:
-            raise Skip(f"not available: otcl.torch.{name} has no layout option (all-views)")
+            raise Skip(f"not available: otcl.torch.{name} has no layout option")
         kwargs["layout"] = layout
     return cls(**kwargs)
 
@@ -420,7 +420,7 @@ def loss_function(params: dict[str, Any]) -> Callable[..., Any]:
     rho = _rho(params) if family == "gca-uot" else math.inf
     all_views = params["layout"] == "all-views"
     if impl == "otcl":
-        layout = "blocked" if all_views else None
+        layout = "blocked" if all_views else "cross"
         return otcl_loss(
             family, eps=eps, n_iter=n_iter, rho=rho, mode=params.get("mode"), layout=layout
         )

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         s = F.normalize(z1, dim=1) @ F.normalize(z2, dim=1).T
         F.cross_entropy(s / eps, labels).backward()
 
-    loss = ot.GCAInfoNCE(eps=eps, n_iter=args.rounds)
+    loss = ot.GCAInfoNCE(eps=eps, n_iter=args.rounds, layout="cross")
 
     def gca() -> None:
         z1.grad = z2.grad = None
