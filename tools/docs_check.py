@@ -43,10 +43,14 @@ TIMEOUT = 30.0
 # State of a loaded page, as JSON: formulas, rendered formulas, KaTeX errors, KaTeX fonts.
 PAGE_STATE_JS = """
 (async () => {
-  await document.fonts.ready;
   const marked = document.querySelectorAll(".arithmatex");
-  let rendered = 0;
-  marked.forEach((el) => { if (el.querySelector(".katex")) rendered += 1; });
+  const count = () => [...marked].filter((el) => el.querySelector(".katex")).length;
+  // formulas are typeset when the theme publishes the page; give a loaded machine 15 s
+  for (let i = 0; i < 150 && count() < marked.length; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const rendered = count();
+  await document.fonts.ready;
   const fonts = [];
   document.fonts.forEach((f) => {
     const family = f.family.replace(/"/g, "");
@@ -71,7 +75,7 @@ SEARCH_JS = """
   input.value = query;
   input.dispatchEvent(new Event("input", {bubbles: true}));
   input.dispatchEvent(new KeyboardEvent("keyup", {bubbles: true, key: "g"}));
-  for (let i = 0; i < 100; i++) {
+  for (let i = 0; i < 300; i++) {  // up to 30 s: the index loads in a worker
     const items = document.querySelectorAll(".md-search-result__item");
     if (items.length > 0) return JSON.stringify({results: items.length});
     await new Promise((r) => setTimeout(r, 100));
