@@ -22,7 +22,8 @@ pytest.importorskip("build", reason="the build package (dev extra) is not instal
 
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """(wheel, sdist, build log), built once from the checkout without build isolation."""
+    """(wheel, sdist, build log), built once from the checkout without build isolation (the
+    dev extra installs the build backend, setuptools)."""
     out = tmp_path_factory.mktemp("dist")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     proc = subprocess.run(
