@@ -1,14 +1,18 @@
 """The ``otcl`` command: ``otcl study`` (the main job) and ``otcl check`` (a self-test).
 
-``otcl study`` reproduces the paper's claims at toy scale on embedded data (random embeddings,
-sklearn digits, synthetic multi-domain data) and writes ``report.md``, ``results.json`` and PNG
-figures. ``otcl check`` runs the solver and loss identities on every available backend and
-exits with status 1 if any fails. Bad arguments exit with status 2 and a usage message.
+``otcl study`` tests the paper's claims at small scale (random embeddings; MNIST-1D, a
+latent-recovery testbed or sklearn digits; synthetic multi-domain data) on paired seeds and writes
+``report.md``, ``results.json`` and PNG figures. ``otcl check`` runs the solver and loss
+identities on every available backend and exits with status 1 if any fails. Bad arguments exit
+with status 2 and a usage message; without PyTorch both commands print one line naming the
+extra to install and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,6 +54,7 @@ def _sections(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``otcl`` command."""
     from otcl import __version__
+    from otcl.experiments.config import DATASETS
 
     parser = argparse.ArgumentParser(
         prog="otcl",
@@ -78,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--tiny", dest="size", action="store_const", const="tiny",
                       help="smoke test of the whole pipeline in seconds (numbers mean nothing)")
     study.set_defaults(size="quick")
+    study.add_argument("--dataset", choices=DATASETS, default="mnist1d",
+                       help="data of the contrastive section (default: mnist1d)")
     study.add_argument("--out", default="study-out", metavar="DIR",
                        help="output directory (default: study-out)")
     study.add_argument("--seed", type=_seed, default=0, help="base random seed (default: 0)")
@@ -91,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated subset of equivalences,contrastive,domain")
     study.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                        help="torch/BLAS threads (default: 1, fastest for these small models)")
+    study.add_argument("--jobs", type=_positive_int, default=None, metavar="N",
+                       help="worker processes for the training runs (default: up to 2 of the "
+                            "CPUs; the numbers do not depend on it)")
     study.add_argument("--no-progress", dest="progress", action="store_false",
                        help="do not draw progress bars")
 
@@ -118,7 +128,7 @@ def _run_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: torch sees no CUDA device here; use --device cpu")
-    cfg = preset(args.size).replace(seed=args.seed, device=args.device)
+    cfg = preset(args.size).replace(seed=args.seed, device=args.device, dataset=args.dataset)
     if args.seeds is not None:
         cfg = cfg.replace(n_seeds=args.seeds, domain_seeds=min(args.seeds, cfg.domain_seeds))
     if args.epochs is not None:
@@ -127,7 +137,8 @@ def _run_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         cfg = cfg.replace(sections=args.sections)
     command = "otcl " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None
     try:
-        run_study(cfg, args.out, progress=args.progress, threads=args.threads,
+        jobs = args.jobs or (1 if args.device == "cuda" else max(1, min(2, os.cpu_count() or 1)))
+        run_study(cfg, args.out, progress=args.progress, threads=args.threads, jobs=jobs,
                   command=command or f"otcl study --{args.size} --seed {args.seed}")
     except MissingFeatureError as exc:
         print(f"otcl study: {exc}", file=sys.stderr)
@@ -157,10 +168,27 @@ def _run_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     return 0
 
 
+_EXTRAS = {"study": "study", "check": "torch"}
+
+
+def _torch_missing() -> bool:
+    """True when PyTorch cannot be imported (also when ``sys.modules["torch"]`` is ``None``)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is None
+    try:
+        return importlib.util.find_spec("torch") is None
+    except (ImportError, ValueError):
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``otcl`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if _torch_missing():
+        extra = _EXTRAS[args.command]
+        print(f'otcl {args.command} needs PyTorch: pip install "otcl[{extra}]"', file=sys.stderr)
+        return 2
     try:
         if args.command == "study":
             return _run_study(args, parser)

@@ -25,6 +25,10 @@ from otcl.cli import main
         ["study", "--sections", "equivalences,bogus"],
         ["study", "--sections", ","],
         ["study", "--threads", "0"],
+        ["study", "--jobs", "0"],
+        ["study", "--dataset", "cifar100"],
+        ["study", "--dataset"],
+        ["study", "--out"],
         ["study", "--unknown-flag"],
         ["check", "--device", "gpu"],
     ],
@@ -67,7 +71,8 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["study", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--quick", "--full", "--tiny", "--out", "--seed", "--seeds", "--device"):
+    for flag in ("--quick", "--full", "--tiny", "--out", "--seed", "--seeds", "--device",
+                 "--dataset", "--jobs"):
         assert flag in out
 
 
@@ -115,3 +120,30 @@ def test_study_reports_missing_library_parts(monkeypatch: pytest.MonkeyPatch, tm
     err = capsys.readouterr().err
     assert "otcl.torch.GCAUOT" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("argv", "extra"), [(["study", "--tiny", "--out", "unused"], "study"),
+                                            (["check"], "torch")])
+def test_without_torch_one_line_and_status_2(argv: list[str], extra: str, tmp_path) -> None:
+    """A core-only install: torch cannot be imported (simulated by ``sys.modules["torch"] = None``,
+    which makes ``import torch`` raise ImportError)."""
+    code = ("import sys; sys.modules['torch'] = None; from otcl.cli import main; "
+            f"sys.exit(main({argv!r}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [f'otcl {argv[0]} needs PyTorch: pip install "otcl[{extra}]"']
+    assert proc.stdout == ""
+    assert not (tmp_path / "unused").exists()
+
+
+def test_bad_arguments_are_reported_before_any_work(tmp_path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad value after valid ones still stops the run before anything is written."""
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--tiny", "--out", str(out), "--dataset", "mnist1d", "--seed", "x"])
+    assert exc.value.code == 2
+    assert not out.exists()
+    assert "--seed" in capsys.readouterr().err

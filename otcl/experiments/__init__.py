@@ -1,13 +1,24 @@
-"""The main job, ``otcl study``: the paper's claims reproduced at toy scale on embedded data.
+"""The main job, ``otcl study``: the paper's claims tested on paired seeds at small scale.
 
 Sections: equivalences on random embeddings on every backend (:mod:`.equivalence_section`),
-contrastive training on sklearn digits (:mod:`.contrastive`), a domain-aware target plan on
-synthetic multi-domain data (:mod:`.domain`); verdicts on the claims (:mod:`.claims`), figures
-and ``report.md`` (:mod:`.report`); ``otcl check`` (:mod:`.selfcheck`). This package imports
-torch, scikit-learn and matplotlib (the ``study`` extra).
+contrastive training on MNIST-1D, a latent-recovery testbed or sklearn digits
+(:mod:`.contrastive`, :mod:`.datasets`), a domain-aware target plan on synthetic multi-domain data
+(:mod:`.domain`); paired effects, confidence intervals and the verdict rule (:mod:`.stats`),
+verdicts on the claims (:mod:`.claims`), figures and ``report.md`` (:mod:`.report`);
+``otcl check`` (:mod:`.selfcheck`). This package needs torch, scikit-learn, matplotlib and
+mnist1d (the ``study`` extra); importing it imports only the configuration.
 """
 
+from typing import Any
+
 from otcl.experiments.config import LOSS_NAMES, PRESETS, SECTIONS, StudyConfig, preset
-from otcl.experiments.study import run_study
 
 __all__ = ["LOSS_NAMES", "PRESETS", "SECTIONS", "StudyConfig", "preset", "run_study"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run_study":
+        from otcl.experiments.study import run_study
+
+        return run_study
+    raise AttributeError(f"module 'otcl.experiments' has no attribute {name!r}")

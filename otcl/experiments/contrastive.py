@@ -1,26 +1,26 @@
-"""Section 2: contrastive training on sklearn digits with the five losses.
+"""Section 2: contrastive training with the five losses on the chosen dataset.
 
-For every setting (augmentation strength, share of false-positive pairs), loss and seed, a fresh
-encoder is trained on the training split and evaluated with frozen features:
+For every setting (share of false-positive pairs), seed and loss, a fresh encoder is trained and
+evaluated with frozen features:
 
-* ``probe``: linear-probe (logistic regression) test accuracy on all training labels;
-* ``few_shot``: the same with ``shots`` labels per class, averaged over random draws;
-* ``alignment`` / ``uniformity``: Wang–Isola metrics of the test embeddings (alignment on
-  pairs of *standard* views, so that settings are comparable);
-* ``auc_row_mass``: on a held-out batch of test images in which a known share of second views
-  was replaced by a view of another image, the ROC AUC of GCA-UOT's row mass ``P 1`` for
-  flagging those pairs (lower mass = corrupted); ``auc_cosine`` is the same for the plain
-  positive-pair cosine, the obvious baseline detector; ``uot_row_mass_mean`` is the mean row
-  mass (the target's is 1) and ``uot_positive_share_clean`` the mean share ``P_ii / (P 1)_i``
-  of a clean row's mass on its own positive.
+* ``probe``: the dataset's probe metric (linear-probe accuracy, or R^2 of latent recovery, see
+  :mod:`.datasets`);
+* ``alignment`` / ``uniformity``: Wang–Isola metrics of the test embeddings (alignment on clean
+  pairs of views, so that settings are comparable);
+* ``auc_row_mass``: on a held-out batch of test samples in which a known share of second views
+  was replaced by a view of another sample, the ROC AUC of GCA-UOT's row mass for flagging those
+  pairs (lower mass = corrupted). The loss is the two-view all-views problem: rows ``i`` and
+  ``i + N`` are the two views of sample ``i``, and a pair's score is the mean of its two rows'
+  masses. ``auc_cosine`` is the same for the plain cosine of the pair, the obvious baseline;
+* ``step_seconds``: the median wall time of a training step after ``warmup_steps`` warm-up steps.
 
-All losses share the seeds of a repeat (same initial weights, same batches and views), so
-differences between losses are paired.
+Within a seed every loss sees the same data, initial weights, batches and views (the views are
+drawn once per seed and setting and replayed), so differences between losses are paired. The
+same seed also gives the same initial weights and batch order in every setting.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -30,25 +30,16 @@ import numpy as np
 import torch
 
 from otcl.experiments.config import StudyConfig
-from otcl.experiments.data import AUGMENTATIONS, DigitsSplit, load_digits_split, make_pairs
-from otcl.experiments.metrics import (
-    alignment,
-    detection_auc,
-    few_shot_probe,
-    linear_probe,
-    summarize,
-    uniformity,
-)
-from otcl.experiments.models import Encoder
+from otcl.experiments.metrics import alignment, detection_auc, summarize, uniformity
 from otcl.experiments.registry import build_loss
-from otcl.experiments.training import seed_everything, torch_generator, train_encoder
 
-__all__ = ["METRICS", "run_contrastive"]
+__all__ = ["METRICS", "n_runs", "run_contrastive", "run_group"]
 
-METRICS = ("probe", "few_shot", "alignment", "uniformity", "auc_row_mass", "auc_cosine",
-           "final_loss", "train_seconds")
+METRICS = ("probe", "alignment", "uniformity", "auc_row_mass", "auc_cosine", "final_loss",
+           "step_seconds", "train_seconds")
 
 Tick = Callable[[str], None]
+_DATA_CACHE: dict[Any, Any] = {}
 
 
 def repeat_seed(cfg: StudyConfig, k: int) -> int:
@@ -56,175 +47,235 @@ def repeat_seed(cfg: StudyConfig, k: int) -> int:
     return cfg.seed * 1000 + k
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().double().numpy()
-
-
-def _evaluate(enc: Encoder, split: DigitsSplit, tensors: dict[str, torch.Tensor],
-              cfg: StudyConfig, setting_aug: str, uot: torch.nn.Module,
-              seed: int, eps_meters: dict[float, torch.nn.Module] | None = None,
-              ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Metrics of one trained encoder, plus the held-out batch's row masses (for a figure)."""
-    h_tr, _ = enc.features(tensors["x_train"])
-    h_te, z_te = enc.features(tensors["x_test"])
-    h_tr_np, h_te_np = _numpy(h_tr), _numpy(h_te)
-    out = {
-        "probe": linear_probe(h_tr_np, split.y_train, h_te_np, split.y_test),
-        "few_shot": few_shot_probe(h_tr_np, split.y_train, h_te_np, split.y_test,
-                                   shots=cfg.shots, draws=cfg.shot_draws,
-                                   rng=np.random.default_rng(seed)),
-        "uniformity": uniformity(_numpy(z_te)),
-    }
-    # evaluation draws use a fixed stream, identical for every encoder
-    gen = torch_generator(10_007 + cfg.seed, tensors["x_test"].device)
-    x_te = tensors["x_test"]
-    with torch.no_grad():
-        enc.eval()
-        v1, v2 = AUGMENTATIONS["standard"](x_te, gen), AUGMENTATIONS["standard"](x_te, gen)
-        out["alignment"] = alignment(_numpy(enc(v1)), _numpy(enc(v2)))
-        held = x_te[: min(cfg.auc_batch, x_te.shape[0])]
-        w1, w2, corrupted = make_pairs(held, AUGMENTATIONS[setting_aug], gen, cfg.auc_fp_fraction)
-        z1, z2 = enc(w1), enc(w2)
-        _, details = uot(z1, z2, return_details=True)
-        row_mass = _numpy(details.row_mass)
-        # share of each row's plan mass that sits on its own (possibly corrupted) positive
-        diag = torch.diagonal(details.plan)
-        share = _numpy(diag / details.row_mass)
-        cos = _numpy(torch.nn.functional.cosine_similarity(z1, z2, dim=1))
-        by_eps = {}
-        for eps, meter in (eps_meters or {}).items():
-            by_eps[eps] = _numpy(meter(z1, z2, return_details=True)[1].row_mass)
-    flags = _numpy(corrupted).astype(bool)
-    for eps, mass in by_eps.items():
-        out[f"auc_row_mass_eps{eps:g}"] = detection_auc(-mass, flags)
-    out["auc_row_mass"] = detection_auc(-row_mass, flags)
-    out["auc_cosine"] = detection_auc(-cos, flags)
-    out["uot_row_mass_mean"] = float(row_mass.mean())
-    out["uot_positive_share_clean"] = float(share[~flags].mean()) if (~flags).any() else math.nan
-    return out, {"row_mass": row_mass, "corrupted": flags}
-
-
-def _baselines(split: DigitsSplit, tensors: dict[str, torch.Tensor], cfg: StudyConfig) -> dict:
-    """Probe accuracies of raw pixels and of a randomly initialised (untrained) encoder."""
-    seed_everything(2 * repeat_seed(cfg, 0))
-    enc = Encoder(split.x_train.shape[1], hidden=cfg.hidden, out_dim=cfg.out_dim)
-    enc = enc.to(tensors["x_train"].device)
-    h_tr, _ = enc.features(tensors["x_train"])
-    h_te, _ = enc.features(tensors["x_test"])
-    out = {}
-    for name, (a, b) in {
-        "raw_pixels": (split.x_train, split.x_test),
-        "random_encoder": (_numpy(h_tr), _numpy(h_te)),
-    }.items():
-        out[name] = {
-            "probe": linear_probe(a, split.y_train, b, split.y_test),
-            "few_shot": few_shot_probe(a, split.y_train, b, split.y_test, shots=cfg.shots,
-                                       draws=cfg.shot_draws,
-                                       rng=np.random.default_rng(cfg.seed)),
-        }
-    return out
-
-
 def n_runs(cfg: StudyConfig) -> int:
     """Number of training runs of this section (for progress bars)."""
     return len(cfg.settings) * len(cfg.losses) * cfg.n_seeds
 
 
-def run_contrastive(cfg: StudyConfig, device: torch.device, tick: Tick) -> dict[str, Any]:
-    """Train and evaluate every (setting, loss, seed); ``tick`` is called after each run.
+def _data(cfg: StudyConfig) -> Any:
+    from otcl.experiments.datasets import load_data
 
-    Returns a JSON-ready dict: ``baselines``, ``settings[name][loss][metric]`` summaries
-    (mean, std, per-seed values), ``paired_vs_ince`` differences, per-epoch training losses,
-    and the held-out row masses of the GCA-UOT encoder (``row_mass_example``). The trained
-    encoders of INCE and GCA-INCE at repeat 0 are returned under ``_encoders`` (not JSON).
-    """
-    split = load_digits_split(cfg.seed)
-    tensors = {
-        "x_train": torch.from_numpy(split.x_train).to(device),
-        "x_test": torch.from_numpy(split.x_test).to(device),
-    }
-    uot_meter = build_loss("GCA-UOT", cfg.loss)
-    eps_meters = {e: build_loss("GCA-UOT", dataclasses.replace(cfg.loss, eps=e))
-                  for e in cfg.auc_eps}
-    result: dict[str, Any] = {
-        "data": {"n_train": len(split.y_train), "n_test": len(split.y_test), "dim": 64},
-        "baselines": _baselines(split, tensors, cfg),
-        "settings": {},
-        "curves": {},
-        "row_mass_example": {},
-        "_encoders": {},
-    }
-    for setting in cfg.settings:
-        aug = AUGMENTATIONS[setting.augmentation]
-        per_loss: dict[str, Any] = {}
-        curves: dict[str, list[list[float]]] = {}
-        for loss_name in cfg.losses:
-            loss = build_loss(loss_name, cfg.loss)
-            values: dict[str, list[float]] = {m: [] for m in METRICS}
-            curves[loss_name] = []
-            for k in range(cfg.n_seeds):
-                seed = repeat_seed(cfg, k)
-
-                def sample(xb: torch.Tensor, gen: torch.Generator, _aug=aug,
-                           _fp=setting.fp_fraction) -> tuple[torch.Tensor, torch.Tensor]:
-                    v1, v2, _ = make_pairs(xb, _aug, gen, _fp)
-                    return v1, v2
-
-                def call(z1: torch.Tensor, z2: torch.Tensor, _idx: torch.Tensor,
-                         _loss=loss) -> torch.Tensor:
-                    return _loss(z1, z2)
-
-                start = time.perf_counter()
-                trained = train_encoder(
-                    tensors["x_train"], call, sample, epochs=cfg.epochs,
-                    batch_size=min(cfg.batch_size, len(split.y_train)), seed=seed,
-                    hidden=cfg.hidden, out_dim=cfg.out_dim, lr=cfg.lr,
-                )
-                seconds = time.perf_counter() - start
-                metrics, masses = _evaluate(
-                    trained.encoder, split, tensors, cfg, setting.augmentation, uot_meter, seed,
-                    eps_meters if loss_name == "GCA-UOT" else None,
-                )
-                metrics["final_loss"] = trained.losses[-1]
-                metrics["train_seconds"] = seconds
-                for m, v in metrics.items():
-                    values.setdefault(m, []).append(float(v))
-                curves[loss_name].append(trained.losses)
-                if k == 0 and loss_name == "GCA-UOT":
-                    result["row_mass_example"][setting.name] = {
-                        "row_mass": masses["row_mass"].tolist(),
-                        "corrupted": masses["corrupted"].tolist(),
-                    }
-                if k == 0 and loss_name in ("INCE", "GCA-INCE"):
-                    result["_encoders"][(setting.name, loss_name)] = trained.encoder
-                tick(f"{setting.name}/{loss_name}/seed{k}")
-            per_loss[loss_name] = {m: summarize(v).as_dict() for m, v in values.items()}
-        result["settings"][setting.name] = per_loss
-        result["curves"][setting.name] = curves
-        result["paired_vs_ince"] = result.get("paired_vs_ince", {})
-        result["paired_vs_ince"][setting.name] = _paired(per_loss)
-    return result
+    key = (cfg.dataset, cfg.seed, cfg.n_train, cfg.n_test, cfg.view_shift,
+           cfg.view_scale, cfg.latent_dim, cfg.latent_kappa, cfg.latent_layers)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()
+        _DATA_CACHE[key] = load_data(cfg)
+    return _DATA_CACHE[key]
 
 
-def _paired(per_loss: dict[str, Any]) -> dict[str, Any]:
-    """Per-seed differences ``metric(loss) - metric(INCE)`` for the probe metrics."""
-    if "INCE" not in per_loss:
-        return {}
-    out: dict[str, Any] = {}
-    for name, rec in per_loss.items():
-        if name == "INCE":
-            continue
-        out[name] = {}
-        for m in ("probe", "few_shot", "uniformity", "alignment"):
-            diff = np.asarray(rec[m]["values"]) - np.asarray(per_loss["INCE"][m]["values"])
-            out[name][m] = summarize(diff.tolist()).as_dict()
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
+
+
+def _view_bank(data: Any, cfg: StudyConfig, setting_idx: int, k: int,
+               ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every training batch of a run: ``[(v1, v2)]`` over all epochs, drawn once and replayed."""
+    setting = cfg.settings[setting_idx]
+    n = len(data.x_train)
+    batch = min(cfg.batch_size, n)
+    order_rng = np.random.default_rng([repeat_seed(cfg, k), 1])
+    view_rng = np.random.default_rng([repeat_seed(cfg, k), 2, setting_idx])
+    out = []
+    for _ in range(cfg.epochs):
+        perm = order_rng.permutation(n)
+        for b in range(n // batch):
+            idx = perm[b * batch : (b + 1) * batch]
+            v1, v2, _ = data.pairs(idx, view_rng, setting.fp_fraction,
+                                   augmentation=setting.augmentation)
+            out.append((v1, v2))
     return out
 
 
-def held_out_pairs(cfg: StudyConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean (uncorrupted) standard views of the held-out images, for the KL-curve figure."""
-    split = load_digits_split(cfg.seed)
-    x = torch.from_numpy(split.x_test[: cfg.auc_batch]).to(device)
-    gen = torch_generator(20_011 + cfg.seed, device)
-    v1, v2, _ = make_pairs(x, AUGMENTATIONS["standard"], gen, 0.0)
-    return v1, v2
+def _train(data: Any, cfg: StudyConfig, bank: list, loss: torch.nn.Module, seed: int,
+           device: torch.device) -> tuple[torch.nn.Module, list[float], float, float]:
+    """Train a fresh encoder on ``bank``: (encoder, per-epoch losses, median step s, total s)."""
+    torch.manual_seed(2 * seed)
+    enc = data.make_encoder(cfg).to(device)
+    opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    enc.train()
+    steps_per_epoch = len(bank) // cfg.epochs
+    epoch_losses, total, step_times = [], 0.0, []
+    start = time.perf_counter()
+    for s, (v1, v2) in enumerate(bank):
+        t0 = time.perf_counter()
+        x = torch.from_numpy(np.concatenate([v1, v2])).to(device)
+        z = enc(x)
+        value = loss(z[: len(v1)], z[len(v1):])
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        torch.nn.utils.clip_grad_norm_(enc.parameters(), 10.0)
+        opt.step()
+        v = float(value.detach())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if s >= cfg.warmup_steps:
+            step_times.append(time.perf_counter() - t0)
+        total += v
+        if (s + 1) % steps_per_epoch == 0:
+            epoch_losses.append(total / steps_per_epoch)
+            total = 0.0
+            if not math.isfinite(epoch_losses[-1]):
+                break
+    enc.eval()
+    median = float(np.median(step_times)) if step_times else math.nan
+    return enc, epoch_losses, median, time.perf_counter() - start
+
+
+def _evaluate(enc: torch.nn.Module, data: Any, cfg: StudyConfig, k: int, uot: torch.nn.Module,
+              device: torch.device) -> tuple[dict[str, float], dict[str, list]]:
+    x_tr = torch.from_numpy(data.x_train).to(device)
+    x_te = torch.from_numpy(data.x_test).to(device)
+    h_tr, z_tr = enc.features(x_tr)
+    h_te, z_te = enc.features(x_te)
+    if data.probe_space == "z":
+        f_tr, f_te = _numpy(z_tr), _numpy(z_te)
+    else:
+        f_tr, f_te = _numpy(h_tr), _numpy(h_te)
+    out = {"probe": data.score(f_tr, f_te),
+           "uniformity": uniformity(_numpy(z_te[: cfg.auc_batch * 4]))}
+    # evaluation draws: a fixed stream per seed, identical for every loss and setting
+    rng = np.random.default_rng([repeat_seed(cfg, k), 3])
+    n_held = min(cfg.auc_batch, len(data.x_test))
+    idx = np.arange(n_held)
+    c1, c2, _ = data.pairs(idx, rng, 0.0, split="test")
+    w1, w2, corrupted = data.pairs(idx, rng, cfg.auc_fp_fraction, split="test")
+    with torch.no_grad():
+        a1 = enc(torch.from_numpy(c1).to(device))
+        a2 = enc(torch.from_numpy(c2).to(device))
+        out["alignment"] = alignment(_numpy(a1), _numpy(a2))
+        z1 = enc(torch.from_numpy(w1).to(device))
+        z2 = enc(torch.from_numpy(w2).to(device))
+        _, details = uot(z1, z2, return_details=True)
+        mass = _numpy(details.row_mass).reshape(-1)
+        cos = _numpy(torch.nn.functional.cosine_similarity(z1, z2, dim=1))
+    pair_mass = mass.reshape(-1, n_held).mean(axis=0) if mass.size % n_held == 0 else mass
+    out["auc_row_mass"] = detection_auc(-pair_mass, corrupted)
+    out["auc_cosine"] = detection_auc(-cos, corrupted)
+    out["row_mass_mean"] = float(mass.mean())
+    return out, {"row_mass": pair_mass.tolist(), "corrupted": corrupted.tolist(),
+                 "clean_views": (a1, a2)}
+
+
+def run_group(cfg: StudyConfig, setting_idx: int, k: int, device_name: str = "cpu",
+              threads: int | None = None) -> list[dict[str, Any]]:
+    """Train and evaluate every loss for one setting and one seed (one unit of parallel work)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    data = _data(cfg)
+    bank = _view_bank(data, cfg, setting_idx, k)
+    uot_meter = build_loss("GCA-UOT", cfg.loss)
+    records = []
+    for loss_name in cfg.losses:
+        loss = build_loss(loss_name, cfg.loss)
+        enc, curve, step, total = _train(data, cfg, bank, loss, repeat_seed(cfg, k), device)
+        metrics, extra = _evaluate(enc, data, cfg, k, uot_meter, device)
+        metrics["final_loss"] = curve[-1] if curve else math.nan
+        metrics["step_seconds"] = step
+        metrics["train_seconds"] = total
+        rec: dict[str, Any] = {"setting": cfg.settings[setting_idx].name, "k": k,
+                               "loss": loss_name, "metrics": metrics, "curve": curve}
+        if loss_name == "GCA-UOT" and k == 0:
+            rec["row_mass"] = {"row_mass": extra["row_mass"], "corrupted": extra["corrupted"]}
+        if (loss_name == "INCE" and k == 0 and setting_idx == 0
+                and "equivalences" in cfg.sections):
+            from otcl.alignment.equivalences import kl_curve
+            from otcl.experiments.equivalence_section import curve_summary
+
+            a1, a2 = extra["clean_views"]
+            rec["kl_curve_trained"] = curve_summary(kl_curve(
+                _numpy(a1), _numpy(a2), eps=cfg.loss.eps, n_half_steps=cfg.kl_half_steps))
+        records.append(rec)
+    return records
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+
+
+def run_contrastive(cfg: StudyConfig, device: torch.device, tick: Tick,
+                    jobs: int = 1) -> dict[str, Any]:
+    """Train and evaluate every (setting, seed, loss); ``tick`` is called after each run.
+
+    ``jobs`` > 1 runs the (setting, seed) groups in that many worker processes (CPU only); the
+    numbers do not depend on ``jobs``. Returns a JSON-ready dict: ``data`` (name, metric, sizes,
+    view recipe, ``raw_probe``), ``settings[setting][loss][metric]`` summaries (mean, std,
+    per-seed values in seed order), per-epoch training losses, the held-out row masses of the
+    GCA-UOT encoder at seed 0, and (with the equivalence section) the KL curve of a trained
+    INCE encoder.
+    """
+    data = _data(cfg)
+    groups = [(s, k) for k in range(cfg.n_seeds) for s in range(len(cfg.settings))]
+    records: list[dict[str, Any]] = []
+
+    def collect(recs: list[dict[str, Any]]) -> None:
+        records.extend(recs)
+        for r in recs:
+            tick(f"{r['setting']}/{r['loss']}/seed{r['k']}")
+
+    if jobs > 1 and device.type == "cpu" and len(groups) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(1,)) as pool:
+            futures = [pool.submit(run_group, cfg, s, k, "cpu") for s, k in groups]
+            for fut in as_completed(futures):
+                collect(fut.result())
+    else:
+        for s, k in groups:
+            collect(run_group(cfg, s, k, device.type))
+
+    result: dict[str, Any] = {
+        "data": {"name": data.name, "metric": data.metric, "probe_space": data.probe_space,
+                 "n_train": len(data.x_train), "n_test": len(data.x_test),
+                 "dim": int(data.x_train.shape[1]), "floor": data.floor, "views": data.views,
+                 "raw_probe": data.raw_score()},
+        "settings": {},
+        "curves": {},
+        "row_mass_example": {},
+    }
+    for setting in cfg.settings:
+        per_loss: dict[str, Any] = {}
+        result["curves"][setting.name] = {}
+        for loss_name in cfg.losses:
+            mine = sorted((r for r in records
+                           if r["setting"] == setting.name and r["loss"] == loss_name),
+                          key=lambda r: r["k"])
+            names = list(dict.fromkeys(m for r in mine for m in r["metrics"]))
+            per_loss[loss_name] = {
+                m: summarize([float(r["metrics"].get(m, math.nan)) for r in mine]).as_dict()
+                for m in names
+            }
+            result["curves"][setting.name][loss_name] = [r["curve"] for r in mine]
+            for r in mine:
+                if "row_mass" in r:
+                    result["row_mass_example"][setting.name] = r["row_mass"]
+                if "kl_curve_trained" in r:
+                    result["kl_curve_trained"] = r["kl_curve_trained"]
+        result["settings"][setting.name] = per_loss
+    return result
+
+
+def view_examples(cfg: StudyConfig, n: int = 4) -> dict[str, Any] | None:
+    """A few training samples, two views of each and one false pair (for the views figure)."""
+    data = _data(cfg)
+    if data.metric != "accuracy":
+        return None
+    labels = data.t_train
+    idx = np.array([int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:n]])
+    rng = np.random.default_rng([cfg.seed, 4])
+    v1, v2, _ = data.pairs(idx, rng, 0.0)
+    f1, f2, flags = data.pairs(idx[:2], rng, 0.5)
+    row = int(np.flatnonzero(flags)[0]) if flags.any() else 0
+    out: dict[str, Any] = {"x": data.x_train[idx], "v1": v1, "v2": v2, "labels": labels[idx]}
+    if flags.any():
+        out.update(fp_v1=f1[row], fp_v2=f2[row],
+                   fp_labels=(int(labels[idx[row]]), int(labels[idx[1 - row]])))
+    return out

@@ -73,7 +73,8 @@ def run_domain(cfg: StudyConfig, device: torch.device, tick: Any) -> dict[str, A
     batch = min(cfg.domain_batch, x_tr.shape[0])
     n_same = batch / N_DOMAINS - 1.0
     n_cross = batch * (N_DOMAINS - 1) / N_DOMAINS
-    loss = build_loss("GCA-INCE", cfg.loss)
+    # domain_prior's N x N target is defined on the one-direction cross-view problem
+    loss = build_loss("GCA-INCE", cfg.loss, layout="cross")
 
     style = torch.from_numpy(data.offsets).to(device)
 

@@ -37,9 +37,15 @@ def _loss_kwargs(name: str, s: LossSettings) -> dict[str, Any]:
     raise ValueError(f"loss must be one of {LOSS_NAMES}, got {name!r}")
 
 
-def build_loss(name: str, settings: LossSettings) -> nn.Module:
-    """The ``otcl.torch`` module for loss ``name`` (one of :data:`LOSS_NAMES`)."""
+def build_loss(name: str, settings: LossSettings, layout: str | None = None) -> nn.Module:
+    """The ``otcl.torch`` module for loss ``name`` (one of :data:`LOSS_NAMES`).
+
+    ``layout=None`` keeps the library's two-view default (the all-views ``2N x 2N`` problem);
+    ``"cross"`` selects the one-direction ``N x N`` problem.
+    """
     kwargs = _loss_kwargs(name, settings)
+    if layout is not None:
+        kwargs["layout"] = layout
     module = importlib.import_module("otcl.torch")
     return getattr(module, _LOSS_CLASSES[name])(**kwargs)
 

@@ -1,4 +1,11 @@
-"""Figures (matplotlib, Agg), ``report.md`` and the terminal summary of a study run."""
+"""Figures (matplotlib, Agg), ``report.md`` and the terminal summary of a study run.
+
+The report opens with the verdict table (one row per claim: effect, confidence interval, seeds,
+verdict), states the verdict rule fixed before the run, then shows one figure per claim: the
+per-seed paired differences with their mean and confidence interval beside the margin band, and
+the quantities the difference was computed from on an honest axis (accuracy axes start at the
+chance level or at the raw-input probe, whichever is lower).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from otcl.experiments.claims import Claim
-from otcl.experiments.data import AUGMENTATIONS
+from otcl.experiments.stats import VerdictRule
 
 __all__ = ["make_figures", "summary_table", "write_report"]
 
@@ -20,7 +27,6 @@ LOSS_COLORS = {
     "GCA-RINCE": "#8172b2",
     "GCA-UOT": "#dd8452",
 }
-SETTING_MARKERS = ["o", "s", "^", "D", "v"]
 
 
 def _plt() -> Any:
@@ -50,7 +56,7 @@ def fig_kl_curve(res: dict, out: Path) -> str:
     eq = res["equivalences"]
     curves = [("random embeddings", eq["kl_curve_random"])]
     if "kl_curve_trained" in eq:
-        curves.append(("trained INCE encoder, held-out digits", eq["kl_curve_trained"]))
+        curves.append(("trained INCE encoder, held-out samples", eq["kl_curve_trained"]))
     fig, axes = plt.subplots(2, len(curves), figsize=(5.6 * len(curves), 7.0), squeeze=False)
     n_iter = res["config"]["loss"]["n_iter"]
     k_gca = 2 * n_iter + 1
@@ -83,116 +89,6 @@ def fig_kl_curve(res: dict, out: Path) -> str:
     fig.suptitle("Section 1: KL to the target plan over Sinkhorn half-steps")
     fig.tight_layout()
     return _save(fig, out, "equivalences_kl_curve.png")
-
-
-def _setting_names(res: dict) -> list[str]:
-    return list(res["contrastive"]["settings"])
-
-
-def fig_probe(res: dict, out: Path) -> str:
-    plt = _plt()
-    con = res["contrastive"]
-    settings = _setting_names(res)
-    losses = list(con["settings"][settings[0]])
-    metrics = [("probe", "linear probe, all labels"),
-               ("few_shot", f"linear probe, {res['config']['shots']} labels per class")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    width = 0.8 / len(settings)
-    x = np.arange(len(losses))
-    for ax, (metric, title) in zip(axes, metrics, strict=True):
-        lo = math.inf
-        for s, setting in enumerate(settings):
-            means = np.array([con["settings"][setting][name][metric]["mean"] for name in losses])
-            stds = np.array([con["settings"][setting][name][metric]["std"] for name in losses])
-            lo = min(lo, float(np.nanmin(means - stds)))
-            ax.bar(x + (s - (len(settings) - 1) / 2) * width, 100 * means, width,
-                   yerr=100 * stds, capsize=3, label=setting, alpha=0.85)
-        for name, style in (("raw_pixels", ":"), ("random_encoder", "--")):
-            val = con["baselines"][name][metric]
-            lo = min(lo, val)
-            ax.axhline(100 * val, color="k", ls=style, lw=1,
-                       label=name.replace("_", " ") + " (baseline)")
-        ax.set_xticks(x, losses, rotation=15)
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(title)
-        top = max([100 * con["settings"][st][name][metric]["mean"] for st in settings
-                   for name in losses]
-                  + [100 * con["baselines"][b][metric] for b in ("raw_pixels", "random_encoder")])
-        ax.set_ylim(max(0.0, 100 * lo - 2), min(100.0, top + 1.5))
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9,
-               bbox_to_anchor=(0.5, -0.06))
-    n = res["config"]["n_seeds"]
-    fig.suptitle(f"Section 2: digits, frozen-feature probes (mean ± std over {n} "
-                 f"seed{'s' if n > 1 else ''})")
-    return _save(fig, out, "contrastive_probe.png")
-
-
-def fig_align_uniform(res: dict, out: Path) -> str:
-    plt = _plt()
-    con = res["contrastive"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    for s, setting in enumerate(_setting_names(res)):
-        for name, rec in con["settings"][setting].items():
-            ax.errorbar(rec["alignment"]["mean"], rec["uniformity"]["mean"],
-                        xerr=rec["alignment"]["std"], yerr=rec["uniformity"]["std"],
-                        fmt=SETTING_MARKERS[s % len(SETTING_MARKERS)],
-                        color=LOSS_COLORS.get(name, "k"), ms=7, capsize=2)
-    for name, color in LOSS_COLORS.items():
-        ax.plot([], [], "s", color=color, label=name)
-    for s, setting in enumerate(_setting_names(res)):
-        ax.plot([], [], SETTING_MARKERS[s % len(SETTING_MARKERS)], color="0.4", label=setting)
-    ax.set_xlabel("alignment  E||z1 - z2||^2  (lower = better aligned)")
-    ax.set_ylabel("uniformity  log E exp(-2||zi - zj||^2)  (lower = more uniform)")
-    ax.set_title("Section 2: Wang–Isola alignment and uniformity (test set)")
-    ax.legend(fontsize=8, ncol=2)
-    return _save(fig, out, "contrastive_align_uniform.png")
-
-
-def fig_row_mass(res: dict, out: Path) -> str | None:
-    plt = _plt()
-    con = res["contrastive"]
-    examples = con.get("row_mass_example", {})
-    if not examples:
-        return None
-    setting = "noisy" if "noisy" in examples else next(iter(examples))
-    ex = examples[setting]
-    mass = np.asarray(ex["row_mass"])
-    flags = np.asarray(ex["corrupted"], dtype=bool)
-    rec = con["settings"][setting]["GCA-UOT"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
-    ax = axes[0]
-    bins = np.linspace(mass.min(), mass.max(), 30)
-    ax.hist(mass[~flags], bins=bins, alpha=0.6, density=True, label="clean pairs")
-    ax.hist(mass[flags], bins=bins, alpha=0.6, density=True, label="corrupted pairs")
-    ax.set_xlabel("GCA-UOT row mass (P 1)_i")
-    ax.set_ylabel("density")
-    ax.set_title(f"row masses on a held-out batch (target mass 1)\n{setting} setting, seed 0, "
-                 f"AUC {rec['auc_row_mass']['values'][0]:.3f}", fontsize=10)
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    eps_keys = sorted((float(k.removeprefix("auc_row_mass_eps")), k) for k in rec
-                      if k.startswith("auc_row_mass_eps"))
-    if eps_keys:
-        e = [v for v, _ in eps_keys]
-        m = [rec[k]["mean"] for _, k in eps_keys]
-        sd = [rec[k]["std"] for _, k in eps_keys]
-        ax.errorbar(e, m, yerr=sd, fmt="o-", capsize=3, label="row mass (GCA-UOT, rho fixed)")
-        ax.set_xscale("log")
-        ax.minorticks_off()
-        ax.set_xticks(e, [f"{v:g}" for v in e])
-    ax.axhline(rec["auc_cosine"]["mean"], color="k", ls="--", lw=1,
-               label="positive-pair cosine (baseline)")
-    ax.axhline(0.5, color="0.5", ls=":", lw=1, label="chance")
-    ax.set_xlabel("eps at which the row masses are measured")
-    ax.set_ylabel("AUC for flagging corrupted pairs")
-    ax.set_ylim(0.3, 1.02)
-    ax.set_title("detection AUC of the row masses\nGCA-UOT encoder, mean ± std over seeds",
-                 fontsize=10)
-    ax.legend(fontsize=8)
-    fig.suptitle("Section 2: do GCA-UOT's row masses flag false-positive pairs?")
-    fig.tight_layout()
-    return _save(fig, out, "contrastive_row_mass.png")
 
 
 def fig_curves(res: dict, out: Path) -> str:
@@ -246,14 +142,134 @@ def fig_domain(res: dict, out: Path) -> str:
     return _save(fig, out, "domain_prior.png")
 
 
-def make_figures(res: dict[str, Any], out: Path) -> list[str]:
+def fig_claim(claim: Claim, out: Path) -> str | None:
+    """Left: per-seed effects, their mean and CI, zero and the margin; right: the parts."""
+    if claim.effect is None or claim.effect.n == 0:
+        return None
+    plt = _plt()
+    e = claim.effect
+    s = claim.scale
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.6), gridspec_kw={"width_ratios": [1, 1.6]})
+    ax = axes[0]
+    vals = np.asarray(e.values) * s
+    jitter = np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else np.zeros(1)
+    ax.scatter(jitter, vals, s=16, color="0.45", zorder=2, label="per seed")
+    if math.isfinite(e.low) and math.isfinite(e.high):
+        ax.errorbar([0.35], [e.mean * s], yerr=[[(e.mean - e.low) * s], [(e.high - e.mean) * s]],
+                    fmt="o", color="k", capsize=5, zorder=3, label="mean, 95% CI")
+    ax.axhline(0.0, color="k", lw=0.8)
+    m = claim.margin * s
+    if claim.direction == "at_most":
+        ax.axhline(m, color="#c44e52", ls="--", lw=1, label=f"claimed bound {m:g}{claim.unit}")
+    elif m > 0:
+        ax.axhspan(-m, m, color="#55a868", alpha=0.12, label=f"±{m:g}{claim.unit} margin")
+    ax.set_xlim(-0.5, 0.7)
+    ax.set_xticks([])
+    ax.set_ylabel(f"{claim.effect_label}" + (f" ({claim.unit.strip()})" if claim.unit else ""),
+                  fontsize=8)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"verdict: {claim.verdict}", fontsize=10)
+    ax = axes[1]
+    names = list(claim.parts)
+    for i, name in enumerate(names):
+        v = np.asarray(claim.parts[name], dtype=float)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            continue
+        color = LOSS_COLORS.get(name, "#4c72b0")
+        xs = i + np.linspace(-0.15, 0.15, v.size) if v.size > 1 else np.full(1, float(i))
+        ax.scatter(xs, v, s=12, color=color, alpha=0.6)
+        if v.size > 1:
+            from scipy.stats import t as student_t
+
+            half = float(student_t.ppf(0.975, v.size - 1)) * v.std(ddof=1) / math.sqrt(v.size)
+            ax.errorbar([i + 0.3], [v.mean()], yerr=[half], fmt="s", color=color, capsize=4)
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set_ylabel(claim.parts_label, fontsize=8)
+    lo, hi = ax.get_ylim()
+    if claim.floor is not None:
+        lo = claim.floor
+        ax.axhline(claim.floor, color="0.5", ls=":", lw=1)
+    if claim.ceiling is not None:
+        hi = claim.ceiling
+    ax.set_ylim(lo, hi)
+    ax.set_title("the values compared (mean, 95% CI)", fontsize=10)
+    fig.suptitle(claim.claim if len(claim.claim) < 110 else claim.claim[:107] + "...",
+                 fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out, f"claim_{claim.key}.png")
+
+
+def fig_views(res: dict, out: Path, examples: dict[str, Any] | None) -> str | None:
+    """Example samples and their two views (MNIST-1D signals or digits images)."""
+    if not examples:
+        return None
+    plt = _plt()
+    x, v1, v2, labels = (np.asarray(examples[k]) for k in ("x", "v1", "v2", "labels"))
+    fp1, fp2 = examples.get("fp_v1"), examples.get("fp_v2")
+    n = len(x)
+    image = res["contrastive"]["data"]["name"] == "digits"
+    cols = n + (1 if fp1 is not None else 0)
+    fig, axes = plt.subplots(1, cols, figsize=(2.6 * cols, 2.6), squeeze=False)
+    for i in range(n):
+        ax = axes[0][i]
+        if image:
+            ax.imshow(np.concatenate([x[i].reshape(8, 8), v1[i].reshape(8, 8),
+                                      v2[i].reshape(8, 8)], axis=1), cmap="gray_r")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        else:
+            ax.plot(x[i], color="k", lw=2, label="sample")
+            ax.plot(v1[i], color="#4c72b0", lw=1, label="view 1")
+            ax.plot(v2[i], color="#dd8452", lw=1, label="view 2")
+        ax.set_title(f"digit {int(labels[i])}", fontsize=9)
+    if fp1 is not None:
+        ax = axes[0][-1]
+        ax.plot(np.asarray(fp1), color="#4c72b0", lw=1, label="view 1")
+        ax.plot(np.asarray(fp2), color="#c44e52", lw=1, label="'view 2': another digit")
+        ax.set_title(f"false pair ({examples['fp_labels'][0]} vs {examples['fp_labels'][1]})",
+                     fontsize=9)
+        ax.legend(fontsize=6)
+    if not image:
+        axes[0][0].legend(fontsize=6)
+    fig.suptitle("Example samples and their positive views (" + res["contrastive"]["data"]
+                 ["name"] + ")", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out, "views.png")
+
+
+def fig_row_mass(res: dict, out: Path) -> str | None:
+    plt = _plt()
+    con = res["contrastive"]
+    examples = con.get("row_mass_example", {})
+    if not examples:
+        return None
+    setting = "noisy" if "noisy" in examples else next(iter(examples))
+    ex = examples[setting]
+    mass = np.asarray(ex["row_mass"])
+    flags = np.asarray(ex["corrupted"], dtype=bool)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    bins = np.linspace(mass.min(), mass.max(), 30)
+    ax.hist(mass[~flags], bins=bins, alpha=0.6, density=True, label="true pairs")
+    ax.hist(mass[flags], bins=bins, alpha=0.6, density=True, label="false pairs")
+    ax.set_xlabel("GCA-UOT row mass of the pair (mean of its two rows)")
+    ax.set_ylabel("density")
+    ax.set_title(f"held-out batch, GCA-UOT encoder, {setting} setting, seed 0", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out, "contrastive_row_mass.png")
+
+
+def make_figures(res: dict[str, Any], out: Path, claims: list[Claim] | None = None,
+                 examples: dict[str, Any] | None = None) -> list[str]:
     """Write every figure the results support into ``out``; return their file names."""
     names: list[str | None] = []
+    for c in claims or []:
+        names.append(fig_claim(c, out))
+    if "contrastive" in res:
+        names += [fig_views(res, out, examples), fig_row_mass(res, out), fig_curves(res, out)]
     if "equivalences" in res:
         names.append(fig_kl_curve(res, out))
-    if "contrastive" in res:
-        names += [fig_probe(res, out), fig_align_uniform(res, out), fig_row_mass(res, out),
-                  fig_curves(res, out)]
     if "domain" in res:
         names.append(fig_domain(res, out))
     return [n for n in names if n is not None]
@@ -264,246 +280,149 @@ def make_figures(res: dict[str, Any], out: Path) -> list[str]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    """A Markdown table; ``|`` inside cells is escaped."""
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _fmt(rec: dict, scale: float = 1.0, digits: int = 2) -> str:
-    mean, std = rec["mean"], rec["std"]
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+def _ci_text(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    from otcl.experiments.stats import paired_effect
+
+    e = paired_effect(values)
+    if not math.isfinite(e.mean):
         return "n/a"
-    if len(rec["values"]) < 2:
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    if e.n < 2:
+        return f"{e.mean * scale:.{digits}f}"
+    return f"{e.mean * scale:.{digits}f} ± {e.half_width * scale:.{digits}f}"
 
 
-def _equivalence_md(res: dict) -> list[str]:
-    eq = res["equivalences"]
-    rows = [[r["backend"], r["name"], "-" if r["lhs"] is None else f"{r['lhs']:.6g}",
-             "-" if r["rhs"] is None else f"{r['rhs']:.6g}", f"{r['gap']:.2e}",
-             ("≤ " if r["one_sided"] else "|gap| ≤ ") + f"{r['tol']:.0e}",
-             "yes" if r["holds"] else "**NO**"] for r in eq["records"]]
-    c = eq["kl_curve_random"]
-    lines = [
-        "## 1. Equivalences on random embeddings",
-        "",
-        f"Random Gaussian embeddings (N = {eq['n']}, d = {eq['d']}, second view = first + 0.5 ·"
-        f" noise, eps = {eq['eps']}), float64, on: {', '.join(eq['backends'])}. Each identity is"
-        " computed by two independent routes; one-sided checks (marked ≤) test an inequality.",
-        "",
-        _table(["backend", "check", "lhs", "rhs", "gap", "tolerance", "holds"], rows),
-        "",
-        f"KL(I ‖ P^(k)) / N over half-steps on the random batch: {c['first']:.6f} (k = 1, "
-        f"InfoNCE) → {c['last']:.6f} (k = {len(c['kl'])}); largest increase between steps "
-        f"{c['max_rise']:.1e}.",
-    ]
-    if "kl_curve_trained" in eq:
-        t = eq["kl_curve_trained"]
-        lines.append(
-            f"On held-out digits embedded by the trained INCE encoder: {t['first']:.6f} → "
-            f"{t['last']:.6f}; largest increase {t['max_rise']:.1e}."
-        )
-    lines += ["", "![KL curve](equivalences_kl_curve.png)", ""]
-    return lines
+def _verdict_rows(claims: list[Claim]) -> list[list[str]]:
+    rows = []
+    for c in claims:
+        hw = ("-" if c.effect is None or c.effect.n < 2
+              else f"{c.effect.half_width * c.scale:.2f}{c.unit}")
+        rows.append([c.claim, c.paper, c.effect_label or "tolerance check", c.effect_text(),
+                     str(c.effect.n if c.effect else "-"), hw, f"**{c.verdict}**"])
+    return rows
 
 
 def _contrastive_md(res: dict) -> list[str]:
     con = res["contrastive"]
-    cfg = res["config"]
-    ls = cfg["loss"]
+    d = con["data"]
+    scale = 100.0 if d["metric"] == "accuracy" else 1.0
+    what = "probe accuracy (%)" if d["metric"] == "accuracy" else "R^2 of latent recovery"
     lines = [
-        "## 2. Contrastive training on digits",
+        "## Contrastive training",
         "",
-        f"sklearn digits (8×8, {con['data']['n_train']} train / {con['data']['n_test']} test "
-        f"images), MLP encoder 64 → {cfg['hidden']} → {cfg['hidden']} (backbone) → "
-        f"{cfg['hidden']} → {cfg['out_dim']} (head), Adam lr {cfg['lr']}, {cfg['epochs']} "
-        f"epochs, batch {cfg['batch_size']}, {cfg['n_seeds']} seeds (same seeds for every "
-        f"loss, so differences are paired). Losses from `otcl.torch`: eps = {ls['eps']}, "
-        f"GCA rounds n_iter = {ls['n_iter']}, RINCE q = {ls['q']}, lam = {ls['lam']}, "
-        f"GCA-UOT rho = {ls['rho']}.",
-        "",
-        "Settings: "
-        + "; ".join(f"**{s['name']}** = {s['augmentation']} augmentation with "
-                    f"{100 * s['fp_fraction']:.0f}% false-positive pairs"
-                    for s in cfg["settings"])
-        + ". " + " ".join(f"{name.capitalize()} augmentation: {aug.describe()}."
-                          for name, aug in AUGMENTATIONS.items())
-        + " A false-positive pair replaces the second view by a view of another image.",
-        "",
-        "Probes are logistic regressions on frozen standardised backbone features (test "
-        "accuracy, %). Few-shot: "
-        f"{cfg['shots']} labels per class, mean over {cfg['shot_draws']} draws. Alignment is "
-        "measured on standard views of test images; uniformity on test embeddings. AUC: "
-        f"held-out batch of {cfg['auc_batch']} test images with "
-        f"{100 * cfg['auc_fp_fraction']:.0f}% corrupted pairs, score = −(row mass of GCA-UOT at "
-        "the training hyper-parameters), evaluated on every trained encoder; the cosine column"
-        " is the plain positive-pair cosine as a baseline detector.",
+        f"Dataset **{d['name']}**: {d['n_train']} training and {d['n_test']} test samples of "
+        f"dimension {d['dim']}. Views: {d['views']}. Raw-input {what}: "
+        f"**{d['raw_probe'] * scale:.2f}**. Settings: "
+        + ", ".join(f"{s['name']} ({100 * s['fp_fraction']:g}% false-positive pairs)"
+                    for s in res["config"]["settings"])
+        + ". Values are mean ± 95% CI half-width over seeds.",
         "",
     ]
-    header = ["setting", "loss", "probe %", "few-shot %", "alignment", "uniformity",
-              "AUC row mass", "AUC cosine", "s / run"]
-    rows = []
+    metrics = [("probe", what, scale, 2), ("uniformity", "uniformity", 1.0, 3),
+               ("alignment", "alignment", 1.0, 3), ("auc_row_mass", "AUC row mass", 1.0, 3),
+               ("auc_cosine", "AUC cosine", 1.0, 3), ("step_seconds", "ms / step", 1000.0, 1)]
     for setting, per in con["settings"].items():
-        for name, rec in per.items():
-            rows.append([setting, name, _fmt(rec["probe"], 100), _fmt(rec["few_shot"], 100),
-                         _fmt(rec["alignment"], 1, 3), _fmt(rec["uniformity"], 1, 3),
-                         _fmt(rec["auc_row_mass"], 1, 3), _fmt(rec["auc_cosine"], 1, 3),
-                         f"{rec['train_seconds']['mean']:.1f}"])
-    lines += [_table(header, rows), ""]
-    b = con["baselines"]
-    lines += [
-        f"Baselines (no training): raw pixels probe {100 * b['raw_pixels']['probe']:.2f}% "
-        f"(few-shot {100 * b['raw_pixels']['few_shot']:.2f}%); randomly initialised encoder "
-        f"{100 * b['random_encoder']['probe']:.2f}% "
-        f"(few-shot {100 * b['random_encoder']['few_shot']:.2f}%).",
-        "",
-        "Paired differences against INCE (mean ± std over seeds, percentage points):",
-        "",
-    ]
-    rows = []
-    for setting, per in con.get("paired_vs_ince", {}).items():
-        for name, rec in per.items():
-            rows.append([setting, name, _fmt(rec["probe"], 100), _fmt(rec["few_shot"], 100),
-                         _fmt(rec["uniformity"], 1, 3)])
-    if rows:
-        lines += [_table(["setting", "loss", "Δ probe", "Δ few-shot", "Δ uniformity"], rows),
-                  ""]
-    lines += [
-        "![probe accuracy](contrastive_probe.png)",
-        "",
-        "![alignment and uniformity](contrastive_align_uniform.png)",
-        "",
-        "![row masses](contrastive_row_mass.png)",
-        "",
-        "![training curves](contrastive_training_curves.png)",
-        "",
-    ]
+        lines += [f"**{setting}**", ""]
+        rows = [[name] + [_ci_text(rec[m]["values"], sc, dg) for m, _, sc, dg in metrics]
+                for name, rec in per.items()]
+        lines += [_table(["loss"] + [t for _, t, _, _ in metrics], rows), ""]
     return lines
 
 
 def _domain_md(res: dict) -> list[str]:
     dom = res["domain"]
-    cfg = res["config"]
-    data = dom["data"]
     rows = []
     for s in dom["sweep"]:
-        rows.append([
-            "target I" if s["delta"] is None else f"{s['delta']:+g}",
-            f"{s['alpha']:g}", f"{s['beta']:g}",
-            _fmt(s["domain_acc_z"], 1, 3), _fmt(s["class_acc_z"], 1, 3),
-            _fmt(s["domain_acc_h"], 1, 3), _fmt(s["class_acc_h"], 1, 3),
-        ])
+        rows.append([s["label"], f"{s['alpha']:.2f}", f"{s['beta']:.2f}"]
+                    + [_ci_text(s[k]["values"], 100, 1) for k in
+                       ("domain_acc_z", "class_acc_z", "domain_acc_h", "class_acc_h")])
     raw = dom["raw_features"]
     return [
-        "## 3. Domain prior",
+        "## Domain prior",
         "",
-        f"Synthetic data: {data['n_domains']} domains × {data['n_classes']} classes, "
-        f"{data['n']} samples in R^{data['dim']} (class signal + domain offset + per-domain "
-        "linear distortion + noise). Views add Gaussian jitter, 20% feature dropout and a "
-        "random shift along the domain offsets (a 'style' jitter, so views do not preserve the"
-        f" domain). GCA-INCE (eps = {cfg['loss']['eps']}, n_iter = {cfg['loss']['n_iter']}), "
-        f"batch {data['batch']}, {cfg['domain_epochs']} epochs, {cfg['domain_seeds']} seeds; "
-        "target `domain_prior(domains, alpha', beta')` = I + alpha'·same-domain + "
-        "beta'·cross-domain, with its own (matched) marginals. alpha and beta below are the "
-        "row totals (the per-entry weights are alpha' = alpha / n_same, beta' = beta / n_cross "
-        "for the expected numbers of same- and cross-domain entries in a row), so that the "
-        "positive pair keeps weight 1 whatever the batch size.",
+        f"GCA-INCE on synthetic data with {dom['data']['n_domains']} known domains and "
+        f"{dom['data']['n_classes']} classes, target I + alpha·same domain + beta·other domain. "
+        f"Raw features: domain {100 * raw['domain_acc']:.1f}%, class "
+        f"{100 * raw['class_acc']:.1f}%.",
         "",
-        _table(["alpha - beta", "alpha", "beta", "domain acc (z)", "class acc (z)",
-                "domain acc (h)", "class acc (h)"], rows),
-        "",
-        f"Linear probes on the raw inputs: domain {raw['domain_acc']:.3f}, class "
-        f"{raw['class_acc']:.3f}; domain chance level {1 / data['n_domains']:.2f}.",
-        "",
-        "![domain prior](domain_prior.png)",
+        _table(["alpha - beta", "alpha", "beta", "domain acc z (%)", "class acc z (%)",
+                "domain acc h (%)", "class acc h (%)"], rows),
         "",
     ]
-
-
-def _claims_md(claims: list[Claim]) -> list[str]:
-    rows = [[c.claim, c.paper, c.measured, f"**{c.verdict}**"] for c in claims]
-    lines = [
-        "## Claims of the paper against these measurements",
-        "",
-        "Verdicts: **consistent** = the measurement agrees with the claim beyond seed noise "
-        "(for comparisons between losses: a two-sided paired t-test over seeds at the 5% "
-        "level); **not observed** = the measurement goes the other way, or the effect is "
-        "absent; **inconclusive** = within noise. These are toy-scale runs: they test the "
-        "direction of the claims, not their size.",
-        "",
-        _table(["claim", "paper", "measured here", "verdict"], rows),
-        "",
-        "### Conclusions",
-        "",
-    ]
-    lines += [f"- *{c.claim}* — {c.verdict}. {c.detail}" for c in claims]
-    lines.append("")
-    return lines
 
 
 def write_report(res: dict[str, Any], claims: list[Claim], out: Path) -> Path:
-    """Write ``report.md`` into ``out`` and return its path."""
+    """Write ``report.md``: verdict table, rule, a figure per claim, then the measurements."""
+    cfg = res["config"]
     meta = res["meta"]
+    rule = VerdictRule(level=cfg.get("level", 0.95))
+    figs = set(res.get("figures", []))
     lines = [
-        "# otcl study: contrastive losses as distribution alignment, at toy scale",
+        "# otcl study report",
         "",
-        f"otcl {meta['otcl_version']}, torch {meta['torch_version']}, device "
-        f"`{meta['device']}`, size `{res['config']['size']}`, seed {res['config']['seed']}, "
-        f"{meta['seconds']:.0f} s in total. All numbers below are computed by this run; the"
-        " raw values are in `results.json`.",
+        f"`{meta['command']}`: {meta['seconds'] / 60:.1f} min on {meta['device']} "
+        f"({meta['threads']} thread(s) per process, {meta.get('jobs', 1)} process(es), "
+        f"{meta['cpu_count']} CPUs), otcl {meta['otcl_version']}, torch "
+        f"{meta['torch_version']}. Dataset: **{cfg['dataset']}**, {cfg['n_seeds']} paired "
+        "seeds.",
+        "",
+        "## Verdicts",
+        "",
+        _table(["claim", "paper", "effect", "effect [95% CI]", "seeds", "CI half-width",
+                "verdict"], _verdict_rows(claims)),
+        "",
+        "**Verdict rule** (fixed in the configuration before the run): " + rule.describe()
+        + " Margins X: " + ", ".join(f"{k} {v:g}" for k, v in cfg["margins"].items()) + ".",
+        "",
+        "## Claims",
         "",
     ]
-    lines += _claims_md(claims)
-    if "equivalences" in res:
-        lines += _equivalence_md(res)
+    for c in claims:
+        lines += [f"### {c.claim}", "", f"Verdict: **{c.verdict}**. Effect "
+                  f"({c.effect_label or 'tolerance check'}): {c.effect_text()}. {c.detail}", ""]
+        name = f"claim_{c.key}.png"
+        if name in figs:
+            lines += [f"![{c.key}]({name})", ""]
     if "contrastive" in res:
         lines += _contrastive_md(res)
+        for name, caption in (("views.png", "Example views"),
+                              ("contrastive_row_mass.png", "Row masses of true and false pairs"),
+                              ("contrastive_training_curves.png", "Training curves")):
+            if name in figs:
+                lines += [f"![{caption}]({name})", ""]
     if "domain" in res:
         lines += _domain_md(res)
-    timing = ", ".join(f"{k} {v:.0f} s" for k, v in meta["section_seconds"].items())
-    lines += ["## Run", "", f"Time per section: {timing}.", "",
-              f"Reproduce: `{meta['command']}`", ""]
+        if "domain_prior.png" in figs:
+            lines += ["![domain prior](domain_prior.png)", ""]
+    if "equivalences" in res:
+        eq = res["equivalences"]
+        lines += ["## Equivalences", "",
+                  f"{sum(r['holds'] for r in eq['records'])}/{len(eq['records'])} identity checks "
+                  f"hold on {', '.join(eq['backends'])} (n = {eq['n']}, d = {eq['d']}, eps = "
+                  f"{eq['eps']:g}).", ""]
+        if "equivalences_kl_curve.png" in figs:
+            lines += ["![KL curve](equivalences_kl_curve.png)", ""]
+    lines += ["## Run", "", "Seconds per section: " + ", ".join(
+        f"{k} {v:.0f}" for k, v in meta["section_seconds"].items())
+        + f". Platform: {meta['platform']}, Python {meta['python']}.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 
 def summary_table(res: dict[str, Any], claims: list[Claim]) -> str:
-    """A compact plain-text summary for the terminal."""
-    lines = []
-    if "equivalences" in res:
-        eq = res["equivalences"]
-        n_ok = sum(r["holds"] for r in eq["records"])
-        c = eq["kl_curve_random"]
-        lines.append(f"Equivalences: {n_ok}/{len(eq['records'])} hold on "
-                     f"{', '.join(eq['backends'])}; KL(I||P^(k)) {c['first']:.4f} -> "
-                     f"{c['last']:.4f}")
-    if "contrastive" in res:
-        con = res["contrastive"]
-        settings = list(con["settings"])
-        losses = list(con["settings"][settings[0]])
-        head = f"{'probe % (mean ± std)':<22}" + "".join(f"{s:>18}" for s in settings)
-        lines += ["", head, "-" * len(head)]
-        for name in losses:
-            lines.append(f"{name:<22}" + "".join(
-                f"{_fmt(con['settings'][s][name]['probe'], 100):>18}" for s in settings))
-        b = con["baselines"]
-        lines.append(f"{'(raw pixels)':<22}{100 * b['raw_pixels']['probe']:>18.2f}")
-    if "domain" in res:
-        lines += ["", "Domain prior (alpha - beta: domain acc / class acc, on z)"]
-        lines.append("  " + ", ".join(
-            f"{'I' if s['delta'] is None else format(s['delta'], '+g')}: "
-            f"{s['domain_acc_z']['mean']:.2f}/{s['class_acc_z']['mean']:.2f}"
-            for s in res["domain"]["sweep"]))
-    if claims:
-        lines += ["", "Claims:"]
-        width = max(len(c.key) for c in claims)
-        lines += [f"  {c.key:<{width}}  {c.verdict}" for c in claims]
+    """A plain-text verdict table for the terminal."""
+    width = max((len(c.key) for c in claims), default=5)
+    lines = [f"{'claim':{width}s}  {'effect [95% CI]':34s}  n   verdict"]
+    for c in claims:
+        n = str(c.effect.n) if c.effect else "-"
+        lines.append(f"{c.key:{width}s}  {c.effect_text():34s}  {n:3s} {c.verdict}")
     return "\n".join(lines)

@@ -91,10 +91,27 @@ class _Progress:
             self.bar.close()
 
 
+def dataset_summary(con: dict[str, Any]) -> dict[str, Any]:
+    """``raw_probe_accuracy`` and, per loss, ``probe_accuracy`` (mean over seeds, first
+    setting) plus the same per setting; for ``latents`` the "accuracy" is the R^2 of recovery."""
+    settings = list(con["settings"])
+    by_setting = {s: {name: rec["probe"]["mean"] for name, rec in con["settings"][s].items()}
+                  for s in settings}
+    return {
+        "metric": con["data"]["metric"],
+        "raw_probe_accuracy": con["data"]["raw_probe"],
+        "probe_accuracy": by_setting[settings[0]],
+        "probe_accuracy_by_setting": by_setting,
+    }
+
+
 def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
               threads: int | None = None, command: str | None = None,
-              echo: Callable[[str], None] = print) -> dict[str, Any]:
+              echo: Callable[[str], None] = print, jobs: int = 1) -> dict[str, Any]:
     """Run the configured sections and write ``results.json``, PNG figures and ``report.md``.
+
+    ``jobs`` worker processes share the contrastive section's training runs (CPU only; the
+    numbers do not depend on it).
 
     Returns the results dict (as written to ``results.json``, plus ``claims``). Raises
     :class:`MissingFeatureError` before doing any work if a section needs a part of the library
@@ -102,7 +119,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
     """
     from otcl import __version__
     from otcl.experiments import contrastive, domain, report
-    from otcl.experiments.equivalence_section import curve_summary, run_equivalences
+    from otcl.experiments.equivalence_section import run_equivalences
 
     missing = missing_features(cfg.sections)
     if missing:
@@ -112,6 +129,8 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
         )
     device = resolve_device(cfg.device)
     n_threads = set_threads(threads)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -125,26 +144,20 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
         res["equivalences"] = run_equivalences(cfg)
         section_seconds["equivalences"] = time.perf_counter() - t
 
+    examples = None
     if "contrastive" in cfg.sections:
-        echo(f"[2/3] contrastive training on digits ({contrastive.n_runs(cfg)} runs)")
+        echo(f"[2/3] contrastive training on {cfg.dataset} ({contrastive.n_runs(cfg)} runs, "
+             f"{jobs} process(es))")
         t = time.perf_counter()
         bar = _Progress(contrastive.n_runs(cfg), progress)
         try:
-            res["contrastive"] = contrastive.run_contrastive(cfg, device, bar)
+            res["contrastive"] = contrastive.run_contrastive(cfg, device, bar, jobs=jobs)
         finally:
             bar.close()
-        encs = res["contrastive"].get("_encoders", {})
-        first = cfg.settings[0].name
-        if "equivalences" in res and (first, "INCE") in encs:
-            from otcl.alignment.equivalences import kl_curve
-
-            v1, v2 = contrastive.held_out_pairs(cfg, device)
-            with torch.no_grad():
-                enc = encs[(first, "INCE")]
-                z1 = enc(v1).double().cpu().numpy()
-                z2 = enc(v2).double().cpu().numpy()
-            res["equivalences"]["kl_curve_trained"] = curve_summary(
-                kl_curve(z1, z2, eps=cfg.loss.eps, n_half_steps=cfg.kl_half_steps))
+        trained = res["contrastive"].pop("kl_curve_trained", None)
+        if "equivalences" in res and trained is not None:
+            res["equivalences"]["kl_curve_trained"] = trained
+        examples = contrastive.view_examples(cfg)
         section_seconds["contrastive"] = time.perf_counter() - t
 
     if "domain" in cfg.sections:
@@ -165,16 +178,17 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
         "platform": platform.platform(),
         "device": str(device),
         "threads": n_threads,
+        "jobs": jobs,
         "cpu_count": os.cpu_count(),
         "command": command or f"otcl study --{cfg.size} --seed {cfg.seed}",
         "section_seconds": section_seconds,
         "seconds": time.perf_counter() - start,
     }
     if "contrastive" in res:
-        res["contrastive"].pop("_encoders", None)
+        res["datasets"] = {cfg.dataset: dataset_summary(res["contrastive"])}
     claims = assess_claims(res)
     res["claims"] = [c.as_dict() for c in claims]
-    res["figures"] = report.make_figures(res, out)
+    res["figures"] = report.make_figures(res, out, claims, examples)
     (out / "results.json").write_text(
         json.dumps(_jsonable(res), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     report.write_report(res, claims, out)
