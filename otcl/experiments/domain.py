@@ -56,88 +56,119 @@ def n_runs(cfg: StudyConfig) -> int:
     return (len(cfg.domain_deltas) + 1) * cfg.domain_seeds
 
 
-def run_domain(cfg: StudyConfig, device: torch.device, tick: Any) -> dict[str, Any]:
-    """Sweep ``alpha - beta``; return probe accuracies (domain and class) per value.
-
-    The first entry of the result, ``identity``, is the plain ``T = I`` target for reference.
-    """
-    from otcl.alignment.targets import domain_prior
-
+def _setup(cfg: StudyConfig, device: torch.device) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed + 3)
     data = make_domain_data(rng, n_per_domain=cfg.domain_n_per_domain, n_domains=N_DOMAINS)
     n = len(data.y)
     test = np.zeros(n, dtype=bool)
     test[rng.permutation(n)[: round(0.3 * n)]] = True
     x_tr = torch.from_numpy(data.x[~test]).to(device)
-    dom_tr = torch.from_numpy(data.domain[~test]).to(device)
-    batch = min(cfg.domain_batch, x_tr.shape[0])
+    return {"data": data, "test": test, "x_tr": x_tr,
+            "dom_tr": torch.from_numpy(data.domain[~test]).to(device),
+            "batch": min(cfg.domain_batch, x_tr.shape[0])}
+
+
+def _runs(cfg: StudyConfig) -> list[tuple[str, float, float, float]]:
+    runs: list[tuple[str, float, float, float]] = [("identity", math.nan, 0.0, 0.0)]
+    for delta in cfg.domain_deltas:
+        alpha, beta = alpha_beta(delta, cfg.domain_base)
+        runs.append((f"{delta:+g}", delta, alpha, beta))
+    return runs
+
+
+def run_one(cfg: StudyConfig, run: int, k: int, device_name: str = "cpu") -> dict[str, Any]:
+    """Train and probe one (target, seed) of the sweep; ``run`` indexes ``identity`` + deltas."""
+    from otcl.alignment.targets import domain_prior
+
+    device = torch.device(device_name)
+    env = _setup(cfg, device)
+    data, test, x_tr, dom_tr, batch = (env[key] for key in
+                                       ("data", "test", "x_tr", "dom_tr", "batch"))
+    label, _delta, alpha, beta = _runs(cfg)[run]
     n_same = batch / N_DOMAINS - 1.0
     n_cross = batch * (N_DOMAINS - 1) / N_DOMAINS
+    per_alpha, per_beta = alpha / n_same, beta / n_cross
     # domain_prior's N x N target is defined on the one-direction cross-view problem
     loss = build_loss("GCA-INCE", cfg.loss, layout="cross")
-
     style = torch.from_numpy(data.offsets).to(device)
 
     def sample(xb: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(make_views(xb, VIEW_NOISE, VIEW_DROP, gen, style, STYLE_JITTER)
                      for _ in range(2))
 
-    def evaluate(enc: Any) -> dict[str, float]:
-        out = {}
-        tr = enc.features(x_tr)
-        te = enc.features(torch.from_numpy(data.x[test]).to(device))
-        for k, space in enumerate(("h", "z")):
-            a = tr[k].detach().cpu().double().numpy()
-            b = te[k].detach().cpu().double().numpy()
-            out[f"domain_acc_{space}"] = linear_probe(a, data.domain[~test], b, data.domain[test])
-            out[f"class_acc_{space}"] = linear_probe(a, data.y[~test], b, data.y[test])
-        return out
+    def call(z1: torch.Tensor, z2: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if per_alpha == 0.0 and per_beta == 0.0:
+            return loss(z1, z2)
+        return loss(z1, z2, target=domain_prior(dom_tr[idx], per_alpha, per_beta, like=z1))
 
-    runs: list[tuple[str, float, float, float]] = [("identity", math.nan, 0.0, 0.0)]
-    for delta in cfg.domain_deltas:
-        alpha, beta = alpha_beta(delta, cfg.domain_base)
-        runs.append((f"{delta:+g}", delta, alpha, beta))
+    trained = train_encoder(x_tr, call, sample, epochs=cfg.domain_epochs, batch_size=batch,
+                            seed=cfg.seed * 1000 + 500 + k, hidden=cfg.hidden,
+                            out_dim=cfg.out_dim, lr=cfg.lr)
+    enc = trained.encoder
+    out: dict[str, Any] = {"run": run, "k": k, "label": label, "per_alpha": per_alpha,
+                           "per_beta": per_beta, "final_loss": trained.losses[-1]}
+    tr = enc.features(x_tr)
+    te = enc.features(torch.from_numpy(data.x[test]).to(device))
+    for j, space in enumerate(("h", "z")):
+        a = tr[j].detach().cpu().double().numpy()
+        b = te[j].detach().cpu().double().numpy()
+        out[f"domain_acc_{space}"] = linear_probe(a, data.domain[~test], b, data.domain[test])
+        out[f"class_acc_{space}"] = linear_probe(a, data.y[~test], b, data.y[test])
+    return out
+
+
+def run_domain(cfg: StudyConfig, device: torch.device, tick: Any,
+               jobs: int = 1) -> dict[str, Any]:
+    """Sweep ``alpha - beta``; return probe accuracies (domain and class) per value and seed.
+
+    The first entry of the result, ``identity``, is the plain ``T = I`` target for reference.
+    ``jobs`` > 1 spreads the runs over worker processes (CPU only; same numbers).
+    """
+    runs = _runs(cfg)
+    units = [(r, k) for k in range(cfg.domain_seeds) for r in range(len(runs))]
+    results: list[dict[str, Any]] = []
+    if jobs > 1 and device.type == "cpu":
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from otcl.experiments.contrastive import _init_worker
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(1,)) as pool:
+            futures = [pool.submit(run_one, cfg, r, k, "cpu") for r, k in units]
+            for fut in as_completed(futures):
+                rec = fut.result()
+                results.append(rec)
+                tick(f"domain/{rec['label']}/seed{rec['k']}")
+    else:
+        for r, k in units:
+            rec = run_one(cfg, r, k, device.type)
+            results.append(rec)
+            tick(f"domain/{rec['label']}/seed{rec['k']}")
 
     sweep = []
-    for label, delta, alpha, beta in runs:
-        accs: dict[str, list[float]] = {m: [] for m in PROBES}
-        last_losses = []
-        per_alpha, per_beta = alpha / n_same, beta / n_cross
-
-        def call(z1: torch.Tensor, z2: torch.Tensor, idx: torch.Tensor,
-                 _a=per_alpha, _b=per_beta) -> torch.Tensor:
-            if _a == 0.0 and _b == 0.0:
-                return loss(z1, z2)
-            target = domain_prior(dom_tr[idx], _a, _b, like=z1)
-            return loss(z1, z2, target=target)
-
-        for k in range(cfg.domain_seeds):
-            trained = train_encoder(x_tr, call, sample, epochs=cfg.domain_epochs,
-                                    batch_size=batch, seed=cfg.seed * 1000 + 500 + k,
-                                    hidden=cfg.hidden, out_dim=cfg.out_dim, lr=cfg.lr)
-            for m, v in evaluate(trained.encoder).items():
-                accs[m].append(v)
-            last_losses.append(trained.losses[-1])
-            tick(f"domain/{label}/seed{k}")
+    for r, (label, delta, alpha, beta) in enumerate(runs):
+        mine = sorted((x for x in results if x["run"] == r), key=lambda x: x["k"])
         sweep.append({
             "label": label,
             "delta": None if math.isnan(delta) else delta,
             "alpha": alpha,
             "beta": beta,
-            "alpha_per_entry": per_alpha,
-            "beta_per_entry": per_beta,
-            **{m: summarize(v).as_dict() for m, v in accs.items()},
-            "final_loss": summarize(last_losses).as_dict(),
+            "alpha_per_entry": mine[0]["per_alpha"],
+            "beta_per_entry": mine[0]["per_beta"],
+            **{m: summarize([x[m] for x in mine]).as_dict() for m in PROBES},
+            "final_loss": summarize([x["final_loss"] for x in mine]).as_dict(),
         })
-
+    env = _setup(cfg, torch.device("cpu"))
+    data, test = env["data"], env["test"]
     raw = {
         "domain_acc": linear_probe(data.x[~test], data.domain[~test], data.x[test],
                                    data.domain[test]),
         "class_acc": linear_probe(data.x[~test], data.y[~test], data.x[test], data.y[test]),
     }
     return {
-        "data": {"n": n, "n_domains": N_DOMAINS, "n_classes": int(data.y.max()) + 1,
-                 "dim": int(data.x.shape[1]), "batch": batch},
+        "data": {"n": len(data.y), "n_domains": N_DOMAINS, "n_classes": int(data.y.max()) + 1,
+                 "dim": int(data.x.shape[1]), "batch": env["batch"]},
         "raw_features": raw,
         "sweep": sweep,
     }

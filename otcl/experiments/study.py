@@ -165,7 +165,7 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
         t = time.perf_counter()
         bar = _Progress(domain.n_runs(cfg), progress)
         try:
-            res["domain"] = domain.run_domain(cfg, device, bar)
+            res["domain"] = domain.run_domain(cfg, device, bar, jobs=jobs)
         finally:
             bar.close()
         section_seconds["domain"] = time.perf_counter() - t
