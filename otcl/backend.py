@@ -76,6 +76,8 @@ def _library(x: Array) -> str:
         return "torch"
     if array_api_compat.is_cupy_array(x):
         return "cupy"
+    if array_api_compat.is_jax_array(x):
+        return "jax"  # concrete arrays (jaxlib) and tracers (jax.jit / grad / vmap) alike
     return type(x).__module__.split(".")[0]
 
 
@@ -109,10 +111,10 @@ def check_compatible(
             raise TypeError(f"{name} is a {lib} array but {ref_name} is a {ref_lib} array")
         if same_dtype and x.dtype != ref.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but {ref_name} has dtype {ref.dtype}")
-        if device_of(x) != device_of(ref):
-            raise ValueError(
-                f"{name} is on device {device_of(x)} but {ref_name} is on {device_of(ref)}"
-            )
+        dev, ref_dev = device_of(x), device_of(ref)
+        # a JAX tracer has no device (None): nothing to compare
+        if dev is not None and ref_dev is not None and dev != ref_dev:
+            raise ValueError(f"{name} is on device {dev} but {ref_name} is on {ref_dev}")
     return xp
 
 
