@@ -48,20 +48,25 @@ def test_cost_matrix_matches_direct_formula(backend, metric):
 def test_view_batch_cost_matches_direct_formula(metric):
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
-    batch = view_batch(x, y, metric=metric)
+    batch = view_batch(x, y, metric=metric, layout="cross")
     np.testing.assert_allclose(batch.cost, _direct_cost(x, y, metric), atol=1e-12)
     eps = 0.3
     np.testing.assert_allclose(batch.log_kernel(eps), -_direct_cost(x, y, metric) / eps,
                                atol=1e-11)
+    # extra negatives: z2 longer than z1 gives the N x M cost of every z2 row
+    y_long = rng.standard_normal((9, 4))
+    batch = view_batch(x, y_long, metric=metric, layout="cross")
+    assert batch.shape == (6, 9)
+    np.testing.assert_allclose(batch.cost, _direct_cost(x, y_long, metric), atol=1e-12)
 
 
 @pytest.mark.parametrize("metric", ["neg_cosine", "cosine", "dot", "sqeuclidean"])
-@pytest.mark.parametrize("layout", [None, "blocked", "interleaved"])
+@pytest.mark.parametrize("layout", ["cross", "blocked", "interleaved"])
 def test_log_kernel_at_equals_the_log_kernel_entries(backend, metric, layout):
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
-    if layout is None:
-        batch = view_batch(backend.asarray(x), backend.asarray(y), metric=metric)
+    if layout == "cross":
+        batch = view_batch(backend.asarray(x), backend.asarray(y), layout="cross", metric=metric)
         full = -_direct_cost(x, y, metric)
     else:
         z = np.concatenate([x, y])
@@ -76,13 +81,13 @@ def test_log_kernel_at_equals_the_log_kernel_entries(backend, metric, layout):
         assert at is None  # built on a cost matrix: the caller gathers from log_kernel
         return
     expected = full[rows, cols] / eps
-    if layout is not None:
+    if layout != "cross":
         expected[rows == cols] = -np.inf
     np.testing.assert_allclose(backend.to_numpy(at), expected, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(backend.to_numpy(batch.log_kernel(eps))[rows, cols], expected,
                                rtol=1e-12, atol=1e-12)
     diag = np.diag(full) / eps  # rows = cols = None: the diagonal
-    if layout is not None:
+    if layout != "cross":
         diag[:] = -np.inf
     np.testing.assert_allclose(backend.to_numpy(batch.log_kernel_at(eps, None, None)), diag,
                                rtol=1e-12, atol=1e-12)
@@ -220,11 +225,55 @@ def test_all_views_log_kernel_masks_the_diagonal_without_an_n_by_n_mask(metric):
 def test_view_batch_cross_view_structure():
     rng = np.random.default_rng(6)
     z1, z2 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
-    batch = view_batch(z1, z2)
+    batch = view_batch(z1, z2, layout="cross")
     assert batch.layout == "cross" and batch.mask is None
     np.testing.assert_array_equal(batch.partner, np.arange(5))
     np.testing.assert_array_equal(batch.row_sample, np.arange(5))
     assert np.isfinite(batch.log_kernel(0.5)).all()
+
+
+def test_view_batch_cross_view_with_extra_negatives():
+    """``z2`` with ``M > N`` rows: an ``N x M`` batch, positives ``(i, i)``, no mask; the log-kernel
+    at the pairs is the diagonal of the first ``N`` columns."""
+    rng = np.random.default_rng(9)
+    z1, z2 = rng.standard_normal((4, 3)), rng.standard_normal((7, 3))
+    batch = view_batch(z1, z2, layout="cross")
+    assert batch.shape == (4, 7) and batch.layout == "cross" and batch.mask is None
+    np.testing.assert_array_equal(batch.partner, np.arange(4))
+    lk = batch.log_kernel(0.5)
+    np.testing.assert_allclose(lk, _cos(z1, z2) / 0.5, atol=1e-12)
+    np.testing.assert_allclose(batch.log_kernel_at(0.5, None, None), np.diag(_cos(z1, z2[:4]))
+                               / 0.5, rtol=1e-12, atol=1e-12)
+
+
+def test_view_batch_two_views_is_the_all_views_problem():
+    """``view_batch(z1, z2)`` is SimCLR's ``2N x 2N`` problem of ``z = [z1; z2]``: hard self-mask,
+    partner ``(i + N) mod 2N``, the same cost as ``view_batch(z, layout="blocked")``."""
+    rng = np.random.default_rng(10)
+    N = 4
+    z1, z2 = rng.standard_normal((N, 3)), rng.standard_normal((N, 3))
+    z = np.concatenate([z1, z2])
+    for batch in (view_batch(z1, z2), view_batch(z1, z2, layout="blocked")):
+        assert batch.shape == (2 * N, 2 * N) and batch.layout == "blocked"
+        np.testing.assert_array_equal(batch.mask, ~np.eye(2 * N, dtype=bool))
+        np.testing.assert_array_equal(batch.partner, (np.arange(2 * N) + N) % (2 * N))
+        np.testing.assert_array_equal(batch.row_sample, np.arange(2 * N) % N)
+        lk = batch.log_kernel(0.5)
+        assert np.isneginf(np.diag(lk)).all()
+        off = ~np.eye(2 * N, dtype=bool)
+        np.testing.assert_allclose(lk[off], (_cos(z, z) / 0.5)[off], atol=1e-12)
+
+
+def test_view_batch_single_array_without_layout_is_a_single_batch():
+    """``view_batch(z)``: every row an anchor, self-pairs masked, no positive structure."""
+    z = np.random.default_rng(11).standard_normal((5, 3))
+    batch = view_batch(z)
+    assert batch.shape == (5, 5) and batch.layout == "single" and batch.partner is None
+    np.testing.assert_array_equal(batch.mask, ~np.eye(5, dtype=bool))
+    lk = batch.log_kernel(0.5)
+    assert np.isneginf(np.diag(lk)).all()
+    off = ~np.eye(5, dtype=bool)
+    np.testing.assert_allclose(lk[off], (_cos(z, z) / 0.5)[off], atol=1e-12)
 
 
 def test_view_batch_cosine_log_kernel_offset():
@@ -248,6 +297,8 @@ def test_zero_norm_row_rejected_under_cosine():
         with pytest.raises(ValueError, match="zero norm"):
             cost_matrix(z, np.ones((3, 3)), metric)
         with pytest.raises(ValueError, match="z2 has a row of zero norm"):
+            view_batch(np.ones((4, 3)), z, metric=metric, layout="cross")
+        with pytest.raises(ValueError, match="zero norm"):
             view_batch(np.ones((4, 3)), z, metric=metric)
         with pytest.raises(ValueError, match="z has a row of zero norm"):
             view_batch(z, layout="blocked", metric=metric)
@@ -304,17 +355,27 @@ def test_mismatched_z1_z2_rejected():
         view_batch(np.ones((0, 3)), np.ones((0, 3)))
 
 
-def test_layout_with_z2_rejected():
-    for layout in ("blocked", "interleaved"):
-        with pytest.raises(ValueError, match="leave layout unset"):
+def test_layout_with_z2():
+    """Two arrays take ``None`` / ``"blocked"`` (all views of ``[z1; z2]``) or ``"cross"``."""
+    for layout in ("interleaved", "stacked"):
+        with pytest.raises(ValueError, match="layout="):
             view_batch(np.ones((4, 3)), np.ones((4, 3)), layout=layout)
-    # "cross" is the name of the cross-view layout and is accepted
     assert view_batch(np.eye(3), np.eye(3), layout="cross").layout == "cross"
+    assert view_batch(np.eye(3), np.eye(3), layout="blocked").shape == (6, 6)
+    with pytest.raises(ValueError, match="n_views"):
+        view_batch(np.eye(3), np.eye(3), n_views=3)
+    # cross-view: z2 may have extra rows (negatives), never fewer rows or another width
+    with pytest.raises(ValueError, match="at least as many"):
+        view_batch(np.ones((4, 3)), np.ones((3, 3)), layout="cross")
+    with pytest.raises(ValueError, match="at least as many"):
+        view_batch(np.ones((4, 3)), np.ones((5, 2)), layout="cross")
+    with pytest.raises(ValueError, match="two arrays"):
+        view_batch(np.ones((4, 3)), layout="cross")
 
 
-def test_missing_or_unknown_layout_for_all_views_rejected():
-    with pytest.raises(ValueError, match="layout must be given"):
-        view_batch(np.ones((4, 3)))
+def test_unknown_layout_for_all_views_rejected():
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        view_batch(np.ones((1, 3)))
     with pytest.raises(ValueError, match="layout must be one of"):
         view_batch(np.ones((4, 3)), layout="stacked")
     with pytest.raises(ValueError, match="layout must be one of"):

@@ -6,6 +6,10 @@ InfoNCE, NT-Xent and SupCon with ``torch.nn.functional``, a naive kernel-domain 
 ``ot.sinkhorn`` plan, the RINCE formula of Chuang et al. from ``exp(s_ij)``, the generalised KL
 ``sum T log(T/P) - T + P`` and the IOT / IOT-uni definitions of their docstrings.
 Everything is float64 with small batches, so the kernel domain is exact to rounding.
+
+A two-view call ``f(z1, z2)`` is the all-views ``2N x 2N`` problem of ``[z1; z2]`` (SimCLR);
+tests whose oracle is the one-direction ``N x N`` problem pass ``layout="cross"``. The official
+GCA-UOT, IOT and IOT-uni are checked in detail in ``test_official_losses.py``.
 """
 
 from __future__ import annotations
@@ -116,7 +120,8 @@ def test_info_nce_is_log_sum_exp_and_kl_of_row_projection(backend, eps):
     K = np.exp(s)
     P1 = K / K.sum(1, keepdims=True)  # the row projection, built here
     kl = gen_kl(np.eye(9), P1) / 9
-    got = float(backend.to_numpy(info_nce(backend.asarray(z1), backend.asarray(z2), eps=eps)))
+    got = float(backend.to_numpy(info_nce(backend.asarray(z1), backend.asarray(z2), eps=eps,
+                                          layout="cross")))
     assert got == pytest.approx(direct, abs=1e-12)
     assert got == pytest.approx(kl, abs=1e-12)
 
@@ -148,7 +153,7 @@ def test_info_nce_with_labels_is_supcon_plus_target_entropy(layout):
         logits = torch.tensor(cos(z1, z2)) / eps
         y_rows = torch.tensor(y)
         allowed = torch.ones(N, N, dtype=torch.bool)
-        got = float(info_nce(z1, z2, labels=y, eps=eps))
+        got = float(info_nce(z1, z2, labels=y, eps=eps, layout="cross"))
     else:
         z = all_views(z1, z2, layout)
         logits = torch.tensor(cos(z, z)) / eps
@@ -170,8 +175,8 @@ def test_metric_offset_cancels_for_balanced_losses_but_not_for_rince(layout):
     sees ``e^{(cos - 1) / eps}``."""
     eps, q, lam = 0.5, 0.6, 0.1
     z1, z2 = pairs(6, seed=30)
-    args, kw = ((z1, z2), {}) if layout == "cross" else ((all_views(z1, z2, layout),),
-                                                         {"layout": layout})
+    args, kw = ((z1, z2), {"layout": "cross"}) if layout == "cross" else (
+        (all_views(z1, z2, layout),), {"layout": layout})
     for fn in (info_nce, gca_ince, otcl.iot, otcl.iot_uni):
         assert float(fn(*args, metric="cosine", **kw)) == pytest.approx(
             float(fn(*args, metric="neg_cosine", **kw)), abs=1e-12)
@@ -195,7 +200,8 @@ def test_info_nce_with_other_metrics(metric):
     C = -z1 @ z2.T if metric == "dot" else ((z1[:, None, :] - z2[None, :, :]) ** 2).sum(-1)
     s = -C / eps
     expected = np.mean(logsumexp(s, axis=1) - np.diag(s))
-    assert float(info_nce(z1, z2, eps=eps, metric=metric)) == pytest.approx(expected, abs=1e-12)
+    got = float(info_nce(z1, z2, eps=eps, metric=metric, layout="cross"))
+    assert got == pytest.approx(expected, abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------
@@ -207,9 +213,9 @@ def _case(kind: str, N: int, seed: int, eps: float) -> dict:
     z1, z2 = pairs(N, seed=seed)
     y = np.random.default_rng(seed + 100).integers(0, 3, N)
     if kind == "cross":
-        return dict(args=(z1, z2), kw={}, K=kernel(z1, z2, eps), T=np.eye(N))
+        return dict(args=(z1, z2), kw={"layout": "cross"}, K=kernel(z1, z2, eps), T=np.eye(N))
     if kind == "cross_labels":
-        return dict(args=(z1, z2), kw={"labels": y}, K=kernel(z1, z2, eps),
+        return dict(args=(z1, z2), kw={"layout": "cross", "labels": y}, K=kernel(z1, z2, eps),
                     T=supcon_target(y, np.ones((N, N), bool)))
     if kind == "blocked":
         z = all_views(z1, z2, "blocked")
@@ -224,7 +230,8 @@ def _case(kind: str, N: int, seed: int, eps: float) -> dict:
     if kind == "domain_prior":
         D = np.random.default_rng(seed + 200).integers(0, 2, N)
         T = domain_prior(D, 0.3, 0.05)
-        return dict(args=(z1, z2), kw={"target": T}, K=kernel(z1, z2, eps), T=T)
+        return dict(args=(z1, z2), kw={"layout": "cross", "target": T}, K=kernel(z1, z2, eps),
+                    T=T)
     raise AssertionError(kind)
 
 
@@ -257,7 +264,8 @@ def test_gca_ince_converged_is_kl_to_pot_plan(eps):
                     stopThr=1e-15)
     P = P / P.sum(1, keepdims=True)  # the final row step (a = 1)
     expected = gen_kl(np.eye(N), P) / N
-    assert float(gca_ince(z1, z2, eps=eps, n_iter=2000)) == pytest.approx(expected, abs=1e-10)
+    got = float(gca_ince(z1, z2, eps=eps, n_iter=2000, layout="cross"))
+    assert got == pytest.approx(expected, abs=1e-10)
 
 
 def _half_step_values(C: np.ndarray, T: np.ndarray, eps: float, n_half: int) -> list:
@@ -306,7 +314,7 @@ def test_gca_ince_below_info_nce(seed, N, eps, n_iter, layout):
     rng = np.random.default_rng(seed)
     z1, z2 = rng.standard_normal((N, 5)), rng.standard_normal((N, 5))
     if layout == "cross":
-        args, kw = (z1, z2), {}
+        args, kw = (z1, z2), {"layout": "cross"}
     else:
         args, kw = (all_views(z1, z2, layout),), {"layout": layout}
     ince = float(info_nce(*args, eps=eps, **kw))
@@ -323,9 +331,10 @@ def test_rince_is_chuang_formula(q, lam, eps):
     z1, z2 = pairs(7, seed=6)
     E = np.exp(cos(z1, z2) / eps)  # e^{s_ij}, s = cos / eps
     expected = np.mean(-(np.diag(E) ** q) / q + (lam * E.sum(1)) ** q / q)
-    assert float(rince(z1, z2, q=q, lam=lam, eps=eps)) == pytest.approx(expected, abs=1e-12)
-    assert float(gca_rince(z1, z2, q=q, lam=lam, eps=eps, n_iter=0)) == pytest.approx(
-        expected, abs=1e-12)
+    got = float(rince(z1, z2, q=q, lam=lam, eps=eps, layout="cross"))
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert float(gca_rince(z1, z2, q=q, lam=lam, eps=eps, n_iter=0, layout="cross")) == (
+        pytest.approx(expected, abs=1e-12))
 
 
 @pytest.mark.parametrize("layout", ["blocked", "interleaved"])
@@ -343,16 +352,16 @@ def test_rince_all_views_is_chuang_formula(layout):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("n_iter", [1, 4])
 def test_gca_rince_is_rince_on_column_reweighted_kernel(kind, n_iter):
-    """``-(sum_j T_ij K_ij v_j)^q / q + (lam (T 1)_i / u_i)^q / q`` with ``u, v`` the naive
-    Sinkhorn scalings (``(T 1)_i / u_i = (K v)_i`` after the final row step)."""
+    """``-(sum_j T_ij K_ij v_j)^q / q + (lam (K v)_i)^q / q`` with ``v`` the naive Sinkhorn
+    scaling (``(K v)_i = (T 1)_i / u_i`` after the final hard row step)."""
     q, lam, eps = 0.6, 0.1, 0.5
     c = _case(kind, 5, seed=8, eps=eps)
     T, K = c["T"], c["K"]
     u, v, _ = sinkhorn_naive(K, T.sum(1), T.sum(0), n_iter)
     pos = (T * K * v[None, :]).sum(1)
-    neg = lam * T.sum(1) / u
+    neg = lam * (K @ v)
     expected = -(pos**q) / q + neg**q / q
-    np.testing.assert_allclose(neg, lam * (K @ v), rtol=1e-12)
+    np.testing.assert_allclose(neg, lam * T.sum(1) / u, rtol=1e-12)
     got = gca_rince(*c["args"], eps=eps, n_iter=n_iter, q=q, lam=lam, reduction="none", **c["kw"])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
 
@@ -365,10 +374,10 @@ def test_rince_q_to_zero_with_lam_one_is_info_nce():
     s = cos(z1, z2) / eps
     log_A, log_B = logsumexp(s, axis=1), np.diag(s)
     slope = np.mean(log_A**2 - log_B**2) / 2
-    ince = float(info_nce(z1, z2, eps=eps))
+    ince = float(info_nce(z1, z2, eps=eps, layout="cross"))
     gaps = []
     for q in (1e-2, 1e-3, 1e-4):
-        r = float(rince(z1, z2, q=q, lam=1.0, eps=eps))
+        r = float(rince(z1, z2, q=q, lam=1.0, eps=eps, layout="cross"))
         gaps.append(r - ince)
         assert r - ince == pytest.approx(q * slope, abs=10 * q**2 * (1 + abs(slope)) ** 2)
     assert abs(gaps[2]) < abs(gaps[1]) < abs(gaps[0])
@@ -378,28 +387,53 @@ def test_rince_q_to_zero_with_lam_one_is_info_nce():
 # GCA-UOT
 
 
+def uot_naive(K: np.ndarray, a: np.ndarray, b: np.ndarray, L: int, t_a: float,
+              t_b: float) -> tuple[np.ndarray, ...]:
+    """The official GCA-UOT scaling: ``L`` rounds ``u = (a / K v)^t_a``, ``v = (b / K^T u)^t_b``
+    started from ``v = b``, then a row step."""
+    v = b.copy()
+    for _ in range(L):
+        u = (a / (K @ v)) ** t_a
+        v = (b / (K.T @ u)) ** t_b
+    u = (a / (K @ v)) ** t_a
+    return u, v, u[:, None] * K * v[None, :]
+
+
+def row_kl(T: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """``KL(T_i / |T_i| || P_i / |P_i|)`` per row, ``0 log 0 = 0``."""
+    Tn, Pn = T / T.sum(1, keepdims=True), P / P.sum(1, keepdims=True)
+    pos = Tn > 0
+    return np.array([np.sum(Tn[i, pos[i]] * np.log(Tn[i, pos[i]] / Pn[i, pos[i]]))
+                     for i in range(T.shape[0])])
+
+
 @pytest.mark.parametrize("kind", ["cross", "blocked", "interleaved_labels"])
 @pytest.mark.parametrize(("rho_a", "rho_b"), [(0.2, 0.2), (0.5, 3.0)])
 def test_gca_uot_row_mass_identity_and_value(kind, rho_a, rho_b):
-    """``P 1 = a^t (K v)^(1-t)``, ``t = rho_a / (rho_a + eps)``, ``v = exp(g / eps)`` from the
-    details; the value is ``r1 KL(T || P) / n + r2 RINCE-term`` with the naive unbalanced
-    scalings."""
+    """The official GCA-UOT: marginals ``1/n``, ``1/m``, rounds from ``v = b`` on
+    ``K = exp(-(1 - cos) / eps)``. ``P 1 = a^t (K v)^(1-t)``, ``t = rho_a / (rho_a + eps)``,
+    ``v = exp(g / eps)`` from the details; the value is ``r1 row-KL(T || P) + r2 RINCE`` with
+    the positive ``sum_j T_ij K_ij v_j`` and the negative ``lam (K v)_i``."""
     eps, n_iter, r1, r2, q, lam = 0.5, 6, 1.0, 0.3, 0.6, 0.05
     c = _case(kind, 6, seed=10, eps=eps)
-    T, K = c["T"], c["K"]
-    a, b = T.sum(1), T.sum(0)
+    T = c["T"]
+    K = c["K"] * math.exp(-1.0 / eps)  # metric "cosine": C = 1 - cos
+    n, m = T.shape
+    a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     val, det = gca_uot(*c["args"], eps=eps, rho_a=rho_a, rho_b=rho_b, n_iter=n_iter, r1=r1,
                        r2=r2, q=q, lam=lam, return_details=True, **c["kw"])
     t_a, t_b = rho_a / (rho_a + eps), rho_b / (rho_b + eps)
     v = np.exp(np.asarray(det.g) / eps)
     np.testing.assert_allclose(det.row_mass, a**t_a * (K @ v) ** (1 - t_a), rtol=1e-12)
     np.testing.assert_allclose(np.asarray(det.plan).sum(1), det.row_mass, rtol=1e-12)
-    u_n, v_n, P = sinkhorn_naive(K, a, b, n_iter, t_a, t_b)
+    np.testing.assert_allclose(det.a, a, rtol=1e-15)
+    np.testing.assert_allclose(det.b, b, rtol=1e-15)
+    _, v_n, P = uot_naive(K, a, b, n_iter, t_a, t_b)
     np.testing.assert_allclose(v, v_n, rtol=1e-11)
-    np.testing.assert_allclose(det.plan, P, rtol=1e-11, atol=1e-15)
+    np.testing.assert_allclose(det.plan, P, rtol=1e-11, atol=1e-300)
     pos = (T * K * v_n[None, :]).sum(1)
-    rince_term = -(pos**q) / q + (lam * a / u_n) ** q / q
-    expected = np.mean(r1 * gen_kl_rows(T, P) + r2 * rince_term)
+    rince_term = -(pos**q) / q + (lam * (K @ v_n)) ** q / q
+    expected = np.mean(r1 * row_kl(T, P) + r2 * rince_term)
     assert float(val) == pytest.approx(expected, abs=1e-12)
 
 
@@ -410,11 +444,12 @@ def test_gca_uot_gives_corrupted_pairs_less_row_mass():
     z2 = z1 + 0.3 * rng.standard_normal((N, d))
     corrupted = rng.choice(N, 8, replace=False)
     z2[corrupted] = rng.standard_normal((8, d))  # positives replaced by unrelated vectors
-    _, det = gca_uot(z1, z2, eps=0.5, rho=0.2, return_details=True)
+    _, det = gca_uot(z1, z2, eps=0.5, rho=0.2, return_details=True, layout="cross")
     mass = np.asarray(det.row_mass)
     clean = np.setdiff1d(np.arange(N), corrupted)
     assert mass[corrupted].mean() < mass[clean].mean()
-    # and the ordering follows the row's kernel mass K v, as the identity says
+    # and the ordering follows the row's kernel mass K v, as the identity says (the cosine
+    # metric's kernel is exp(cos / eps) times a constant, which leaves the order unchanged)
     v = np.exp(np.asarray(det.g) / 0.5)
     kv = kernel(z1, z2, 0.5) @ v
     assert np.all(np.argsort(mass) == np.argsort(kv))
@@ -436,37 +471,44 @@ def test_gca_uot_large_rho_approaches_balanced_kl():
 
 
 @pytest.mark.parametrize("kind", ["cross", "blocked", "interleaved_labels"])
-@pytest.mark.parametrize("n_iter", [1, 5])
+@pytest.mark.parametrize("n_iter", [0, 1, 2, 5])
 def test_iot_and_iot_uni_match_their_definitions(kind, n_iter):
-    """IOT: ``-mean_i sum_j T_ij log P_ij``, ``P`` after ``n_iter`` full rounds with uniform
-    marginals of the target's mass. IOT-uni adds ``lam_p KL(Q_i || P_i)`` per row, with ``Q`` equal
-    to ``P`` on the target's entries and to the mean of ``P`` over the other allowed entries."""
+    """IOT: ``-mean_i sum_j T_ij log P_ij``, ``P`` after ``n_iter + 1`` alternating projections,
+    rows first, with uniform marginals of the target's mass (the official loop of ``n_iter``
+    rounds). IOT-uni adds ``lam_p sum_j [Q log(Q / P) - Q + P]`` per row, with ``Q`` the mean of
+    ``P`` over all allowed entries (positives included) on every allowed entry."""
     eps, lam_p = 0.5, 0.3
     c = _case(kind, 6, seed=13, eps=eps)
     T, K = c["T"], c["K"]
     n = T.shape[0]
     mass = T.sum()
-    _, _, P = sinkhorn_naive(K, np.full(n, mass / n), np.full(n, mass / n), n_iter,
-                             final="column")
+    half_steps = n_iter + 1
+    _, _, P = sinkhorn_naive(K, np.full(n, mass / n), np.full(n, mass / n), half_steps // 2,
+                             final="row" if half_steps % 2 else "column")
     pos = T > 0
     ce = -np.array([np.sum(T[i, pos[i]] * np.log(P[i, pos[i]])) for i in range(n)])
-    got_iot = iot_fn = otcl.iot(*c["args"], eps=eps, n_iter=n_iter, reduction="none", **c["kw"])
+    got_iot = otcl.iot(*c["args"], eps=eps, n_iter=n_iter, reduction="none", **c["kw"])
     np.testing.assert_allclose(got_iot, ce, rtol=0, atol=1e-12)
-    negative = ~pos & (K > 0)
-    Q = np.where(pos, P, np.where(negative, P[negative].mean(), 0.0))
+    allowed = K > 0
+    Q = np.where(allowed, P[allowed].mean(), 0.0)
     uni = gen_kl_rows(Q, P)
     got = otcl.iot_uni(*c["args"], eps=eps, n_iter=n_iter, lam_p=lam_p, reduction="none",
                        **c["kw"])
-    np.testing.assert_allclose(got, iot_fn + lam_p * uni, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got, ce + lam_p * uni, rtol=0, atol=1e-12)
 
 
-def test_iot_uni_without_negatives_is_iot():
-    """A target with mass on every allowed entry leaves no negatives: ``Q = P``, no penalty."""
-    z1, z2 = pairs(5, seed=14)
-    T = np.eye(5) + 0.1
+@pytest.mark.parametrize("layout", ["cross", "blocked"])
+def test_iot_uni_of_a_uniform_plan_is_iot(layout):
+    """Identical embeddings give a constant kernel on the allowed entries, so the plan is uniform
+    there and ``Q = P``: no penalty. Otherwise the penalty is positive."""
+    z = np.tile(np.array([[0.3, -1.0, 2.0]]), (5, 1))
+    args, kw = ((z, z), {"layout": layout})
     with np.errstate(all="raise"):
-        got = float(otcl.iot_uni(z1, z2, target=T, lam_p=0.5))
-    assert got == pytest.approx(float(otcl.iot(z1, z2, target=T)), abs=1e-14)
+        got = float(otcl.iot_uni(*args, lam_p=0.5, **kw))
+    assert got == pytest.approx(float(otcl.iot(*args, **kw)), abs=1e-14)
+    z1, z2 = pairs(5, seed=14)
+    assert float(otcl.iot_uni(z1, z2, lam_p=0.5, layout=layout)) > float(
+        otcl.iot(z1, z2, layout=layout)) + 1e-6
 
 
 # ------------------------------------------------------------------------------------------
@@ -478,14 +520,19 @@ def _call(name: str, *args, **kw):
 
 
 @pytest.mark.parametrize("name", NAMED)
-def test_reductions_are_consistent(name):
+@pytest.mark.parametrize(("layout", "n_rows"), [(None, 12), ("cross", 6)])
+def test_reductions_are_consistent(name, layout, n_rows):
+    """A two-view call has ``2N`` rows (every view an anchor); ``layout="cross"`` has ``N``."""
     z1, z2 = pairs(6, seed=14)
-    rows = np.asarray(_call(name, z1, z2, reduction="none"))
-    assert rows.shape == (6,)
-    assert float(_call(name, z1, z2, reduction="sum")) == pytest.approx(rows.sum(), abs=1e-12)
-    assert float(_call(name, z1, z2)) == pytest.approx(rows.mean(), abs=1e-12)
-    assert float(_call(name, z1, z2, reduction="mean")) == pytest.approx(rows.mean(), abs=1e-12)
-    val, det = _call(name, z1, z2, return_details=True, reduction="none")
+    kw = {} if layout is None else {"layout": layout}
+    rows = np.asarray(_call(name, z1, z2, reduction="none", **kw))
+    assert rows.shape == (n_rows,)
+    assert float(_call(name, z1, z2, reduction="sum", **kw)) == pytest.approx(rows.sum(),
+                                                                            abs=1e-12)
+    assert float(_call(name, z1, z2, **kw)) == pytest.approx(rows.mean(), abs=1e-12)
+    assert float(_call(name, z1, z2, reduction="mean", **kw)) == pytest.approx(rows.mean(),
+                                                                             abs=1e-12)
+    val, det = _call(name, z1, z2, return_details=True, reduction="none", **kw)
     np.testing.assert_array_equal(val, det.per_sample)
 
 
@@ -494,11 +541,13 @@ def test_reductions_are_consistent(name):
 def test_details_fields(name, layout):
     eps = 0.5
     z1, z2 = pairs(6, seed=15)
+    offset = 1.0 if name == "gca_uot" else 0.0  # its metric is "cosine", C = 1 - cos
     if layout == "cross":
-        args, kw, C, allowed = (z1, z2), {}, -cos(z1, z2), np.ones((6, 6), bool)
+        args, kw = (z1, z2), {"layout": "cross"}
+        C, allowed = offset - cos(z1, z2), np.ones((6, 6), bool)
     else:
         z = all_views(z1, z2, layout)
-        args, kw, C = (z,), {"layout": layout}, -cos(z, z)
+        args, kw, C = (z,), {"layout": layout}, offset - cos(z, z)
         allowed = ~np.eye(12, dtype=bool)
     value, det = _call(name, *args, eps=eps, return_details=True, **kw)
     assert float(value) == pytest.approx(float(_call(name, *args, eps=eps, **kw)), abs=0)
@@ -540,13 +589,16 @@ def _f(x) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", NAMED)
-@pytest.mark.parametrize("form", ["cross", "blocked", "interleaved_labels", "target"])
+@pytest.mark.parametrize("form", ["cross", "two_views", "blocked", "interleaved_labels",
+                                  "target"])
 def test_named_losses_agree_across_libraries(name, form):
     z1, z2 = pairs(6, seed=17)
     y = np.array([0, 1, 0, 2, 1, 2])
     values = {}
     for lib in ("numpy", "torch", "array_api_strict"):
         if form == "cross":
+            out = _call(name, _to(lib, z1), _to(lib, z2), reduction="none", layout="cross")
+        elif form == "two_views":
             out = _call(name, _to(lib, z1), _to(lib, z2), reduction="none")
         elif form == "blocked":
             out = _call(name, _to(lib, all_views(z1, z2, "blocked")), layout="blocked",
@@ -556,7 +608,8 @@ def test_named_losses_agree_across_libraries(name, form):
                         labels=_to(lib, y), reduction="none")
         else:
             T = np.eye(6) + 0.2 * (y[:, None] == y[None, :])
-            out = _call(name, _to(lib, z1), _to(lib, z2), target=_to(lib, T), reduction="none")
+            out = _call(name, _to(lib, z1), _to(lib, z2), target=_to(lib, T), reduction="none",
+                        layout="cross")
         values[lib] = _f(out)
     assert np.isfinite(values["numpy"]).all()
     np.testing.assert_allclose(values["torch"], values["numpy"], rtol=1e-12, atol=1e-12)
@@ -571,7 +624,7 @@ def test_pair_target_value_and_gradient_equal_the_dense_target(name, layout):
     dense matrix contracts the full log-kernel. Values and torch gradients must agree."""
     z1, z2 = pairs(6, seed=21)
     if layout == "cross":
-        args, kw, T = (z1, z2), {}, np.eye(6)
+        args, kw, T = (z1, z2), {"layout": "cross"}, np.eye(6)
     else:
         args, kw = (all_views(z1, z2, layout),), {"layout": layout}
         T = np.zeros((12, 12))
@@ -613,7 +666,7 @@ def test_inputs_are_not_modified(name, lib):
     before = [_f(x).copy() for x in arrays]
     a1, a2, z, yy, TT = arrays
     _call(name, a1, a2, return_details=True)
-    _call(name, a1, a2, target=TT)
+    _call(name, a1, a2, target=TT, layout="cross")
     _call(name, z, layout="blocked", labels=yy)
     for x, x0 in zip(arrays, before, strict=True):
         np.testing.assert_array_equal(_f(x), x0)
@@ -687,7 +740,7 @@ def test_alignment_loss_defaults_equal_gca_ince_on_the_cost():
     C = -cos(z1, z2)
     for L in (0, 3):
         assert float(alignment_loss(C, eps=0.5, n_iter=L)) == pytest.approx(
-            float(gca_ince(z1, z2, eps=0.5, n_iter=L)), abs=1e-13)
+            float(gca_ince(z1, z2, eps=0.5, n_iter=L, layout="cross")), abs=1e-13)
 
 
 def test_alignment_loss_divergence_mixture_and_callable():

@@ -32,7 +32,7 @@ def _samples(n_rows: int, n_views: int, layout: str) -> list[int]:
 
 def test_pair_target_cross_view_is_identity(backend):
     z1, z2 = backend.asarray(_z(5, seed=1)), backend.asarray(_z(5, seed=2))
-    T = pair_target(view_batch(z1, z2))
+    T = pair_target(view_batch(z1, z2, layout="cross"))
     like = z1[:, 0]
     np.testing.assert_array_equal(backend.to_numpy(T.to_dense(z1)), np.eye(5))
     np.testing.assert_array_equal(backend.to_numpy(T.row_sums(like)), np.ones(5))
@@ -58,7 +58,10 @@ def test_pair_target_does_not_materialise_the_cost(layout):
     # the cosine cost is derived lazily from the similarity; building the pair target must not
     # allocate it (one n x n array fewer per loss call)
     z = _z(8, seed=3)
-    batch = view_batch(z[:4], z[4:]) if layout == "cross" else view_batch(z, layout=layout)
+    if layout == "cross":
+        batch = view_batch(z[:4], z[4:], layout="cross")
+    else:
+        batch = view_batch(z, layout=layout)
     T = pair_target(batch)
     assert T.shape == batch.shape
     assert "cost" not in vars(batch)
@@ -148,7 +151,7 @@ def test_label_target_all_views_is_supervised_contrastive(backend, layout):
 
 def test_label_target_cross_view_includes_the_diagonal():
     y = np.array([2, 0, 2, 1])
-    T = label_target(view_batch(_z(4, seed=1), _z(4, seed=2)), y).dense
+    T = label_target(view_batch(_z(4, seed=1), _z(4, seed=2), layout="cross"), y).dense
     np.testing.assert_allclose(T, _supcon_target(list(y), None), atol=1e-15)
     assert (np.diag(T) > 0).all()
 
@@ -241,7 +244,7 @@ def test_domain_prior_dtype_and_library_follow_the_reference():
     T = domain_prior(D, 0.2, 0.1, like=torch.zeros(2, dtype=torch.float32))
     assert isinstance(T, torch.Tensor) and T.dtype == torch.float32
     z = _z(3).astype(np.float32)
-    T = domain_prior(np.array([0, 1, 0]), 0.2, 0.1, batch=view_batch(z, z))
+    T = domain_prior(np.array([0, 1, 0]), 0.2, 0.1, batch=view_batch(z, z, layout="cross"))
     assert T.dtype == np.float32
 
 
@@ -268,7 +271,7 @@ def test_domain_prior_errors():
 
 
 def test_as_target_accepts_a_valid_matrix():
-    batch = view_batch(_z(4, seed=1), _z(4, seed=2))
+    batch = view_batch(_z(4, seed=1), _z(4, seed=2), layout="cross")
     T = np.array([[1.0, 0.2, 0, 0], [0, 1, 0, 0], [0, 0, 2, 0.5], [0.1, 0, 0, 1]])
     T0 = T.copy()
     t = as_target(T, batch)
@@ -279,7 +282,7 @@ def test_as_target_accepts_a_valid_matrix():
 
 
 def test_as_target_validation():
-    cross = view_batch(_z(4, seed=1), _z(4, seed=2))
+    cross = view_batch(_z(4, seed=1), _z(4, seed=2), layout="cross")
     allv = view_batch(_z(4), layout="blocked")
     eye = np.eye(4)
     neg = eye.copy()

@@ -48,6 +48,7 @@ from otcl.solvers.bregman import ColumnMarginal, Constraint, RowMarginal, bregma
 from otcl.solvers.problem import make_problem, validate_positive
 from otcl.solvers.result import ConvergenceWarning
 from otcl.solvers.sinkhorn import log_col_update, log_row_update
+from otcl.tracing import concrete
 
 __all__ = [
     "InnerSolve",
@@ -113,7 +114,8 @@ class FastInner:
     def __call__(self, log_kernel: Array, log_a: Array, log_b: Array, t_a: Any, t_b: Any,
                  n_iter: int, init: Array | None = None) -> tuple[Array, Array]:
         tracked = any(getattr(x, "requires_grad", False) for x in (log_kernel, log_a, log_b, t_a))
-        if tracked:
+        if tracked or not concrete(log_kernel, log_a, log_b, t_a, init):
+            # autodiff frameworks and tracers (jax.jit / grad / vmap) see every operation
             return UnrolledInner()(log_kernel, log_a, log_b, t_a, t_b, n_iter, init)
         from otcl.solvers.adjoint import fixed_round_potentials
 
@@ -343,10 +345,11 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
     log_k3 = log_k[None, ...]
     log_a3, log_b3 = safe_log(a, xp)[None, :], safe_log(b, xp)[None, :]
     rounds = n_iter - 1 if final_step == "column" else n_iter
-    # unbalanced rounds depend on where they start: from v_0 = b, as the official GCA-UOT and
-    # POT do (balanced rounds do not: the first row step removes any constant v_0)
+    # where the rounds start: v_0 = b, as the official GCA-UOT and POT do, for unbalanced rounds
+    # (whose plan depends on it) and for marginals 1/n (the scale of v, which RINCE terms read,
+    # follows that of v_0 through balanced rounds too); v_0 = 1 otherwise (b = 1 for pairs)
     unbalanced = not (math.isinf(rho_a) and math.isinf(rho_b))
-    if unbalanced and rounds > 0 and bool(xp.all(b > 0)):
+    if unbalanced or marginals == "probability":
         phi3, gamma3 = inner(log_k3, log_a3, log_b3, t_a, t_b, rounds, init=log_b3)
     else:
         phi3, gamma3 = inner(log_k3, log_a3, log_b3, t_a, t_b, rounds)
@@ -358,7 +361,7 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
         # the final row step phi = t_a (log a - r), r = log (K v), gives r and the row mass
         # exp(phi + r) in closed form: no pass over the plan
         log_a = safe_log(a, xp)
-        if t_a == 1.0:
+        if math.isinf(rho_a):
             log_kv = log_a - phi
             row_mass = a
         else:
@@ -390,7 +393,7 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
         per_row = val if per_row is None else per_row + val
     if per_row is None:
         per_row = xp.zeros_like(phi)
-    if not bool(xp.all(xp.isfinite(per_row))):
+    if concrete(per_row) and not bool(xp.all(xp.isfinite(per_row))):
         warnings.warn(
             "the loss has non-finite rows: a term overflowed the dtype (for RINCE terms, "
             "exp(q / eps) grows quickly as eps shrinks) or the inner solve left its range",
@@ -497,6 +500,8 @@ def _validate_eps(eps: Any, xp: Any) -> Any:
     if is_array(eps):
         if eps.ndim != 0:
             raise ValueError(f"eps must be a scalar (0-d array), got shape {tuple(eps.shape)}")
+        if not concrete(eps):
+            return eps
         value = to_float(eps)
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"eps must be positive and finite, got {value}")
@@ -739,8 +744,9 @@ def gca_uot(z1: Array, z2: Array | None = None, *, eps: float | Array | None = N
     the RINCE term's ``(P_tgt / u).sum(1)`` is read as ``(P / u).sum(1)`` (the RINCE form).
 
     ``kl="generalized"`` replaces the first term by the generalised KL with mass terms,
-    ``mean_i sum_j [T_ij log(T_ij / P_ij) - T_ij + P_ij]`` (the loss of otcl before 0.2, used
-    with ``marginals`` of the target's mass): its row-mass terms make it grow with the batch.
+    ``mean_i sum_j [T_ij log(T_ij / P_ij) - T_ij + P_ij]`` on the same plan (the first term of
+    otcl's GCA-UOT before 0.2, which solved with marginals 1): its mass terms do not cancel
+    against the target's unit entries, so it does not behave like an InfoNCE loss.
     """
     rho = validate_positive("rho", rho, allow_inf=True)
     ra = rho if rho_a is None else rho_a
@@ -775,7 +781,9 @@ def iot(z1: Array, z2: Array | None = None, *, eps: float | Array | None = None,
     """IOT (Shi et al. 2023), as the paper's official ``iot``: ``-mean_i sum_j T_ij log P_ij``
     with ``P`` the balanced plan (uniform marginals of the target's mass) after the official
     loop's ``n_iter + 1`` alternating projections, rows first (``n_iter = 10``: 11 half-steps,
-    ending on a row step). Metric ``"neg_cosine"``: the balanced plan is unchanged by a
+    ending on a row step; ``n_iter = 0`` is one row projection, InfoNCE with uniform marginals,
+    where the official loop with ``iterations = 0`` makes none and scores the raw kernel).
+    Metric ``"neg_cosine"``: the balanced plan is unchanged by a
     constant offset of the cost. Differences from the official code: a hard self-mask instead
     of the largest cost on the diagonal (GCA-NOTES D2), and the layout is explicit (D10).
     """

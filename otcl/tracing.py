@@ -1,0 +1,37 @@
+"""Whether an array's values can be read now, or only its shape and dtype.
+
+Under ``jax.jit``, ``jax.grad`` and ``jax.vmap`` arrays are tracers; under ``torch.compile`` and
+``torch.func.vmap`` torch tensors are symbolic or batched. Reading a value of such an array
+(``bool(x.any())``, ``float(x)``) fails or breaks the graph, so otcl's input checks ask
+:func:`concrete` first: shapes and dtypes are always checked, values only when they are concrete
+(DESIGN.md, "input checks never branch on values that a tracer hides").
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__all__ = ["concrete", "traced"]
+
+
+def traced(x: Any) -> bool:
+    """True when ``x`` is an array whose values a transform hides (a JAX tracer, a torch tensor
+    while ``torch.compile`` traces or inside ``torch.func.vmap``)."""
+    module = type(x).__module__
+    if module.startswith("jax"):
+        jax = sys.modules.get("jax")
+        return jax is not None and isinstance(x, jax.core.Tracer)
+    if module.startswith("torch"):
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return False
+        if torch.compiler.is_compiling():
+            return True
+        return bool(torch._C._functorch.is_batchedtensor(x))
+    return False
+
+
+def concrete(*arrays: Any) -> bool:
+    """True when every argument's values can be read (``None`` and numbers count as concrete)."""
+    return not any(traced(x) for x in arrays if x is not None)
