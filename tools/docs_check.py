@@ -34,8 +34,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-# The home page, a page of formulas, an API page.
-DEFAULT_PAGES = ("index.html", "concepts.html", "api/solvers.html")
+# The home page, a page of formulas, an API page, the changelog (included from CHANGELOG.md).
+DEFAULT_PAGES = ("index.html", "concepts.html", "api/solvers.html", "changelog.html")
 FORMULA_PAGES = ("concepts.html",)
 SEARCH_QUERY = "sinkhorn"
 TIMEOUT = 30.0
