@@ -15,6 +15,7 @@ import importlib.util
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["build_parser", "main"]
 
@@ -84,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="smoke test of the whole pipeline in seconds (numbers mean nothing)")
     study.set_defaults(size="quick")
     study.add_argument("--dataset", choices=DATASETS, default="mnist1d",
-                       help="data of the contrastive section (default: mnist1d)")
+                       help="data of the contrastive section (default: mnist1d); cifar10 reads "
+                            "the python-pickle batches from --data-dir")
+    study.add_argument("--data-dir", default=None, metavar="DIR",
+                       help="directory holding CIFAR-10's data_batch_1..5 and test_batch")
     study.add_argument("--out", default="study-out", metavar="DIR",
                        help="output directory (default: study-out)")
     study.add_argument("--seed", type=_seed, default=0, help="base random seed (default: 0)")
@@ -128,7 +132,20 @@ def _run_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
         if not torch.cuda.is_available():
             parser.error("--device cuda: torch sees no CUDA device here; use --device cpu")
-    cfg = preset(args.size).replace(seed=args.seed, device=args.device, dataset=args.dataset)
+    if args.dataset == "cifar10":
+        if args.data_dir is None:
+            parser.error("--dataset cifar10 needs --data-dir DIR (the python-pickle batches)")
+        names = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
+        root = Path(args.data_dir)
+        if (root / "cifar-10-batches-py").is_dir():
+            root = root / "cifar-10-batches-py"
+        missing = [n for n in names if not (root / n).is_file()]
+        if missing:
+            parser.error(f"--data-dir {args.data_dir}: missing {', '.join(missing)}")
+    elif args.data_dir is not None:
+        parser.error("--data-dir is only used with --dataset cifar10")
+    cfg = preset(args.size).replace(seed=args.seed, device=args.device, dataset=args.dataset,
+                                    data_dir=args.data_dir)
     if args.seeds is not None:
         cfg = cfg.replace(n_seeds=args.seeds, domain_seeds=min(args.seeds, cfg.domain_seeds))
     if args.epochs is not None:

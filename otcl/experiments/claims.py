@@ -36,8 +36,9 @@ class Claim:
     ``direction``: +1 / -1 (the claimed sign of the effect), 0 (no effect), ``"at_most"`` or
     ``"exact"`` (an identity checked against tolerances); ``margin``: the claim's ``X``;
     ``scale`` and ``unit``: how the effect is displayed (e.g. 100 and " pt" for accuracies);
-    ``parts``: the per-seed values the effect was computed from (for the claim's figure), and
-    ``floor``: the honest bottom of their axis (chance level or raw-input probe).
+    ``parts``: the per-seed values the effect was computed from (for the claim's figure),
+    ``floor``: the honest bottom of their axis (chance level or raw-input probe) and
+    ``reference``: a labelled level drawn across them (the raw-input probe).
     """
 
     key: str
@@ -55,6 +56,7 @@ class Claim:
     parts_label: str = ""
     floor: float | None = None
     ceiling: float | None = None
+    reference: tuple[str, float] | None = None
 
     def effect_text(self, digits: int = 2) -> str:
         e = self.effect
@@ -174,6 +176,7 @@ def _contrastive_claims(res: dict) -> list[Claim]:
             f"{n} {np.mean(_values(res, first, n, 'probe')) * scale:.2f}" for n in losses) + ".",
         eff, 1, mg["score"], scale, unit, f"worst loss - raw input ({what})",
         {n: _values(res, first, n, "probe") for n in losses}, what, min(floor, raw), top,
+        ("raw input", raw),
     ))
 
     for setting in settings:
@@ -189,7 +192,7 @@ def _contrastive_claims(res: dict) -> list[Claim]:
                 f"Paired difference GCA-INCE - INCE over {eff.n} seeds.",
                 eff, 1, mg["score"], scale, unit, f"GCA-INCE - INCE ({what})",
                 {n: _values(res, setting, n, "probe") for n in ("INCE", "GCA-INCE")}, what,
-                min(floor, raw), top,
+                min(floor, raw), top, ("raw input", raw),
             ))
         if "GCA-UOT" in per and len(per) > 1:
             means = {n: float(np.mean(_values(res, setting, n, "probe"))) for n in per}
@@ -206,6 +209,7 @@ def _contrastive_claims(res: dict) -> list[Claim]:
                 f"Compared with the strongest other loss by mean, {rival}. Means: {ranking}.",
                 eff, 1, mg["score"], scale, unit, f"GCA-UOT - {rival} ({what})",
                 {n: _values(res, setting, n, "probe") for n in per}, what, min(floor, raw), top,
+                ("raw input", raw),
             ))
 
     per = con["settings"][first]

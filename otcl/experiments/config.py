@@ -23,7 +23,7 @@ __all__ = [
 
 LOSS_NAMES = ("INCE", "GCA-INCE", "RINCE", "GCA-RINCE", "GCA-UOT")
 SECTIONS = ("equivalences", "contrastive", "domain")
-DATASETS = ("mnist1d", "latents", "digits")
+DATASETS = ("mnist1d", "latents", "digits", "cifar10")
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,7 @@ class StudyConfig:
 
     size: str
     dataset: str = "mnist1d"
+    data_dir: str | None = None
     seed: int = 0
     n_seeds: int = 5
     level: float = 0.95
@@ -107,6 +108,11 @@ class StudyConfig:
     lr: float = 2e-3
     auc_fp_fraction: float = 0.2
     auc_batch: int = 256
+    # -- CIFAR-10 (``dataset="cifar10"``, read from ``data_dir``): ResNet-18 runs per loss
+    cifar_epochs: int = 1
+    cifar_batch: int = 512
+    cifar_seeds: int = 1
+    cifar_limit_steps: int | None = None
     # -- section 3: domain prior on synthetic multi-domain data
     domain_deltas: tuple[float, ...] = (-1.0, 1.0)
     domain_base: float = 1.0
@@ -143,6 +149,8 @@ PRESETS: dict[str, StudyConfig] = {
         domain_epochs=2,
         domain_batch=64,
         domain_seeds=2,
+        cifar_batch=8,
+        cifar_limit_steps=1,
     ),
     # The default: within 5 minutes on two CPU cores.
     "quick": StudyConfig(size="quick"),
@@ -157,6 +165,8 @@ PRESETS: dict[str, StudyConfig] = {
         domain_deltas=(-1.0, -0.5, 0.0, 0.5, 1.0),
         domain_epochs=30,
         domain_seeds=12,
+        cifar_epochs=20,
+        cifar_seeds=3,
     ),
 }
 

@@ -192,6 +192,9 @@ def fig_claim(claim: Claim, out: Path) -> str | None:
         ax.axhline(claim.floor, color="0.5", ls=":", lw=1)
     if claim.ceiling is not None:
         hi = claim.ceiling
+    if claim.reference is not None:
+        ax.axhline(claim.reference[1], color="k", ls="--", lw=1, label=claim.reference[0])
+        ax.legend(fontsize=7, loc="upper right")
     ax.set_ylim(lo, hi)
     ax.set_title("the values compared (mean, 95% CI)", fontsize=10)
     fig.suptitle(claim.claim if len(claim.claim) < 110 else claim.claim[:107] + "...",
@@ -359,6 +362,28 @@ def _domain_md(res: dict) -> list[str]:
     ]
 
 
+def _cifar_md(res: dict) -> list[str]:
+    c = res["cifar10"]
+    rows = []
+    for name, rec in c["losses"].items():
+        rows.append([name, f"{c['poster']['standard'].get(name, math.nan):.2f}",
+                     f"{c['poster']['noisy'].get(name, math.nan):.2f}",
+                     _ci_text(rec["values"], 100, 2), str(len(rec["values"]))])
+    return [
+        "## CIFAR-10",
+        "",
+        f"ResNet-18 (CIFAR variant) per loss: {c['n_train']} training and {c['n_test']} test "
+        f"images, {c['epochs']} epoch(s), batch {c['batch_size']}, device {c['device']}, mixed "
+        f"precision {c['amp']}. Raw-pixel probe: {100 * c['raw_probe']:.2f}%. The poster's "
+        "numbers come from 500-epoch runs with a 200-epoch linear evaluation (GCA-NOTES §6.1), "
+        "so only the order of the losses can be compared, and only with enough epochs.",
+        "",
+        _table(["loss", "poster CIFAR-10 standard (%)", "poster noisy (%)",
+                "this run: probe accuracy (%)", "seeds"], rows),
+        "",
+    ]
+
+
 def write_report(res: dict[str, Any], claims: list[Claim], out: Path) -> Path:
     """Write ``report.md``: verdict table, rule, a figure per claim, then the measurements."""
     cfg = res["config"]
@@ -398,6 +423,8 @@ def write_report(res: dict[str, Any], claims: list[Claim], out: Path) -> Path:
                               ("contrastive_training_curves.png", "Training curves")):
             if name in figs:
                 lines += [f"![{caption}]({name})", ""]
+    if "cifar10" in res:
+        lines += _cifar_md(res)
     if "domain" in res:
         lines += _domain_md(res)
         if "domain_prior.png" in figs:
@@ -421,7 +448,14 @@ def write_report(res: dict[str, Any], claims: list[Claim], out: Path) -> Path:
 def summary_table(res: dict[str, Any], claims: list[Claim]) -> str:
     """A plain-text verdict table for the terminal."""
     width = max((len(c.key) for c in claims), default=5)
-    lines = [f"{'claim':{width}s}  {'effect [95% CI]':34s}  n   verdict"]
+    lines = []
+    if "cifar10" in res:
+        c = res["cifar10"]
+        lines += [f"CIFAR-10 probe accuracy (%): {'loss':10s} poster  this run"]
+        lines += [f"  {name:10s} {c['poster']['standard'].get(name, math.nan):6.2f}  "
+                  f"{100 * rec['probe_accuracy']:6.2f}" for name, rec in c["losses"].items()]
+        lines.append("")
+    lines += [f"{'claim':{width}s}  {'effect [95% CI]':34s}  n   verdict"]
     for c in claims:
         n = str(c.effect.n) if c.effect else "-"
         lines.append(f"{c.key:{width}s}  {c.effect_text():34s}  {n:3s} {c.verdict}")

@@ -145,7 +145,26 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
         section_seconds["equivalences"] = time.perf_counter() - t
 
     examples = None
-    if "contrastive" in cfg.sections:
+    if "contrastive" in cfg.sections and cfg.dataset == "cifar10":
+        from otcl.experiments.cifar import run_cifar10
+
+        n = len(cfg.losses) * cfg.cifar_seeds
+        echo(f"[2/3] contrastive training on CIFAR-10 from {cfg.data_dir} ({n} ResNet-18 runs)")
+        t = time.perf_counter()
+        bar = _Progress(n, progress)
+        try:
+            res["cifar10"] = run_cifar10(
+                cfg.data_dir or ".", cfg.losses, cfg.loss, epochs=cfg.cifar_epochs,
+                batch_size=cfg.cifar_batch, n_seeds=cfg.cifar_seeds, seed=cfg.seed,
+                device=device, tick=bar, limit_steps=cfg.cifar_limit_steps)
+        finally:
+            bar.close()
+        res["datasets"] = {"cifar10": {
+            "metric": "accuracy", "raw_probe_accuracy": res["cifar10"]["raw_probe"],
+            "probe_accuracy": {k: v["probe_accuracy"]
+                               for k, v in res["cifar10"]["losses"].items()}}}
+        section_seconds["contrastive"] = time.perf_counter() - t
+    elif "contrastive" in cfg.sections:
         echo(f"[2/3] contrastive training on {cfg.dataset} ({contrastive.n_runs(cfg)} runs, "
              f"{jobs} process(es))")
         t = time.perf_counter()
