@@ -173,7 +173,8 @@ def log_col_update(log_kernel: Array, log_b: Array, phi: Array, t_b: Any, xp: An
 def _guarded_update(log_m: Array, lse: Array, t: Any, xp: Any) -> Array:
     # A zero-mass row (log a = -inf) gets phi = -inf even where its LSE is -inf too.
     raw = log_m - xp.where(lse > -math.inf, lse, xp.zeros_like(lse))
-    out = raw if t == 1.0 else t * raw
+    # an array t (from an array eps) is multiplied whatever its value: no read of it here
+    out = raw if isinstance(t, (int, float)) and t == 1.0 else t * raw
     return xp.where(log_m > -math.inf, out, xp.full_like(out, -math.inf))
 
 
