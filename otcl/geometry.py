@@ -35,7 +35,7 @@ from otcl.backend import (
     masked_fill,
     product_t,
 )
-from otcl.tracing import concrete
+from otcl.tracing import definitely
 
 __all__ = [
     "LAYOUTS",
@@ -58,7 +58,7 @@ def _normalise_rows(name: str, x: Array, xp: Any) -> Array:
     ``1.8e19`` in float32) neither overflow to ``inf`` nor underflow to 0. The quotient by the
     row maximum leaves ``x_i / ||x_i||`` unchanged, values and derivatives."""
     peak = xp.max(xp.abs(x), axis=-1, keepdims=True)
-    if concrete(x) and bool(xp.any(peak == 0)):
+    if definitely(xp.any(peak == 0)):
         raise ValueError(f"{name} has a row of zero norm; the cosine cost is undefined there")
     scaled = x / peak
     return scaled / xp.linalg.vector_norm(scaled, axis=-1, keepdims=True)
@@ -368,5 +368,5 @@ def _check_embeddings(xp: Any, **arrays: Array) -> None:
     for name, z in arrays.items():
         if z.shape[0] == 0 or z.shape[1] == 0:
             raise ValueError(f"{name} must not be empty, got shape {tuple(z.shape)}")
-        if concrete(z) and not bool(xp.all(xp.isfinite(z))):
+        if definitely(xp.any(~xp.isfinite(z))):
             raise ValueError(f"{name} contains NaN or inf")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["concrete", "traced"]
+__all__ = ["concrete", "definitely", "traced"]
 
 
 def traced(x: Any) -> bool:
@@ -35,3 +35,11 @@ def traced(x: Any) -> bool:
 def concrete(*arrays: Any) -> bool:
     """True when every argument's values can be read (``None`` and numbers count as concrete)."""
     return not any(traced(x) for x in arrays if x is not None)
+
+
+def definitely(flag: Any) -> bool:
+    """``bool(flag)`` for a concrete 0-d boolean array, ``False`` for a traced one: a check
+    ``if definitely(xp.any(bad)): raise ...`` runs whenever the value can be read, and is skipped
+    under a transform (inside ``jax.jit`` even arrays computed from constants are tracers, so the
+    flag itself is what must be asked)."""
+    return concrete(flag) and bool(flag)

@@ -48,7 +48,7 @@ from otcl.solvers.bregman import ColumnMarginal, Constraint, RowMarginal, bregma
 from otcl.solvers.problem import make_problem, validate_positive
 from otcl.solvers.result import ConvergenceWarning
 from otcl.solvers.sinkhorn import log_col_update, log_row_update
-from otcl.tracing import concrete
+from otcl.tracing import concrete, definitely
 
 __all__ = [
     "InnerSolve",
@@ -393,7 +393,7 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
         per_row = val if per_row is None else per_row + val
     if per_row is None:
         per_row = xp.zeros_like(phi)
-    if concrete(per_row) and not bool(xp.all(xp.isfinite(per_row))):
+    if definitely(xp.any(~xp.isfinite(per_row))):
         warnings.warn(
             "the loss has non-finite rows: a term overflowed the dtype (for RINCE terms, "
             "exp(q / eps) grows quickly as eps shrinks) or the inner solve left its range",
