@@ -389,8 +389,9 @@ def otcl_loss(
     """``otcl.torch.GCAInfoNCE(eps, n_iter)`` / ``GCAUOT(eps, rho, n_iter)``, or :class:`Skip`.
 
     ``mode`` (the gradient mode, keyword ``grad``) and ``layout`` (``"blocked"`` for all-views
-    batches, ``"cross"`` for the one-direction cross-view problem) are passed only when given; a requested option that the class does not accept skips the case rather
-    than measuring something else.
+    batches, ``"cross"`` for the one-direction cross-view problem) are passed only when given;
+    a requested option that the class does not accept skips the case rather than measuring
+    something else.
     """
     name = {"gca-ince": "GCAInfoNCE", "gca-uot": "GCAUOT"}[kind]
     cls = _otcl_loss_class(name)

@@ -15,6 +15,7 @@ The same algorithms run on NumPy, CuPy, PyTorch (CPU and CUDA) and any array-API
 * PyTorch modules live in :mod:`otcl.torch` (imported on demand).
 """
 
+from otcl._version import __version__
 from otcl.alignment import (
     LossDetails,
     Target,
@@ -48,8 +49,6 @@ from otcl.solvers import (
     row_projection,
     sinkhorn,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BregmanResult",
