@@ -96,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="number of training seeds per loss (default: from the size)")
     study.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
                        help="training epochs on digits (default: from the size)")
-    study.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                       help="torch device for training (default: cpu)")
+    study.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                       help="torch device for training (default: cpu; for cifar10, cuda when "
+                            "available)")
     study.add_argument("--sections", type=_sections, default=None, metavar="LIST",
                        help="comma-separated subset of equivalences,contrastive,domain")
     study.add_argument("--threads", type=_positive_int, default=None, metavar="N",
@@ -127,6 +128,12 @@ def _run_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     from otcl.experiments.config import preset
     from otcl.experiments.study import MissingFeatureError, run_study
 
+    if args.device is None:
+        args.device = "cpu"
+        if args.dataset == "cifar10":
+            import torch
+
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda":
         import torch
 
