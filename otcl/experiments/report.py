@@ -313,6 +313,18 @@ def _verdict_rows(claims: list[Claim]) -> list[list[str]]:
     return rows
 
 
+def _resolution(claims: list[Claim]) -> str:
+    """The largest CI half-width among the accuracy-type effects (what the run can resolve)."""
+    hw = [(c.effect.half_width * c.scale, c.key) for c in claims
+          if c.effect is not None and c.effect.n >= 2 and c.unit == " pt"]
+    if not hw:
+        return ""
+    worst, key = max(hw)
+    return (f"Resolution: the widest 95% interval among the accuracy effects has a half-width of "
+            f"{worst:.2f} pt ({key}); narrower than 1 pt means a 1-point difference would be "
+            f"resolved.")
+
+
 def _contrastive_md(res: dict) -> list[str]:
     con = res["contrastive"]
     d = con["data"]
@@ -403,6 +415,8 @@ def write_report(res: dict[str, Any], claims: list[Claim], out: Path) -> Path:
         "",
         _table(["claim", "paper", "effect", "effect [95% CI]", "seeds", "CI half-width",
                 "verdict"], _verdict_rows(claims)),
+        "",
+        _resolution(claims),
         "",
         "**Verdict rule** (fixed in the configuration before the run): " + rule.describe()
         + " Margins X: " + ", ".join(f"{k} {v:g}" for k, v in cfg["margins"].items()) + ".",
