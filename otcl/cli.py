@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output directory (default: study-out)")
     study.add_argument("--seed", type=_seed, default=0, help="base random seed (default: 0)")
     study.add_argument("--seeds", type=_positive_int, default=None, metavar="K",
-                       help="number of training seeds per loss (default: from the size)")
+                       help="paired seeds per loss and per domain-sweep value (default: from "
+                            "the size)")
     study.add_argument("--epochs", type=_positive_int, default=None, metavar="N",
                        help="training epochs on digits (default: from the size)")
     study.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -154,9 +155,9 @@ def _run_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     cfg = preset(args.size).replace(seed=args.seed, device=args.device, dataset=args.dataset,
                                     data_dir=args.data_dir)
     if args.seeds is not None:
-        cfg = cfg.replace(n_seeds=args.seeds, domain_seeds=min(args.seeds, cfg.domain_seeds))
+        cfg = cfg.replace(n_seeds=args.seeds, domain_seeds=args.seeds, cifar_seeds=args.seeds)
     if args.epochs is not None:
-        cfg = cfg.replace(epochs=args.epochs)
+        cfg = cfg.replace(epochs=args.epochs, cifar_epochs=args.epochs)
     if args.sections is not None:
         cfg = cfg.replace(sections=args.sections)
     command = "otcl " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None
