@@ -7,7 +7,8 @@ The same algorithms run on NumPy, CuPy, PyTorch (CPU and CUDA) and any array-API
 * Geometry: :func:`cost_matrix`, :func:`view_batch`, :func:`partner_index`.
 * Losses: :func:`info_nce`, :func:`gca_ince`, :func:`rince`, :func:`gca_rince`, :func:`gca_uot`,
   :func:`iot`, :func:`iot_uni`, and the generic :func:`alignment_loss`; the paper's official
-  configurations by name: :func:`official_config`.
+  configurations by name: :func:`official_config`; beyond InfoNCE: :func:`swav_codes` (SwAV's
+  Sinkhorn–Knopp codes), :func:`byol`, :func:`gca_capacity`.
 * Targets: :func:`pair_target`, :func:`label_target`, :func:`domain_prior`.
 * Constraint sets: :func:`bregman_projection` with :class:`RowMarginal`, :class:`ColumnMarginal`,
   :class:`UpperBound`, :class:`LowerBound`, :class:`TotalMass` (Bregman–Dykstra).
@@ -20,7 +21,9 @@ from otcl.alignment import (
     LossDetails,
     Target,
     alignment_loss,
+    byol,
     domain_prior,
+    gca_capacity,
     gca_ince,
     gca_rince,
     gca_uot,
@@ -33,6 +36,7 @@ from otcl.alignment import (
     official_config,
     pair_target,
     rince,
+    swav_codes,
 )
 from otcl.geometry import cost_matrix, partner_index, view_batch
 from otcl.grad import value_and_grad
@@ -64,8 +68,10 @@ __all__ = [
     "__version__",
     "alignment_loss",
     "bregman_projection",
+    "byol",
     "cost_matrix",
     "domain_prior",
+    "gca_capacity",
     "gca_ince",
     "gca_rince",
     "gca_uot",
@@ -81,6 +87,7 @@ __all__ = [
     "rince",
     "row_projection",
     "sinkhorn",
+    "swav_codes",
     "value_and_grad",
     "view_batch",
 ]

@@ -1,5 +1,7 @@
 """The GCA alignment layer: target plans, outer divergences and the family of losses."""
 
+from otcl.alignment.codes import swav_codes
+from otcl.alignment.family import byol, gca_capacity
 from otcl.alignment.losses import (
     LossDetails,
     alignment_loss,
@@ -21,7 +23,9 @@ __all__ = [
     "LossDetails",
     "Target",
     "alignment_loss",
+    "byol",
     "domain_prior",
+    "gca_capacity",
     "gca_ince",
     "gca_rince",
     "gca_uot",
@@ -34,4 +38,5 @@ __all__ = [
     "official_config",
     "pair_target",
     "rince",
+    "swav_codes",
 ]

@@ -10,12 +10,14 @@ except ModuleNotFoundError as exc:
 
 from otcl.torch.autograd import INNER_GRAD_MODES, InnerSolve, inner_potentials
 from otcl.torch.losses import (
+    BYOL,
     GCARINCE,
     GCAUOT,
     GRAD_MODES,
     IOT,
     RINCE,
     AlignmentLoss,
+    GCACapacity,
     GCAInfoNCE,
     InfoNCE,
     IOTUni,
@@ -29,8 +31,10 @@ from otcl.torch.losses import (
     iot_uni,
     rince,
 )
+from otcl.torch.swav import SwAVLoss, swav_codes
 
 __all__ = [
+    "BYOL",
     "GCARINCE",
     "GCAUOT",
     "GRAD_MODES",
@@ -38,11 +42,13 @@ __all__ = [
     "IOT",
     "RINCE",
     "AlignmentLoss",
+    "GCACapacity",
     "GCAInfoNCE",
     "IOTUni",
     "InfoNCE",
     "InnerSolve",
     "MemoryBank",
+    "SwAVLoss",
     "TorchInner",
     "gca_ince",
     "gca_rince",
@@ -52,4 +58,5 @@ __all__ = [
     "iot",
     "iot_uni",
     "rince",
+    "swav_codes",
 ]

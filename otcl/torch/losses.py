@@ -37,12 +37,14 @@ from otcl._api import checked_keywords
 from otcl.alignment import losses as _alg
 
 __all__ = [
+    "BYOL",
     "GCARINCE",
     "GCAUOT",
     "GRAD_MODES",
     "IOT",
     "RINCE",
     "AlignmentLoss",
+    "GCACapacity",
     "GCAInfoNCE",
     "IOTUni",
     "InfoNCE",
@@ -566,6 +568,58 @@ class AlignmentLoss(_Loss):
         super().__init__(eps=eps, temperature=temperature, grad=grad, layout=layout,
                          n_views=n_views, metric=metric, reduction=reduction,
                          distributed=distributed, hyper=hyper)
+
+
+def _capacity(z1: Any, z2: Any, *, inner: Any, **kw: Any) -> Any:
+    """:func:`otcl.gca_capacity` (differentiated by autograd through the projections)."""
+    from otcl.alignment.family import gca_capacity
+
+    return gca_capacity(z1, z2, **kw)
+
+
+class GCACapacity(_Loss):
+    """GCA-INCE with a capacity bound ``kappa`` on the plan mass of every negative pair
+    (``eps = 0.5``, ``kappa = 0.1``, ``n_iter = 10`` Dykstra cycles). See
+    :func:`otcl.gca_capacity`. Its gradient is autograd's through the projections."""
+
+    _fn = staticmethod(_capacity)
+
+    @checked_keywords
+    def __init__(self, *, eps: float | torch.Tensor | None = None,
+                 temperature: float | torch.Tensor | None = None, kappa: float = 0.1,
+                 n_iter: int = 10, layout: str | None = None, n_views: int = 2,
+                 metric: str = "neg_cosine", reduction: str = "mean",
+                 distributed: bool = False) -> None:
+        from otcl.alignment.losses import as_count
+        from otcl.solvers.problem import validate_positive
+
+        hyper = {"kappa": validate_positive("kappa", kappa, allow_inf=True),
+                 "n_iter": as_count("n_iter", n_iter, minimum=1)}
+        super().__init__(eps=eps, temperature=temperature, grad="unroll", layout=layout,
+                         n_views=n_views, metric=metric, reduction=reduction,
+                         distributed=distributed, hyper=hyper)
+
+
+class BYOL(nn.Module):
+    """BYOL's loss (:func:`otcl.byol`): ``(2 - 2 cos(p1, z2)) + (2 - 2 cos(p2, z1))`` per
+    sample, the targets ``z`` detached (the target network receives no gradient).
+
+    ``BYOL()(p1, z2)`` is one direction; ``BYOL()(p1, z2, p2, z1)`` the symmetrised loss.
+    """
+
+    @checked_keywords
+    def __init__(self, *, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        self.reduction = reduction
+
+    def forward(self, p1: torch.Tensor, z2: torch.Tensor, p2: torch.Tensor | None = None,
+                z1: torch.Tensor | None = None) -> torch.Tensor:
+        from otcl.alignment.family import byol
+
+        return byol(p1, z2.detach(), p2, None if z1 is None else z1.detach(),
+                    reduction=self.reduction)
 
 
 class MemoryBank(nn.Module):
