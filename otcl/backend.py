@@ -34,6 +34,7 @@ __all__ = [
     "ArrayOps",
     "array_ops",
     "check_compatible",
+    "copy_array",
     "device_of",
     "dtype_eps",
     "dtype_tiny",
@@ -88,7 +89,9 @@ def check_compatible(
 
     The first non-``None`` argument is the reference. A mismatch raises ``TypeError`` (library,
     dtype) or ``ValueError`` (device) naming the offending argument, so that nothing is ever
-    silently converted. With ``floating=True`` the reference dtype must be real floating; with
+    silently converted. With ``floating=True`` the reference dtype must be real floating of at
+    least 32 bits (float32 or float64: the solvers' ranges and tolerances are those of these two;
+    float16 and bfloat16 raise ``TypeError``, see :data:`ACCEPTED_FLOATS`); with
     ``same_dtype=False`` only the library and device are compared (e.g. a boolean mask).
     """
     named = [(name, x) for name, x in arrays.items() if x is not None]
@@ -103,8 +106,15 @@ def check_compatible(
     ref_name, ref = named[0]
     ref_lib = _library(ref)
     xp = namespace(ref)
-    if floating and not xp.isdtype(ref.dtype, "real floating"):
-        raise TypeError(f"{ref_name} must have a real floating dtype, got {ref.dtype}")
+    if floating:
+        if not _is_real_float(xp, ref):
+            raise TypeError(f"{ref_name} must have a real floating dtype, got {ref.dtype}")
+        if xp.finfo(ref.dtype).bits < 32:
+            raise TypeError(
+                f"{ref_name} has dtype {ref.dtype}; otcl computes in {ACCEPTED_FLOATS}: convert"
+                f" it first (e.g. {ref_name}.float() / .astype(float32)); the otcl.torch loss"
+                " modules accept float16 / bfloat16 tensors and compute them in float32"
+            )
     for name, x in named[1:]:
         lib = _library(x)
         if lib != ref_lib:
@@ -116,6 +126,53 @@ def check_compatible(
         if dev is not None and ref_dev is not None and dev != ref_dev:
             raise ValueError(f"{name} is on device {dev} but {ref_name} is on {ref_dev}")
     return xp
+
+
+ACCEPTED_FLOATS = "float32 or float64"
+"""The floating dtypes the NumPy-style functions (solvers, losses, ``value_and_grad``) accept."""
+
+
+def _is_real_float(xp: Any, x: Array) -> bool:
+    try:
+        return bool(xp.isdtype(x.dtype, "real floating"))
+    except (TypeError, ValueError):  # a dtype the namespace does not know (torch.bfloat16 ...)
+        return False
+
+
+def copy_array(x: Array, xp: Any) -> Array:
+    """A copy of ``x`` that owns its memory (differentiable for PyTorch: ``clone``)."""
+    if array_api_compat.is_torch_namespace(xp):
+        return x.clone()
+    if hasattr(x, "copy"):
+        return x.copy()
+    return xp.asarray(x, copy=True)
+
+
+class NamespaceRef:
+    """A picklable stand-in for an array namespace (a module): its import name."""
+
+    def __init__(self, xp: Any) -> None:
+        self.name = xp.__name__
+
+    def resolve(self) -> Any:
+        import importlib
+
+        return importlib.import_module(self.name)
+
+
+def picklable_state(obj: Any) -> dict[str, Any]:
+    """``obj.__dict__`` with every module (array namespace) replaced by a :class:`NamespaceRef`
+    (for ``__getstate__``; undone by :func:`restore_state`)."""
+    import types
+
+    return {k: NamespaceRef(v) if isinstance(v, types.ModuleType) else v
+            for k, v in obj.__dict__.items()}
+
+
+def restore_state(obj: Any, state: dict[str, Any]) -> None:
+    """Inverse of :func:`picklable_state` (for ``__setstate__``)."""
+    obj.__dict__.update({k: v.resolve() if isinstance(v, NamespaceRef) else v
+                         for k, v in state.items()})
 
 
 def dtype_tiny(xp: Any, dtype: Any) -> float:

@@ -164,6 +164,7 @@ def domain_prior(domains: Array, alpha: float, beta: float, *, batch: ViewBatch 
     ``batch=None``) the result is ``N x N`` with the identity for the positive pairs; for an
     all-views batch the positive pairs of the batch replace the identity and self-pairs are 0.
     The dtype and device follow the batch's (or ``like``; float64 NumPy-style default).
+    Floating ids must not be NaN (``ValueError``).
     """
     for name, val in (("alpha", alpha), ("beta", beta)):
         if isinstance(val, bool) or not isinstance(val, (int, float)) or not (
@@ -178,6 +179,11 @@ def domain_prior(domains: Array, alpha: float, beta: float, *, batch: ViewBatch 
                         f"{type(like).__module__} array")
     if domains.ndim != 1:
         raise ValueError(f"domains must be one-dimensional, got shape {tuple(domains.shape)}")
+    floating = xp.isdtype(domains.dtype, ("real floating", "complex floating"))
+    if floating and bool(xp.any(xp.isnan(domains))):
+        # NaN != NaN: a sample with a NaN id would be in no domain, not even its own
+        raise ValueError("domains contains NaN; domain ids must be integers or numbers equal "
+                         "to themselves")
     ref = batch.reference if batch is not None else like
     dtype = ref.dtype if ref is not None else xp.float64
     dev = device_of(domains)

@@ -548,8 +548,10 @@ def implicit_cotangents(
         tol = 0.01 * math.sqrt(dtype_eps(xp, log_kernel.dtype))
     elif isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
         raise ValueError(f"tol must be a positive number, got {tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+    if (isinstance(max_iter, bool) or not hasattr(max_iter, "__index__")
+            or operator.index(max_iter) < 1):
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    max_iter = operator.index(max_iter)
     tape = Tape(xp, "log", t_a, t_b, 0, log_a, log_b, gamma, None, log_kernel)
     phi_bar, gamma_bar = _cotangent_pair(tape, phi_bar, gamma_bar)
     with quiet_numerics(xp):

@@ -35,6 +35,7 @@ are ``-inf`` and stay so. Solvers accept ``(n, m)`` or batched ``(B, n, m)`` inp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -47,11 +48,14 @@ import numpy as np
 from otcl.backend import (
     Array,
     check_compatible,
+    copy_array,
     device_of,
     dtype_eps,
     is_array,
     logsumexp,
+    picklable_state,
     quiet_numerics,
+    restore_state,
     safe_log,
     to_numpy,
 )
@@ -88,6 +92,12 @@ class _Step(ABC):
 
     def __init__(self, xp: Any) -> None:
         self.xp = xp
+
+    def __getstate__(self) -> dict[str, Any]:
+        return picklable_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        restore_state(self, state)
 
     @abstractmethod
     def delta(self, log_q: Array) -> Array: ...
@@ -431,6 +441,14 @@ class BregmanResult:
         problem met ``tol``, or at the end. ``None`` when ``tol`` is ``None``.
     converged:
         ``error <= tol``; ``None`` when ``tol`` is ``None``.
+    constraints:
+        The constraints, with copies of their array parameters.
+
+    A result is a snapshot: ``log_plan``, ``duals`` and the state behind the lazy fields
+    (``plan``, masses, ``violations``) are arrays the solve computed (the log-domain iteration
+    builds ``-C / eps`` and the marginals' logarithms afresh), never the caller's ``cost`` or
+    marginals, and the constraints' arrays and an array ``eps`` are copied; later writes to the
+    inputs change nothing here. A result pickles when its arrays do.
     """
 
     log_plan: Array
@@ -488,6 +506,12 @@ class _State:
     log_p: Array
     duals: list[Array]
     batched: bool
+
+    def __getstate__(self) -> dict[str, Any]:
+        return picklable_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        restore_state(self, state)
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,16 +612,25 @@ def bregman_projection(
         s.squeeze(d) if problem.batched else s.squeeze(d)[0, ...]
         for s, d in zip(steps, state.duals, strict=True)
     )
+    # a snapshot: the derived fields are computed from arrays of the solve (never the
+    # caller's); the constraints and an array eps are copied
     return BregmanResult(
         log_plan=log_plan,
         duals=duals,
-        constraints=tuple(steps_in),
+        constraints=tuple(_copied(c, xp) for c in steps_in),
         n_iter=n_it,
         error=err,
         converged=conv,
-        eps=problem.eps,
+        eps=copy_array(problem.eps, xp) if is_array(problem.eps) else problem.eps,
         _state=state,
     )
+
+
+def _copied(constraint: Constraint, xp: Any) -> Constraint:
+    """``constraint`` with each array parameter replaced by a copy."""
+    arrays = {f.name: copy_array(getattr(constraint, f.name), xp)
+              for f in dataclasses.fields(constraint) if is_array(getattr(constraint, f.name))}
+    return dataclasses.replace(constraint, **arrays) if arrays else constraint
 
 
 def _run(

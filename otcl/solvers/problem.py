@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from otcl.backend import (
     Array,
     check_compatible,
+    copy_array,
     device_of,
     dtype_eps,
     is_array,
+    picklable_state,
+    restore_state,
     safe_log,
     to_float,
 )
@@ -43,6 +46,28 @@ class Problem:
     rho_a: float
     rho_b: float
     batched: bool
+    owned: frozenset[str] = frozenset()  # fields that hold a copy otcl made (not the caller's)
+
+    def snapshot(self) -> Problem:
+        """This problem with every array that may be the caller's memory (``cost``, ``mask``,
+        ``a``, ``b``, an array ``eps``) replaced by a copy, so that later writes to the caller's
+        arrays cannot change a result built on it. Arrays otcl created (uniform marginals) are
+        shared. One pass over ``cost`` (and ``mask``); PyTorch copies stay differentiable."""
+        xp = self.xp
+        fields = {}
+        for name in ("cost", "mask", "a", "b", "eps"):
+            x = getattr(self, name)
+            if name not in self.owned and is_array(x):
+                fields[name] = copy_array(x, xp)
+        if not fields:
+            return self
+        return replace(self, **fields, owned=self.owned | frozenset(fields))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return picklable_state(self)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        restore_state(self, state)
 
     @property
     def t_a(self) -> float:
@@ -182,6 +207,7 @@ def make_problem(
     rho_b = validate_positive("rho_b", rho_b, allow_inf=True)
     a2 = _marginal("a", a, B, n, cost3, xp)
     b2 = _marginal("b", b, B, m, cost3, xp)
+    owned = frozenset(name for name, x in (("a", a), ("b", b)) if x is None)
 
     mask3 = None
     if mask is not None:
@@ -217,4 +243,4 @@ def make_problem(
                 f" their relative difference is {float(gap):.3g} > {rtol:.3g}."
                 " Normalise them, or relax one side with a finite rho."
             )
-    return Problem(xp, cost3, mask3, a2, b2, eps_v, rho_a, rho_b, batched)
+    return Problem(xp, cost3, mask3, a2, b2, eps_v, rho_a, rho_b, batched, owned)

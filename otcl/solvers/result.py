@@ -1,4 +1,5 @@
-"""The result of an OT solve: potentials plus everything derivable from them, computed lazily."""
+"""The result of an OT solve: potentials plus everything derivable from them, computed lazily
+from a snapshot of the inputs."""
 
 from __future__ import annotations
 
@@ -14,11 +15,29 @@ import numpy as np
 from otcl.backend import Array, logsumexp
 from otcl.solvers.problem import Problem
 
-__all__ = ["ConvergenceWarning", "Transport"]
+__all__ = ["ConvergenceWarning", "NonFiniteGradientWarning", "Transport"]
 
 
 class ConvergenceWarning(UserWarning):
     """An iterative solve stopped before reaching its tolerance (or met numerical trouble)."""
+
+
+class NonFiniteGradientWarning(RuntimeWarning):
+    """A gradient computed by otcl has NaN or inf entries (it is returned as computed)."""
+
+
+def warn_nonfinite_gradient(where: str, dtype: Any, eps: Any = None) -> None:
+    """Warn (:class:`NonFiniteGradientWarning`) that the gradient computed by ``where`` is not
+    finite, with the likely cause; the caller has already found a non-finite entry."""
+    at = "" if eps is None else f" at eps = {eps:.3g}"
+    warnings.warn(
+        f"{where}: the gradient has NaN or inf entries ({dtype}{at}). Likely cause: eps too "
+        "small for the dtype (exp((max C - min C) / eps) or a loss term such as RINCE's "
+        "exp(q / eps) leaves the floating-point range); raise eps, compute in float64, or "
+        "check the inputs for NaN / inf.",
+        NonFiniteGradientWarning,
+        stacklevel=_caller_stacklevel(),
+    )
 
 
 @dataclass(eq=False)
@@ -43,6 +62,8 @@ class Transport:
         ``error <= tol`` per problem; ``None`` in fixed-iteration mode (``tol=None``).
     domain:
         ``"kernel"``, ``"stabilized"`` or ``"log"``: the iteration actually used.
+    problem:
+        The validated :class:`~otcl.solvers.problem.Problem` (batch-first copies of the inputs).
     """
 
     f: Array
