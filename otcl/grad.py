@@ -30,6 +30,7 @@ from otcl.backend import Array, logsumexp, safe_log
 from otcl.geometry import ViewBatch
 from otcl.solvers.adjoint import fixed_round_potentials, implicit_cotangents, unrolled_cotangents
 from otcl.solvers.problem import make_problem, validate_positive
+from otcl.solvers.result import warn_nonfinite_gradient
 
 __all__ = ["LOSSES", "value_and_grad"]
 
@@ -87,6 +88,12 @@ def value_and_grad(
     value, grads
         The loss (0-d array, or ``(n,)`` for ``reduction="none"`` — then the gradient is that of
         the sum) and ``(grad_z1, grad_z2)`` for two arrays, or ``grad_z`` for one.
+
+    Warns
+    -----
+    NonFiniteGradientWarning
+        (a ``RuntimeWarning``) when the gradient has NaN or inf entries, typically because
+        ``eps`` is too small for the dtype; the gradient is returned as computed.
     """
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {loss!r}")
@@ -158,11 +165,22 @@ def value_and_grad(
         # the SimCLR problem is built on [z1; z2]: its gradient splits back into the two views
         g1, g2 = _cost_backward(batch, xp.concat([z1, z2], axis=0), None, cost_bar, metric, xp)
         g = g1 + g2
+        _check_finite_gradient(loss, (g,), eps, xp)
         return value, (g[: z1.shape[0], ...], g[z1.shape[0]:, ...])
     g1, g2 = _cost_backward(batch, z1, z2, cost_bar, metric, xp)
+    _check_finite_gradient(loss, (g1, g2), eps, xp)
     if z2 is None:
         return value, g1 + g2
     return value, (g1, g2)
+
+
+def _check_finite_gradient(loss: str, grads: tuple[Array, ...], eps: float, xp: Any) -> None:
+    """Warn when a gradient has a NaN or inf entry: one reduction per array and one host
+    synchronisation per call, after every loop (the sum of the entries is non-finite when one
+    is, and also when finite entries are so large that their sum overflows)."""
+    total = sum(xp.sum(g) for g in grads)
+    if not bool(xp.isfinite(total)):
+        warn_nonfinite_gradient(f"value_and_grad({loss!r})", grads[0].dtype, eps)
 
 
 class _Terms:

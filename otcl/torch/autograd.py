@@ -17,16 +17,32 @@ Gradient modes:
 * ``"detach"``: the potentials are returned as constants (no graph through the solve).
 
 The forward runs under ``torch.no_grad`` with no host synchronisation inside the loop (one before
-it, for the range of ``Λ``, and one after it, the kernel domain's precision check). Double
-backward is not supported; first-order gradients pass ``torch.autograd.gradcheck`` in float64.
+it, for the range of ``Λ``, and one after it, the kernel domain's precision check). First-order
+gradients pass ``torch.autograd.gradcheck`` in float64.
+
+Second derivatives are not supported: a backward pass that builds a graph (``create_graph=True``,
+as ``torch.autograd.grad(loss, z, create_graph=True)`` for a Hessian or a gradient penalty) raises
+``RuntimeError``. The cotangents computed here are not themselves differentiable, and a graph
+built around them would give a second derivative that misses the solve's own second-order terms
+(off by a factor of about two for the GCA losses) without any error.
+
+The backward pass checks its result once, at its end (one reduction and one host
+synchronisation, none inside its loops): non-finite cotangents emit a
+:class:`~otcl.solvers.result.NonFiniteGradientWarning` (a ``RuntimeWarning``) that names the
+solve and the likely cause.
+
+Memory: the one ``(B, n, m)`` array the backward pass needs (the kernel of ``"unroll"``, the
+log-kernel of ``"implicit"``) is held as a saved tensor, which autograd frees when the backward
+pass has run; a loss value kept after its backward (or computed under ``torch.no_grad()``)
+holds no ``n x m`` buffer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from otcl.backend import check_compatible
 from otcl.solvers.adjoint import (
@@ -35,8 +51,24 @@ from otcl.solvers.adjoint import (
     implicit_cotangents,
     unrolled_cotangents,
 )
+from otcl.solvers.result import NonFiniteGradientWarning, warn_nonfinite_gradient
 
-__all__ = ["INNER_GRAD_MODES", "InnerSolve", "inner_potentials"]
+SECOND_ORDER_MESSAGE = (
+    "second derivatives through the Sinkhorn solve are not supported: the backward pass of "
+    "the inner solve (every otcl.torch loss with grad='unroll' or 'implicit') was asked to "
+    "build a graph (create_graph=True, e.g. for a Hessian or a gradient penalty), and the "
+    "result would silently miss the solve's second-order terms. Use grad='detach' (potentials "
+    "as constants) if its second derivative is what you need, or finite differences of the "
+    "first-order gradient."
+)
+
+__all__ = [
+    "INNER_GRAD_MODES",
+    "SECOND_ORDER_MESSAGE",
+    "InnerSolve",
+    "NonFiniteGradientWarning",
+    "inner_potentials",
+]
 
 INNER_GRAD_MODES = ("unroll", "implicit", "detach")
 
@@ -73,7 +105,13 @@ class InnerSolve(torch.autograd.Function):
         ctx.t_values = (ta, tb)
         ctx.t_specs = (_spec(t_a), _spec(t_b))
         if unroll:
-            ctx.tape = tape
+            # The (B, n, m) array of the tape is a saved tensor, freed by autograd once the
+            # backward pass has run (an attribute of ctx would live as long as the graph's
+            # nodes, i.e. as long as the caller keeps the loss value).
+            matrix = tape.kernel if tape.kernel is not None else tape.log_kernel
+            ctx.matrix_field = "kernel" if tape.kernel is not None else "log_kernel"
+            ctx.save_for_backward(matrix)
+            ctx.tape = dataclasses.replace(tape, kernel=None, log_kernel=None)
             # The tape records phi and gamma themselves. Returned as they are, they would
             # become the outputs, and output -> grad_fn -> ctx -> tape -> output a reference
             # cycle through the autograd node that Python's collector cannot see: the kernel
@@ -84,10 +122,14 @@ class InnerSolve(torch.autograd.Function):
         return phi, gamma
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, phi_bar: torch.Tensor, gamma_bar: torch.Tensor) -> tuple[Any, ...]:
+        # the engine runs a backward pass in grad mode exactly when it builds a graph
+        if torch.is_grad_enabled():
+            raise RuntimeError(SECOND_ORDER_MESSAGE)
         if ctx.grad == "unroll":
-            cot = unrolled_cotangents(ctx.tape, phi_bar, gamma_bar)
+            (matrix,) = ctx.saved_tensors
+            tape = dataclasses.replace(ctx.tape, **{ctx.matrix_field: matrix})
+            cot = unrolled_cotangents(tape, phi_bar, gamma_bar)
         else:
             log_kernel, log_a, log_b, phi, gamma = ctx.saved_tensors
             ta, tb = ctx.t_values
@@ -95,6 +137,7 @@ class InnerSolve(torch.autograd.Function):
                 log_kernel, phi, gamma, log_a, log_b, ta, tb, phi_bar, gamma_bar,
                 tol=ctx.tol, max_iter=ctx.max_iter,
             )
+        _check_finite(cot, phi_bar, gamma_bar, ctx.grad)
         spec_a, spec_b = ctx.t_specs
         return (
             cot.log_kernel,
@@ -182,6 +225,18 @@ def inner_potentials(
     if not batched:
         phi, gamma = phi[0], gamma[0]
     return phi, gamma
+
+
+def _check_finite(cot: Any, phi_bar: torch.Tensor, gamma_bar: torch.Tensor, grad: str) -> None:
+    """Warn when the cotangents are not finite: one reduction of each and one host
+    synchronisation, after the backward pass's loops (a sum is non-finite when an entry is)."""
+    total = cot.log_kernel.sum() + cot.log_a.sum() + cot.log_b.sum()
+    if bool(torch.isfinite(total)):
+        return
+    where = f"the backward pass of the Sinkhorn inner solve (grad={grad!r})"
+    if not bool(torch.isfinite(phi_bar.sum() + gamma_bar.sum())):
+        where += ", whose incoming gradient from the loss terms is already non-finite,"
+    warn_nonfinite_gradient(where, cot.log_kernel.dtype)
 
 
 def _batch_vec(name: str, x: torch.Tensor, B: int, size: int, batched: bool) -> torch.Tensor:
