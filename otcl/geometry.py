@@ -97,8 +97,18 @@ def cost_matrix(x: Array, y: Array, metric: str = "neg_cosine") -> Array:
     raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
 
 
+def index_dtype(xp: Any) -> Any:
+    """The integer dtype of row and column indices: int64, or int32 for JAX without 64-bit
+    types enabled (``jax_enable_x64``), where asking for int64 warns and gives int32."""
+    if "jax" in getattr(xp, "__name__", ""):
+        import jax
+
+        return xp.int64 if jax.config.jax_enable_x64 else xp.int32
+    return xp.int64
+
+
 def sample_index(n_rows: int, n_views: int, layout: str, xp: Any, device: Any = None) -> Array:
-    """Sample id of each row of an all-views batch, shape ``(n_rows,)`` (int64).
+    """Sample id of each row of an all-views batch, shape ``(n_rows,)`` (:func:`index_dtype`).
 
     ``"blocked"``: row ``r`` holds sample ``r mod N``; ``"interleaved"``: sample ``r // V``.
     """
@@ -111,7 +121,7 @@ def sample_index(n_rows: int, n_views: int, layout: str, xp: Any, device: Any = 
             f"an all-views batch with n_views={n_views} needs a multiple of {n_views} rows,"
             f" got {n_rows}"
         )
-    r = xp.arange(n_rows, dtype=xp.int64, device=device)
+    r = xp.arange(n_rows, dtype=index_dtype(xp), device=device)
     n = n_rows // n_views
     return r % n if layout == "blocked" else r // n_views
 
@@ -123,7 +133,7 @@ def partner_index(n_rows: int, layout: str, xp: Any, device: Any = None) -> Arra
     ``"interleaved"``: ``p(2k) = 2k + 1`` and ``p(2k + 1) = 2k``.
     """
     sample_index(n_rows, 2, layout, xp, device)  # validates
-    r = xp.arange(n_rows, dtype=xp.int64, device=device)
+    r = xp.arange(n_rows, dtype=index_dtype(xp), device=device)
     if layout == "blocked":
         n = n_rows // 2
         return (r + n) % n_rows
@@ -180,8 +190,8 @@ class ViewBatch:
         xp = self.xp
         n, m = self.shape
         dev = device_of(self.reference)
-        rows = xp.arange(n, dtype=xp.int64, device=dev)
-        cols = xp.arange(m, dtype=xp.int64, device=dev)
+        rows = xp.arange(n, dtype=index_dtype(xp), device=dev)
+        cols = xp.arange(m, dtype=index_dtype(xp), device=dev)
         return rows[:, None] != cols[None, :]
 
     @cached_property
@@ -312,8 +322,8 @@ def view_batch(
             _check_embeddings(xp, z1=z1, z2=z2)
             n, m = z1.shape[0], z2.shape[0]
             dev = device_of(z1)
-            rows = xp.arange(n, dtype=xp.int64, device=dev)
-            cols = xp.arange(m, dtype=xp.int64, device=dev)
+            rows = xp.arange(n, dtype=index_dtype(xp), device=dev)
+            cols = xp.arange(m, dtype=index_dtype(xp), device=dev)
             return _batch(("z1", z1), ("z2", z2), metric, None, rows, rows, "cross", xp,
                           col_samples=cols)
         if z1.shape != z2.shape:
@@ -335,7 +345,7 @@ def view_batch(
         n_rows = z1.shape[0]
         if n_rows < 2:
             raise ValueError(f"a single batch z needs at least 2 rows, got {n_rows}")
-        rows = xp.arange(n_rows, dtype=xp.int64, device=device_of(z1))
+        rows = xp.arange(n_rows, dtype=index_dtype(xp), device=device_of(z1))
         return _batch(("z", z1), ("z", z1), metric, None, rows, None, "single", xp,
                       self_masked=True)
     if layout == "cross":

@@ -43,7 +43,7 @@ from otcl.alignment.divergences import (
 )
 from otcl.alignment.targets import Target, as_target, label_target, pair_target
 from otcl.backend import Array, device_of, logsumexp, safe_log
-from otcl.geometry import ViewBatch, view_batch
+from otcl.geometry import ViewBatch, index_dtype, view_batch
 from otcl.solvers.bregman import ColumnMarginal, Constraint, RowMarginal, bregman_projection
 from otcl.solvers.problem import make_problem, validate_positive
 from otcl.solvers.result import ConvergenceWarning
@@ -294,8 +294,8 @@ def alignment_loss(
     # validates cost (finite, non-empty), mask and eps like any solver input
     make_problem(cost, None, None, eps=eps, mask=mask, mass_rtol=math.inf)
     n, m = cost.shape
-    idx = xp.arange(n, dtype=xp.int64, device=device_of(cost))
-    batch = ViewBatch(cost, mask, idx, xp.arange(m, dtype=xp.int64, device=device_of(cost)),
+    idx = xp.arange(n, dtype=index_dtype(xp), device=device_of(cost))
+    batch = ViewBatch(cost, mask, idx, xp.arange(m, dtype=index_dtype(xp), device=device_of(cost)),
                       None, "cross")
     if target is None:
         if n != m:
