@@ -234,6 +234,19 @@ def _error_checks(rank: int, world: int) -> dict[str, str]:
     # labels of a wrong length on one rank
     lab = torch.zeros(s + (1 if rank == 0 else 0), dtype=torch.int64)
     expect("labels", lambda: ot.InfoNCE(distributed=True)(z1, z2, labels=lab))
+    # the last rank's global target has two rows swapped: equal row sums, equal sums of the
+    # index-weighted entries, yet a different target (each rank would compute another loss)
+    # (the cross-view problem, whose N x N target may hold the positive pairs anywhere)
+    n = sum(sizes)
+    order = list(range(n))
+    if rank == world - 1:
+        order[0], order[1] = 1, 0
+    T = (torch.eye(n, dtype=DT) + 0.05)[order]
+    expect("swapped_target", lambda: ot.GCAInfoNCE(layout="cross", distributed=True)(
+        z1, z2, target=T))
+    # a bad reduction on rank 0 only (a functional form: no constructor to reject it first)
+    red = "bogus" if rank == 0 else "mean"
+    expect("reduction", lambda: ot.info_nce(z1, z2, distributed=True, reduction=red))
     # the group still works after the rejected calls
     msgs["after"] = str(float(ot.InfoNCE(distributed=True)(z1, z2)))
     return msgs
@@ -505,8 +518,12 @@ def test_inconsistent_calls_raise_on_every_rank(job: Any) -> None:
             assert f"rank(s) [{world - 1}]" in e["bad_rank"]
         if r == 0:
             assert "labels has length" in e["labels"]
+            assert "reduction must be" in e["reduction"]
         else:
             assert "rank(s) [0]" in e["labels"]
+            assert "rank(s) [0]" in e["reduction"]
+        assert "disagree on the target (its values differ)" in e["swapped_target"]
+        assert f"rank(s) [{world - 1}]" in e["swapped_target"]
         assert math.isfinite(float(e["after"]))
 
 

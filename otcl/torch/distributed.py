@@ -11,8 +11,10 @@ a single process would train it on that batch.
 How (:func:`global_loss`):
 
 1. One small collective exchanges every rank's batch size, embedding width, dtype, the kind of
-   ``labels`` and a fingerprint of the hyper-parameters and of ``target``; inconsistent calls
-   raise the same ``ValueError`` on every rank (never a hang in a later collective).
+   ``labels``, a checksum of the hyper-parameters and a 128-bit hash of ``target``'s bytes (so
+   targets that differ anywhere, even by two swapped rows of equal sums, are told apart);
+   inconsistent calls, and input that one rank rejects, raise ``ValueError`` on every rank
+   (never a hang in a later collective, never different losses on different ranks).
    Unequal per-rank batch sizes are supported.
 2. The embeddings are gathered with :func:`gather_with_grad` (one all-gather) and re-assembled
    into the global layout: cross-view ``(z1, z2)`` becomes ``(Z1, Z2)`` with
@@ -64,8 +66,9 @@ number of rows, in the global layout above); a per-rank ``(n_r, n_r)`` target ra
 
 from __future__ import annotations
 
+import hashlib
 import math
-import zlib
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -153,14 +156,25 @@ class _GatherRows(torch.autograd.Function):
 
 
 def _exchange_shapes(x: torch.Tensor, group: Any) -> list[list[int]]:
-    """Every rank's ``[ndim, dtype code, *shape]`` (padded), gathered."""
-    if x.ndim > _MAX_DIMS:
-        raise ValueError(f"x has {x.ndim} dimensions; at most {_MAX_DIMS} are supported")
-    info = [x.ndim, _dtype_code(x.dtype), *x.shape] + [-1] * (_MAX_DIMS - x.ndim)
+    """Every rank's ``[ndim, dtype code, *shape]`` (padded), gathered. A rank whose ``x`` has
+    no dimension or too many sends ``ndim = -1``, and every rank raises ``ValueError``."""
+    ok = 1 <= x.ndim <= _MAX_DIMS
+    if ok:
+        info = [x.ndim, _dtype_code(x.dtype), *x.shape] + [-1] * (_MAX_DIMS - x.ndim)
+    else:
+        info = [-1] * (_MAX_DIMS + 2)
     mine = torch.tensor(info, dtype=torch.int64, device=x.device)
     bufs = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(bufs, mine, group=group)
-    return [b.tolist() for b in bufs]
+    shapes = [b.tolist() for b in bufs]
+    bad = [r for r, s in enumerate(shapes) if s[0] < 0]
+    if bad:
+        here = "" if ok else f" (here x has {x.ndim} dimensions)"
+        raise ValueError(
+            f"gather_with_grad: x on rank(s) {bad} must have between 1 and {_MAX_DIMS} "
+            f"dimensions{here}"
+        )
+    return shapes
 
 
 def gather_with_grad(x: torch.Tensor, group: Any = None) -> torch.Tensor:
@@ -179,8 +193,6 @@ def gather_with_grad(x: torch.Tensor, group: Any = None) -> torch.Tensor:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not is_initialized():
         raise RuntimeError("gather_with_grad needs an initialised torch.distributed process group")
-    if x.ndim == 0:
-        raise ValueError("x must have at least one dimension (the rows to gather)")
     shapes = _exchange_shapes(x, group)
     ref = shapes[0]
     for r, s in enumerate(shapes):
@@ -199,8 +211,14 @@ def gather_with_grad(x: torch.Tensor, group: Any = None) -> torch.Tensor:
 # the global loss
 
 
-def _hyper_fingerprint(signature: str, kwargs: dict[str, Any]) -> int:
-    """A checksum of the loss and its non-array hyper-parameters (``eps`` by value)."""
+def _digest_words(data: bytes, words: int) -> list[float]:
+    """``words`` 32-bit pieces of a BLAKE2b digest of ``data``, as floats (exact in float64)."""
+    digest = hashlib.blake2b(data, digest_size=4 * words).digest()
+    return [float(int.from_bytes(digest[4 * k: 4 * k + 4], "little")) for k in range(words)]
+
+
+def _hyper_fingerprint(signature: str, kwargs: dict[str, Any]) -> float:
+    """A 32-bit checksum of the loss and its non-array hyper-parameters (``eps`` by value)."""
     parts = [signature]
     for key in sorted(kwargs):
         if key in ("labels", "target"):
@@ -209,13 +227,21 @@ def _hyper_fingerprint(signature: str, kwargs: dict[str, Any]) -> int:
         if isinstance(val, torch.Tensor):
             val = float(val.detach()) if val.numel() == 1 else tuple(val.shape)
         parts.append(f"{key}={val!r}")
-    return zlib.crc32("|".join(parts).encode())
+    return _digest_words("|".join(parts).encode(), 1)[0]
 
 
-def _target_fingerprint(target: torch.Tensor) -> tuple[float, float]:
-    t = target.detach().to(torch.float64).reshape(-1)
-    w = torch.arange(t.numel(), dtype=torch.float64, device=t.device) % 9973 + 1
-    return float(t.sum()), float((t * w).sum())
+TARGET_WORDS = 4
+"""32-bit words of the target's digest compared across ranks (a 128-bit BLAKE2b hash)."""
+
+
+def _target_fingerprint(target: torch.Tensor) -> list[float]:
+    """A 128-bit hash of the target's dtype, shape and bytes: equal exactly when the tensors
+    are bitwise equal (up to a hash collision), so any difference between the ranks' targets
+    (two swapped rows with equal sums included) is caught."""
+    t = target.detach().contiguous().cpu()
+    header = f"{t.dtype}|{tuple(t.shape)}|".encode()
+    raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return _digest_words(header + raw, TARGET_WORDS)
 
 
 def _local_checks(z1: Any, z2: Any, layout: Any, n_views: Any, labels: Any,
@@ -287,13 +313,16 @@ def global_loss(compute: Callable[..., Any], z1: Any, z2: Any, kwargs: dict[str,
     layout, n_views = kwargs.get("layout"), kwargs.get("n_views", 2)
     labels, target = kwargs.get("labels"), kwargs.get("target")
     reduction = kwargs.get("reduction", "mean")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
 
+    # every check below ends in a collective that every rank reaches, so that a failure on
+    # one rank raises on all of them (never a hang in a later collective)
     error, n_samples, label_kind = _local_checks(z1, z2, layout, n_views, labels, target)
+    if error is None and reduction not in ("mean", "sum", "none"):
+        error = f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
     device = z1.device if isinstance(z1, torch.Tensor) else torch.device("cpu")
-    fp_t = _target_fingerprint(target) if error is None and target is not None else (0.0, 0.0)
-    t_shape = tuple(target.shape) if error is None and target is not None else (0, 0)
+    given = error is None and target is not None
+    fp_t = _target_fingerprint(target) if given else [0.0] * TARGET_WORDS
+    t_shape = tuple(target.shape) if given else (0, 0)
     label_dtype = float(_dtype_code(labels.dtype)) if label_kind else 0.0
     meta = torch.tensor(
         [
@@ -302,7 +331,7 @@ def global_loss(compute: Callable[..., Any], z1: Any, z2: Any, kwargs: dict[str,
             float(_dtype_code(z1.dtype)) if error is None else 0.0,
             float(label_kind), label_dtype,
             float(target is not None), float(t_shape[0]), float(t_shape[1]), *fp_t,
-            float(_hyper_fingerprint(signature, kwargs)), float(z2 is not None),
+            _hyper_fingerprint(signature, kwargs), float(z2 is not None),
         ],
         dtype=torch.float64, device=device,
     )
@@ -319,15 +348,18 @@ def global_loss(compute: Callable[..., Any], z1: Any, z2: Any, kwargs: dict[str,
         )
     names = {2: "embedding dimension", 3: "dtype", 4: "labels (none / per sample / per row)",
              5: "labels dtype", 6: "target (given or not)", 7: "target shape",
-             8: "target shape", 9: "target", 10: "target", 11: "hyper-parameters",
-             12: "call form (z1, z2) or z"}
+             8: "target shape"}
+    names.update({9 + k: "target (its values differ)" for k in range(TARGET_WORDS)})
+    names.update({9 + TARGET_WORDS: "hyper-parameters",
+                  10 + TARGET_WORDS: "call form (z1, z2) or z"})
     for col, what in names.items():
-        ref = metas[0, col]
-        tol = 1e-9 * max(1.0, abs(float(ref))) if col in (9, 10) else 0.0
-        if bool(((metas[:, col] - ref).abs() > tol).any()):
+        # exact comparison: every column holds an integer below 2**32 (exact in float64)
+        if bool((metas[:, col] != metas[0, col]).any()):
+            bad = [r for r in range(world) if metas[r, col] != metas[0, col]]
             raise ValueError(
-                f"distributed loss: the ranks disagree on the {what}; every rank must call the "
-                "same loss with the same hyper-parameters (and the same global target)"
+                f"distributed loss: the ranks disagree on the {what} (rank(s) {bad} differ "
+                "from rank 0); every rank must call the same loss with the same "
+                "hyper-parameters (and the same global target)"
             )
     counts = [int(c) for c in metas[:, 1].tolist()]
     n_total, offset = sum(counts), sum(counts[:rank])
@@ -424,8 +456,9 @@ def sharded_log_sinkhorn(log_kernel_rows: torch.Tensor, log_a_rows: torch.Tensor
         raise ValueError(f"log_a_rows has shape {tuple(log_a_rows.shape)}, expected ({n_r},)")
     if log_b.shape != (m,):
         raise ValueError(f"log_b has shape {tuple(log_b.shape)}, expected ({m},)")
-    if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
+    if isinstance(n_iter, bool) or not hasattr(n_iter, "__index__") or operator.index(n_iter) < 0:
         raise ValueError(f"n_iter must be a non-negative integer, got {n_iter!r}")
+    n_iter = operator.index(n_iter)
     for name, t in (("t_a", t_a), ("t_b", t_b)):
         if not (0 < t <= 1):
             raise ValueError(f"{name} must be in (0, 1], got {t!r}")
