@@ -95,3 +95,39 @@ def test_finite_and_float32_agrees_with_float64(name, form, metric, eps):
     assert err <= GRAD_TOL * scale + floor, (
         f"float32 gradient error {err:.3g} > {GRAD_TOL} x max |grad| {scale:.3g} + {floor:.3g}"
     )
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_finite_in_float32_down_to_eps_1e_3(name):
+    """Below the grid above: at ``eps = 0.001`` (cosine costs span ``2 / eps = 2000`` in units of
+    ``eps``, far beyond float32's exponent range) the loss and its gradient stay finite and the
+    loss agrees with float64 to ``1e-5 (1 + |l64|)``; the gradient agrees as above."""
+    z1, z2 = _views(32, seed=7)
+    v64, g64 = _value_and_grads(name, "two_view", "cosine", 1e-3, z1, z2, torch.float64)
+    v32, g32 = _value_and_grads(name, "two_view", "cosine", 1e-3, z1, z2, torch.float32)
+    assert torch.isfinite(g32).all() and torch.isfinite(torch.tensor(v32))
+    assert abs(v32 - v64) <= LOSS_TOL * (1 + abs(v64))
+    floor = 16 * torch.finfo(torch.float32).eps / (1e-3 * 64)
+    assert float((g32 - g64).abs().max()) <= GRAD_TOL * float(g64.abs().max()) + floor
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("name", list(MODULES))
+def test_bfloat16_inputs_are_computed_in_float32(name, form):
+    """bfloat16 embeddings: the loss is the float32 loss of the bfloat16 values (bitwise), is
+    returned in float32, and its gradient comes back finite in bfloat16."""
+    z1, z2 = _views(32, seed=11)
+    b1 = z1.to(torch.bfloat16).requires_grad_()
+    b2 = z2.to(torch.bfloat16).requires_grad_()
+    kw = {"eps": 0.05, "metric": "cosine"}
+    if form == "all_views":
+        kw["layout"] = "blocked"
+    loss_fn = MODULES[name](**kw)
+    value = loss_fn(b1, b2) if form == "two_view" else loss_fn(torch.cat([b1, b2]))
+    value.backward()
+    f1, f2 = b1.detach().float(), b2.detach().float()
+    ref = loss_fn(f1, f2) if form == "two_view" else loss_fn(torch.cat([f1, f2]))
+    assert value.dtype == torch.float32
+    assert torch.equal(value.detach(), ref)
+    assert b1.grad.dtype == torch.bfloat16 and torch.isfinite(b1.grad.float()).all()
+    assert torch.isfinite(b2.grad.float()).all()
