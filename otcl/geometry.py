@@ -35,7 +35,7 @@ from otcl.backend import (
     masked_fill,
     product_t,
 )
-from otcl.tracing import definitely
+from otcl.tracing import definitely, plain_ops
 
 __all__ = [
     "LAYOUTS",
@@ -235,14 +235,22 @@ class ViewBatch:
         under autograd, its gradient reaches the embeddings without an ``n x m`` pass.
         """
         xp = self.xp
+        plain = plain_ops(self.reference)
         if self._cost is None:
             x, y = self.embeddings
-            lk = product_t(x * (1 / eps), y, xp)
+            # under jax / torch.compile / torch.func transforms: the plain product, which the
+            # transform traces or differentiates itself (the pooled product is a custom Function)
+            xs = x * (1 / eps)
+            lk = xp.matmul(xs, xp.matrix_transpose(y)) if plain else product_t(xs, y, xp)
             if self.metric == "cosine":
                 lk = lk - 1 / eps
         else:
             lk = self._cost * (-1 / eps)
-        if self.self_masked:  # lk is a fresh array: its diagonal is written in place
+        if self.self_masked and plain:
+            n, m = self.shape
+            eye = xp.eye(n, m, dtype=xp.bool, device=device_of(lk))
+            lk = xp.where(eye, xp.full_like(lk, -math.inf), lk)
+        elif self.self_masked:  # lk is a fresh array: its diagonal is written in place
             lk = fill_diagonal(lk, -math.inf, xp)
         elif self.mask is not None:
             lk = masked_fill(lk, ~self.mask, -math.inf, xp)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["concrete", "definitely", "traced"]
+__all__ = ["concrete", "definitely", "plain_ops", "traced"]
 
 
 def traced(x: Any) -> bool:
@@ -43,3 +43,17 @@ def definitely(flag: Any) -> bool:
     under a transform (inside ``jax.jit`` even arrays computed from constants are tracers, so the
     flag itself is what must be asked)."""
     return concrete(flag) and bool(flag)
+
+
+def plain_ops(x: Any) -> bool:
+    """True when ``x`` must be computed with plain array operations only: a JAX tracer, or a
+    torch tensor while ``torch.compile`` traces or inside a ``torch.func`` transform (``grad``,
+    ``vmap``, ``jacrev``, ...). Custom autograd Functions, host reads and NumPy fast paths are
+    then replaced by the same arithmetic in ordinary operations, which the transform
+    differentiates or traces itself."""
+    if traced(x):
+        return True
+    if type(x).__module__.startswith("torch"):
+        torch = sys.modules.get("torch")
+        return torch is not None and bool(torch._C._functorch.is_functorch_wrapped_tensor(x))
+    return False

@@ -78,7 +78,16 @@ class TorchInner:
                  t_a: Any, t_b: Any, n_iter: int,
                  init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         from otcl.torch.autograd import inner_potentials
+        from otcl.tracing import plain_ops
 
+        if plain_ops(log_kernel):
+            # torch.compile and torch.func transforms trace or differentiate the rounds as
+            # written (the custom Function's host-side solve is opaque to them); "detach" keeps
+            # its meaning
+            from otcl.alignment.losses import UnrolledInner
+
+            out = UnrolledInner()(log_kernel, log_a, log_b, t_a, t_b, n_iter, init)
+            return tuple(o.detach() for o in out) if self.grad == "detach" else out
         # with no rounds there is no fixed point: the one row step's exact derivative is the
         # unrolled one, whatever the mode asked for (detach excepted)
         grad = "unroll" if n_iter == 0 and self.grad == "implicit" else self.grad
