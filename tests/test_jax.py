@@ -7,6 +7,8 @@ Skipped where JAX is not installed (``pip install "otcl[jax]"``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,45 @@ def test_concrete_checks_still_run_eagerly():
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN or inf"):
         otcl.info_nce(jnp.asarray(bad), jnp.asarray(z2))
+
+
+def _cost(n: int = 9, m: int = 7, seed: int = 6) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.asarray(otcl.cost_matrix(rng.standard_normal((n, 4)), rng.standard_normal((m, 4)),
+                                       "cosine"))
+
+
+@pytest.mark.parametrize("rho", [math.inf, 0.5])
+def test_sinkhorn_under_jit_equals_numpy(rho):
+    C = _cost()
+    ref = otcl.sinkhorn(C, eps=0.1, rho_a=rho, rho_b=rho, max_iter=40, tol=None)
+    run = jax.jit(lambda c: otcl.sinkhorn(c, eps=0.1, rho_a=rho, rho_b=rho, max_iter=40,
+                                          tol=None).plan)
+    np.testing.assert_allclose(np.asarray(run(jnp.asarray(C))), ref.plan, rtol=1e-10,
+                               atol=1e-14)
+
+
+def test_sinkhorn_vmap_over_costs_and_grad_against_finite_differences():
+    C = _cost(seed=7)
+    costs = jnp.stack([jnp.asarray(C), jnp.asarray(0.5 * C)])
+    f = jax.jit(jax.vmap(lambda c: otcl.sinkhorn(c, eps=0.1, max_iter=30, tol=None).f))(costs)
+    for k, c in enumerate((C, 0.5 * C)):
+        ref = otcl.sinkhorn(c, eps=0.1, max_iter=30, tol=None)
+        np.testing.assert_allclose(np.asarray(f[k]), ref.f, rtol=1e-10, atol=1e-13)
+
+    def cost_of(c):
+        return otcl.sinkhorn(c, eps=0.1, max_iter=30, tol=None).transport_cost
+
+    grad = np.asarray(jax.jit(jax.grad(cost_of))(jnp.asarray(C)))
+    h, (i, j) = 1e-6, (2, 3)
+    up, down = C.copy(), C.copy()
+    up[i, j] += h
+    down[i, j] -= h
+    fd = (float(otcl.sinkhorn(up, eps=0.1, max_iter=30, tol=None).transport_cost)
+          - float(otcl.sinkhorn(down, eps=0.1, max_iter=30, tol=None).transport_cost)) / (2 * h)
+    assert grad[i, j] == pytest.approx(fd, rel=1e-5, abs=1e-9)
+
+
+def test_sinkhorn_with_a_tolerance_under_jit_says_what_to_do():
+    with pytest.raises(ValueError, match="tol=None"):
+        jax.jit(lambda c: otcl.sinkhorn(c, eps=0.1).f)(jnp.asarray(_cost()))

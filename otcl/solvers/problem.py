@@ -29,6 +29,7 @@ from otcl.backend import (
     safe_log,
     to_float,
 )
+from otcl.tracing import definitely
 
 __all__ = ["Problem", "make_problem", "validate_positive"]
 
@@ -134,7 +135,7 @@ def _validate_eps(eps: Any, xp: Any, ref: Array) -> float | Array:
         check_compatible(cost=ref, eps=eps)
         if eps.ndim != 0:
             raise ValueError(f"eps must be a scalar (0-d array), got shape {tuple(eps.shape)}")
-        if not bool(xp.all(xp.isfinite(eps))) or not bool(eps > 0):
+        if definitely(~(xp.isfinite(eps) & (eps > 0))):
             raise ValueError(f"eps must be positive and finite, got {to_float(eps)}")
         return eps
     return validate_positive("eps", eps)
@@ -153,7 +154,7 @@ def _as_batch(name: str, x: Array, ndim: int, xp: Any) -> Array:
 def _check_finite(name: str, x: Array, xp: Any) -> None:
     # max and min propagate NaN (array API): both finite <=> every entry finite; two reductions
     # instead of an n x m boolean temporary (x is never empty here)
-    if not bool(xp.isfinite(xp.max(x)) & xp.isfinite(xp.min(x))):
+    if definitely(~(xp.isfinite(xp.max(x)) & xp.isfinite(xp.min(x)))):
         raise ValueError(f"{name} contains NaN or inf")
 
 
@@ -167,9 +168,9 @@ def _marginal(name: str, x: Array | None, B: int, size: int, ref: Array, xp: Any
     if x.shape[0] not in (1, B):
         raise ValueError(f"{name} has batch size {x.shape[0]} but the cost has {B}")
     _check_finite(name, x, xp)
-    if bool(xp.any(x < 0)):
+    if definitely(xp.any(x < 0)):
         raise ValueError(f"{name} has negative entries")
-    if bool(xp.any(xp.sum(x, axis=-1) <= 0)):
+    if definitely(xp.any(xp.sum(x, axis=-1) <= 0)):
         raise ValueError(f"{name} has zero total mass")
     return xp.broadcast_to(x, (B, size))
 
@@ -224,11 +225,11 @@ def make_problem(
         mask3 = xp.broadcast_to(mask3, (B, n, m))
         rows_ok = xp.any(mask3, axis=2) | (a2 == 0)
         cols_ok = xp.any(mask3, axis=1) | (b2 == 0)
-        if not bool(xp.all(rows_ok)):
+        if definitely(~xp.all(rows_ok)):
             raise ValueError(
                 "mask leaves a row with positive mass (in a) without any allowed entry"
             )
-        if not bool(xp.all(cols_ok)):
+        if definitely(~xp.all(cols_ok)):
             raise ValueError(
                 "mask leaves a column with positive mass (in b) without any allowed entry"
             )
@@ -237,7 +238,7 @@ def make_problem(
         rtol = math.sqrt(dtype_eps(xp, cost3.dtype)) if mass_rtol is None else mass_rtol
         ma, mb = xp.sum(a2, axis=-1), xp.sum(b2, axis=-1)
         gap = xp.max(xp.abs(ma - mb) / xp.maximum(ma, mb))
-        if float(gap) > rtol:
+        if definitely(gap > rtol):
             raise ValueError(
                 f"a and b must have equal total mass for a balanced problem (rho_a = rho_b = inf);"
                 f" their relative difference is {float(gap):.3g} > {rtol:.3g}."

@@ -47,6 +47,7 @@ from otcl.backend import (
 )
 from otcl.solvers.problem import Problem, make_problem
 from otcl.solvers.result import Transport, finish_diagnostics
+from otcl.tracing import plain_ops
 
 __all__ = ["DOMAINS", "default_tol", "row_projection", "sinkhorn", "solve"]
 
@@ -130,12 +131,21 @@ def sinkhorn(
         counts, errors and ``converged``.
     """
     problem = make_problem(cost, a, b, eps=eps, rho_a=rho_a, rho_b=rho_b, mask=mask)
+    traced = plain_ops(problem.cost) or plain_ops(problem.eps)
+    if traced and tol is not None:
+        raise ValueError(
+            "under a transform (jax.jit / grad / vmap, torch.compile, torch.func) the number of "
+            "rounds must be fixed: pass tol=None and max_iter=<rounds> (a convergence check "
+            "reads values, which a tracer does not have)"
+        )
     if isinstance(tol, str) and tol == "auto":
         tol = default_tol(problem.xp, problem.cost.dtype)
     max_iter, tol, check_every = _validate_loop(max_iter, tol, check_every)
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
     init_b = _validate_init(init, problem)
+    if traced:
+        return _traced_rounds(problem, max_iter, init_b)
     return solve(
         problem,
         max_iter=max_iter,
@@ -261,6 +271,28 @@ def solve(
         problem, phi, gamma, loop.n_iter, loop.error, tol, loop.domain, warn=warn,
         trouble=loop.trouble,
     )
+
+
+def _traced_rounds(problem: Problem, max_iter: int,
+                   init: tuple[Array, Array] | None) -> Transport:
+    """``max_iter`` log-domain rounds written with plain array operations, for arrays whose
+    values a transform hides: the transform traces (``jax.jit``, ``torch.compile``) or
+    differentiates (``jax.grad``, ``torch.func.grad``) them as written. No host read, no
+    convergence check (``error`` and ``converged`` are ``None``)."""
+    xp = problem.xp
+    B, n, m = problem.shape
+    log_k = problem.log_kernel()
+    log_a, log_b = problem.log_marginals()
+    if init is not None:
+        phi, gamma = init[0] / problem.eps, init[1] / problem.eps
+    else:
+        gamma = xp.zeros((B, m), dtype=problem.cost.dtype, device=_dev(problem))
+        phi = xp.zeros((B, n), dtype=problem.cost.dtype, device=_dev(problem))
+    for _ in range(max_iter):
+        phi = log_row_update(log_k, log_a, gamma, problem.t_a, xp)
+        gamma = log_col_update(log_k, log_b, phi, problem.t_b, xp)
+    return _transport(problem, phi, gamma, np.full(B, max_iter, dtype=np.int64), None, None,
+                      "log", warn=False)
 
 
 def choose_domain(problem: Problem, *, warm: bool = False) -> str:
