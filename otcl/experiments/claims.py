@@ -297,9 +297,11 @@ def _contrastive_claims(res: dict) -> list[Claim]:
             f"Multi-step GCA adds at most {100 * mg['overhead']:g}% time per training step "
             "over its one-step counterpart",
             "about +1% per epoch (GPU, ResNet backbones)", verdict,
-            f"Median step time after {res['config']['warmup_steps']} warm-up steps, "
-            f"{a} vs {b}, {n_iter} Sinkhorn rounds.{extra} With a tiny encoder the loss is a "
-            "large share of each step, so this is an upper bound on what a real backbone sees.",
+            f"Median time of a training step on one batch, the losses timed in turn "
+            f"({res['config'].get('timing_rounds', 10)} rounds after "
+            f"{res['config']['warmup_steps']} warm-up rounds), {a} vs {b}, {n_iter} Sinkhorn "
+            f"rounds.{extra} With a tiny encoder the loss is a large share of each step, so this "
+            "is an upper bound on what a real backbone sees.",
             eff, "at_most", mg["overhead"], 100.0, "%", f"{a} / {b} step time - 1",
             {n: _values(res, first, n, "step_seconds") for n in (b, a)}, "seconds per step",
             0.0, None,

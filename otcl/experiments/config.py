@@ -95,6 +95,7 @@ class StudyConfig:
     latent_kappa: float = 20.0
     latent_layers: int = 3
     warmup_steps: int = 3
+    timing_rounds: int = 10
     losses: tuple[str, ...] = LOSS_NAMES
     loss: LossSettings = field(default_factory=LossSettings)
     settings: tuple[Setting, ...] = (
@@ -134,6 +135,7 @@ PRESETS: dict[str, StudyConfig] = {
     "tiny": StudyConfig(
         size="tiny",
         n_seeds=2,
+        timing_rounds=2,
         eq_n=24,
         eq_d=8,
         kl_half_steps=12,

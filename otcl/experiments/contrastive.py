@@ -12,7 +12,11 @@ evaluated with frozen features:
   pairs (lower mass = corrupted). The loss is the two-view all-views problem: rows ``i`` and
   ``i + N`` are the two views of sample ``i``, and a pair's score is the mean of its two rows'
   masses. ``auc_cosine`` is the same for the plain cosine of the pair, the obvious baseline;
-* ``step_seconds``: the median wall time of a training step after ``warmup_steps`` warm-up steps.
+* ``step_seconds``: the median wall time of one training step (encoder forward and backward,
+  loss, optimiser step) on a fixed batch, measured after training with the losses *interleaved*
+  (one step of each loss in turn, ``timing_rounds`` rounds after ``warmup_steps`` warm-up rounds),
+  so that a change in the machine's load affects every loss alike;
+  ``train_step_seconds`` is the median step time during training, after the warm-up steps.
 
 Within a seed every loss sees the same data, initial weights, batches and views (the views are
 drawn once per seed and setting and replayed), so differences between losses are paired. The
@@ -36,7 +40,7 @@ from otcl.experiments.registry import build_loss
 __all__ = ["METRICS", "n_runs", "run_contrastive", "run_group"]
 
 METRICS = ("probe", "alignment", "uniformity", "auc_row_mass", "auc_cosine", "final_loss",
-           "step_seconds", "train_seconds")
+           "step_seconds", "train_step_seconds", "train_seconds")
 
 Tick = Callable[[str], None]
 _DATA_CACHE: dict[Any, Any] = {}
@@ -171,7 +175,7 @@ def run_group(cfg: StudyConfig, setting_idx: int, k: int, device_name: str = "cp
         enc, curve, step, total = _train(data, cfg, bank, loss, repeat_seed(cfg, k), device)
         metrics, extra = _evaluate(enc, data, cfg, k, uot_meter, device)
         metrics["final_loss"] = curve[-1] if curve else math.nan
-        metrics["step_seconds"] = step
+        metrics["train_step_seconds"] = step
         metrics["train_seconds"] = total
         rec: dict[str, Any] = {"setting": cfg.settings[setting_idx].name, "k": k,
                                "loss": loss_name, "metrics": metrics, "curve": curve}
@@ -186,7 +190,38 @@ def run_group(cfg: StudyConfig, setting_idx: int, k: int, device_name: str = "cp
             rec["kl_curve_trained"] = curve_summary(kl_curve(
                 _numpy(a1), _numpy(a2), eps=cfg.loss.eps, n_half_steps=cfg.kl_half_steps))
         records.append(rec)
+    for rec, seconds in zip(records, _interleaved_step_times(data, cfg, bank, k, device),
+                            strict=True):
+        rec["metrics"]["step_seconds"] = seconds
     return records
+
+
+def _interleaved_step_times(data: Any, cfg: StudyConfig, bank: list, k: int,
+                            device: torch.device) -> list[float]:
+    """Median seconds per training step of each loss, timed round-robin on one batch."""
+    losses = [build_loss(name, cfg.loss) for name in cfg.losses]
+    torch.manual_seed(2 * repeat_seed(cfg, k))
+    encs = [data.make_encoder(cfg).to(device) for _ in losses]
+    for e in encs[1:]:
+        e.load_state_dict(encs[0].state_dict())
+    opts = [torch.optim.Adam(e.parameters(), lr=cfg.lr) for e in encs]
+    v1, v2 = bank[0]
+    x = torch.from_numpy(np.concatenate([v1, v2])).to(device)
+    times: list[list[float]] = [[] for _ in losses]
+    for r in range(cfg.warmup_steps + cfg.timing_rounds):
+        for i, (enc, opt, loss) in enumerate(zip(encs, opts, losses, strict=True)):
+            t0 = time.perf_counter()
+            z = enc(x)
+            value = loss(z[: len(v1)], z[len(v1):])
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+            float(value.detach())
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if r >= cfg.warmup_steps:
+                times[i].append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
 
 
 def _init_worker(threads: int) -> None:
