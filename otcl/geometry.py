@@ -11,6 +11,8 @@ The caller always says which problem is meant; the layouts are:
   ``V k .. V k + V - 1`` are the views of sample ``k``). In every all-views problem the cost is
   ``VN x VN`` and self-pairs are excluded by a hard mask (``P_ii = 0``), never by a large finite
   cost.
+* **queue** (``layout="queue"``, MoCo / lightly's memory bank): as cross-view, but the negatives of
+  row ``i`` are the extra rows of ``z2`` only (the other keys of the batch are masked out).
 * **cross-view** (``layout="cross"``, CLIP-style, one direction): ``z1 (N, d)``, ``z2 (M, d)``
   with ``M >= N``; the cost is ``N x M`` with row ``i`` = view 1 of sample ``i`` and column ``j`` =
   view 2 of sample ``j``; positives on the diagonal ``(i, i)``. Columns ``N .. M - 1`` are extra
@@ -49,7 +51,9 @@ __all__ = [
 
 METRICS = ("neg_cosine", "cosine", "dot", "sqeuclidean")
 LAYOUTS = ("blocked", "interleaved")
-"""Layouts of an all-views batch ``z``; ``"cross"`` names the cross-view problem."""
+"""Layouts of an all-views batch ``z``; ``"cross"`` and ``"queue"`` name the cross-view ones."""
+CROSS_LAYOUTS = ("cross", "queue")
+"""The cross-view layouts of two arrays ``z1 (N, d)``, ``z2 (M, d)``."""
 
 
 def _normalise_rows(name: str, x: Array, xp: Any) -> Array:
@@ -161,8 +165,8 @@ class ViewBatch:
         For two-view batches, the column of each row's unique positive (``(n,)``, a
         permutation), else ``None``.
     layout:
-        ``"cross"``, ``"blocked"``, ``"interleaved"`` or ``"single"`` (one batch, positives from
-        labels or a target).
+        ``"cross"``, ``"queue"``, ``"blocked"``, ``"interleaved"`` or ``"single"`` (one batch,
+        positives from labels or a target).
     embeddings:
         For the cosine metrics, the unit-norm rows ``(x̂ (n, d), ŷ (m, d))`` everything else is
         derived from; ``None`` for a batch built on a cost matrix.
@@ -271,7 +275,7 @@ class ViewBatch:
             return None
         xp = self.xp
         x, y = self.embeddings
-        if rows is None and cols is self.partner and self.layout == "cross":
+        if rows is None and cols is self.partner and self.layout in CROSS_LAYOUTS:
             cols = None  # the cross-view pairs are the diagonal: no gather
         xr = x if rows is None else xp.take(x, rows, axis=0)
         yc = y if cols is None else xp.take(y, cols, axis=0)
@@ -304,35 +308,40 @@ def view_batch(
       ``z = [z1; z2]`` (SimCLR); ``z1``, ``z2`` of the same shape ``(N, d)``.
     * ``view_batch(z1, z2, layout="cross")``: the cross-view ``N x M`` problem, ``z2`` of shape
       ``(M, d)`` with ``M >= N`` (rows ``N ..`` of ``z2`` are extra negatives).
+    * ``view_batch(z1, z2, layout="queue")``: the same with ``M > N``, where row ``i``'s
+      negatives are rows ``N ..`` of ``z2`` only (mask ``j == i or j >= N``; MoCo).
     * ``view_batch(z, layout="blocked" | "interleaved", n_views=V)``: all-views ``VN x VN``.
     * ``view_batch(z)``: the single-batch problem (self-pairs masked, no positives: give the
       loss ``labels`` or ``target``).
     """
     if z2 is not None:
         xp = check_compatible(z1=z1, z2=z2)
-        if layout not in (None, "cross", "blocked"):
+        if layout not in (None, "cross", "queue", "blocked"):
             raise ValueError(
                 f"layout={layout!r} with two arrays z1, z2: use None or 'blocked' (the all-views "
-                "2N x 2N problem of [z1; z2], as SimCLR) or 'cross' (the cross-view N x M "
-                "problem)"
+                "2N x 2N problem of [z1; z2], as SimCLR), 'cross' (the cross-view N x M "
+                "problem) or 'queue' (cross-view, negatives from the extra rows only)"
             )
         if z1.ndim != 2 or z2.ndim != 2:
             raise ValueError(
                 f"z1 and z2 must have shape (N, d), got {tuple(z1.shape)} and {tuple(z2.shape)}"
             )
-        if layout == "cross":
-            if z1.shape[1] != z2.shape[1] or z2.shape[0] < z1.shape[0]:
+        if layout in CROSS_LAYOUTS:
+            queue = layout == "queue"
+            if (z1.shape[1] != z2.shape[1] or z2.shape[0] < z1.shape[0]
+                    or (queue and z2.shape[0] == z1.shape[0])):
                 raise ValueError(
-                    "with layout='cross', z2 must have the width of z1 and at least as many "
-                    f"rows (rows N.. are extra negatives), got {tuple(z1.shape)} and "
-                    f"{tuple(z2.shape)}"
+                    f"with layout={layout!r}, z2 must have the width of z1 and "
+                    f"{'more' if queue else 'at least as many'} rows (rows N.. are extra "
+                    f"negatives), got {tuple(z1.shape)} and {tuple(z2.shape)}"
                 )
             _check_embeddings(xp, z1=z1, z2=z2)
             n, m = z1.shape[0], z2.shape[0]
             dev = device_of(z1)
             rows = xp.arange(n, dtype=index_dtype(xp), device=dev)
             cols = xp.arange(m, dtype=index_dtype(xp), device=dev)
-            return _batch(("z1", z1), ("z2", z2), metric, None, rows, rows, "cross", xp,
+            mask = ((rows[:, None] == cols[None, :]) | (cols[None, :] >= n)) if queue else None
+            return _batch(("z1", z1), ("z2", z2), metric, mask, rows, rows, layout, xp,
                           col_samples=cols)
         if z1.shape != z2.shape:
             raise ValueError(
@@ -356,8 +365,8 @@ def view_batch(
         rows = xp.arange(n_rows, dtype=index_dtype(xp), device=device_of(z1))
         return _batch(("z", z1), ("z", z1), metric, None, rows, None, "single", xp,
                       self_masked=True)
-    if layout == "cross":
-        raise ValueError("layout='cross' needs two arrays z1, z2")
+    if layout in CROSS_LAYOUTS:
+        raise ValueError(f"layout={layout!r} needs two arrays z1, z2")
     n_rows = z1.shape[0]
     dev = device_of(z1)
     samples = sample_index(n_rows, n_views, layout, xp, dev)

@@ -161,7 +161,7 @@ def value_and_grad(
     if batch.mask is not None:
         lk_bar = xp.where(batch.mask, lk_bar, xp.zeros_like(lk_bar))
     cost_bar = -lk_bar / eps
-    if z2 is not None and batch.layout != "cross":
+    if z2 is not None and batch.layout not in ("cross", "queue"):
         # the SimCLR problem is built on [z1; z2]: its gradient splits back into the two views
         g1, g2 = _cost_backward(batch, xp.concat([z1, z2], axis=0), None, cost_bar, metric, xp)
         g = g1 + g2

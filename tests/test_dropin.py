@@ -164,7 +164,7 @@ def test_single_batch_without_labels_or_layout_is_refused():
 
 def test_memory_bank_negatives_are_moco_info_nce():
     t = 0.2
-    bank = ott.MemoryBank(size=20)
+    bank = ott.MemoryBank(size=20, init="empty")
     loss = ott.InfoNCE(temperature=t, layout="cross")
     queue = []
     for step in range(4):
@@ -214,3 +214,40 @@ def test_functional_forms_show_their_parameters():
     for cls in MODULES:
         params = inspect.signature(cls).parameters
         assert not any(p.kind is p.VAR_KEYWORD for p in params.values()), cls.__name__
+
+
+def test_queue_layout_is_moco_and_lightly_memory_bank():
+    """MoCo / lightly: logits [q.k+, q.queue] / t, the queue alone as negatives."""
+    t = 0.1
+    bank = ott.MemoryBank(size=16, seed=0)
+    loss = ott.InfoNCE(temperature=t, layout="queue")
+    for step in range(3):
+        q, k = views(n=6, seed=20 + step)
+        keys = bank(k)
+        assert keys.shape == (6 + 16, 8)
+        qn, kn = tnf.normalize(q, dim=1), tnf.normalize(k, dim=1)
+        neg = tnf.normalize(keys[6:], dim=1)
+        logits = torch.cat([(qn * kn).sum(1, keepdim=True), qn @ neg.T], 1) / t
+        ref = tnf.cross_entropy(logits, torch.zeros(6, dtype=torch.long))
+        assert loss(q, keys).item() == pytest.approx(ref.item(), abs=1e-12)
+        # the OT losses solve on the same masked problem
+        assert torch.isfinite(ott.GCAInfoNCE(layout="queue")(q, keys))
+    with pytest.raises(ValueError, match="more"):
+        loss(q, k)  # no queue rows: no negatives
+
+
+@pytest.mark.parametrize("layout", ["cross", "queue"])
+@pytest.mark.parametrize("name", ["info_nce", "gca_ince", "gca_uot"])
+def test_value_and_grad_with_extra_negatives_matches_autograd(name, layout):
+    from otcl.alignment import losses as alg
+
+    g = torch.Generator().manual_seed(30)
+    z1 = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    z2 = torch.randn(11, 4, generator=g, dtype=torch.float64)
+    value, (g1, g2) = otcl.value_and_grad(name, z1.numpy(), z2.numpy(), layout=layout)
+    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    ref = getattr(alg, name)(a, b, layout=layout, inner=alg.UnrolledInner())
+    ref.backward()
+    assert float(value) == pytest.approx(ref.item(), abs=1e-12)
+    torch.testing.assert_close(torch.from_numpy(g1), a.grad, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(torch.from_numpy(g2), b.grad, rtol=1e-9, atol=1e-12)

@@ -427,7 +427,8 @@ def problem_marginals(batch: ViewBatch, target: Target, marginals: str) -> tuple
     like = batch.reference
     a, b = target.row_sums(like), target.col_sums(like)
     n, m = batch.shape
-    if marginals == "uniform" or (marginals == "target" and m > n and batch.layout == "cross"):
+    extra = m > n and batch.layout in ("cross", "queue")
+    if marginals == "uniform" or (marginals == "target" and extra):
         mass = xp.sum(a)
         a = xp.ones_like(a) * (mass / n) if marginals == "uniform" else a
         b = xp.ones((m,), dtype=a.dtype, device=device_of(a)) * (mass / m)
@@ -577,7 +578,7 @@ def _embedding_batch(z1: Array, z2: Array | None, *, layout: str | None, n_views
         )
     batch = view_batch(z1, z2, layout=layout, n_views=n_views, metric=metric)
     if labels is not None:
-        if batch.layout == "cross" and batch.shape[1] > batch.shape[0]:
+        if batch.layout in ("cross", "queue") and batch.shape[1] > batch.shape[0]:
             raise ValueError("labels with extra negatives (z2 longer than z1) are not supported: "
                              "the extra rows have no labels; give target= instead")
         return batch, label_target(batch, labels)
@@ -599,7 +600,8 @@ _COMMON_DOC = """
     and pytorch-metric-learning's ``NTXentLoss`` for InfoNCE); ``f(z1, z2, layout="cross")``
     the one-direction cross-view ``N x M`` problem (CLIP-style; ``z2`` may have ``M > N`` rows,
     the extra ones negatives only: a memory bank or MoCo queue; for the OT losses the columns
-    then carry uniform marginals of the rows' total mass); ``f(z, layout="blocked" |
+    then carry uniform marginals of the rows' total mass); ``layout="queue"`` the same with
+    the extra rows as the only negatives (MoCo, lightly's memory bank); ``f(z, layout="blocked" |
     "interleaved", n_views=V)`` a batch of ``V`` views; ``f(z, labels=y)`` supervised
     contrastive on one batch (every row an anchor, positives the other rows with its label).
     ``labels`` (one per sample, or one per row) gives the supervised target; ``target`` an

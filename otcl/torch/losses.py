@@ -275,7 +275,7 @@ def _alignment(z1: Any, z2: Any, *, inner: Any, **kw: Any) -> Any:
     return _alg._embedding_loss(z1, z2, inner=inner, **kw)
 
 
-LAYOUT_NAMES = (None, "cross", "blocked", "interleaved")
+LAYOUT_NAMES = (None, "cross", "queue", "blocked", "interleaved")
 
 
 def _check_common(layout: Any, n_views: Any, metric: Any, reduction: Any) -> int:
@@ -635,23 +635,39 @@ class MemoryBank(nn.Module):
     """A first-in first-out queue of past embeddings, the extra negatives of a cross-view loss
     (MoCo's queue, lightly's ``memory_bank_size``).
 
-    ``bank(z2)`` returns ``[z2; queue]`` (``(N + K, d)``, ``K <= size`` the embeddings queued so
-    far) and then queues ``z2`` (detached, copied), dropping the oldest rows beyond ``size``.
-    Use it with a cross-view loss: ``loss(z1, bank(z2))`` with ``layout="cross"``.
+    ``bank(z2)`` returns ``[z2; queue]`` (``(N + K, d)``) and then queues ``z2`` (detached,
+    copied), dropping the oldest rows beyond ``size``. ``init="random"`` (default, as MoCo and
+    lightly) fills the queue with ``size`` random unit vectors on the first call, so that ``K =
+    size`` from the start; ``init="empty"`` starts with no rows (``K`` grows to ``size``).
+    Use it with ``layout="queue"`` (the queue alone as negatives: MoCo, lightly's
+    ``NTXentLoss(memory_bank_size=...)``) or ``layout="cross"`` (the batch's other keys too):
+    ``loss(z1, bank(z2))``.
     """
 
     @checked_keywords
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, init: str = "random", seed: int | None = None) -> None:
         super().__init__()
         from otcl.alignment.losses import as_count
 
         self.size = as_count("size", size, minimum=1)
+        if init not in ("random", "empty"):
+            raise ValueError(f"init must be 'random' or 'empty', got {init!r}")
+        self.init, self.seed = init, seed
         self.register_buffer("queue", None)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if not isinstance(z, torch.Tensor) or z.ndim != 2:
             raise ValueError(f"z must be a (N, d) tensor, got {getattr(z, 'shape', type(z))}")
         queue = self.queue
+        if queue is None and self.init == "random":
+            gen = torch.Generator(device=z.device)
+            if self.seed is not None:
+                gen.manual_seed(self.seed)
+            else:
+                gen.seed()
+            rand = torch.randn(self.size, z.shape[1], generator=gen, dtype=z.dtype,
+                               device=z.device)
+            queue = rand / torch.linalg.vector_norm(rand, dim=1, keepdim=True)
         if queue is not None and (queue.shape[1] != z.shape[1] or queue.dtype != z.dtype
                                   or queue.device != z.device):
             raise ValueError(f"z has width {z.shape[1]}, dtype {z.dtype} and device {z.device}"
@@ -663,7 +679,7 @@ class MemoryBank(nn.Module):
         return out
 
     def reset(self) -> None:
-        """Empty the queue."""
+        """Empty the queue (refilled on the next call as ``init`` says)."""
         self.queue = None
 
 
