@@ -2,7 +2,8 @@
 
 These are reference losses in plain PyTorch autograd: NT-Xent, a straightforward
 "official-style" GCA loss that forms the plan with diagonal matrices, and kernel-domain /
-log-domain unrolled GCA losses that never form the plan. (The solver's floors are in
+log-domain unrolled GCA losses that never form the plan; and SwAV's Sinkhorn–Knopp loop for the
+cluster codes, in PyTorch and NumPy (at the end of the module). (The solver's floors are in
 ``benchmarks.floors``.)
 
 All GCA references use the cross-view form of the paper with unit marginals ``a = b = 1``,
@@ -18,10 +19,15 @@ NT-Xent; the three GCA references compute the same value by different routes.
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F  # noqa: N812 (the usual PyTorch spelling)
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the torch references, so that a NumPy case never loads it
 
 __all__ = [
     "gca_kernel_autograd",
@@ -30,6 +36,10 @@ __all__ = [
     "nt_xent",
     "partner_index",
     "similarity",
+    "swav_codes_numpy",
+    "swav_codes_torch",
+    "swav_prototype_errors",
+    "swav_rounds_to",
     "update_exponent",
 ]
 
@@ -40,6 +50,8 @@ __all__ = [
 
 def similarity(z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
     """Cosine similarities ``s_ij = cos(z1_i, z2_j)``, shape ``(n, m)`` (``z2 = z1`` if omitted)."""
+    import torch.nn.functional as F  # noqa: N812 (the usual spelling)
+
     x = F.normalize(z1, dim=1)
     y = x if z2 is None else F.normalize(z2, dim=1)
     return x @ y.T
@@ -48,6 +60,8 @@ def similarity(z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor
 def partner_index(n_rows: int, all_views: bool, device: Any = None) -> torch.Tensor:
     """Index of each row's positive column: ``i`` (cross-view) or ``(i + N) mod 2N`` (all-views,
     blocked layout ``[view 1; view 2]`` with ``2N = n_rows``)."""
+    import torch
+
     idx = torch.arange(n_rows, device=device)
     if all_views:
         idx = (idx + n_rows // 2) % n_rows
@@ -68,6 +82,9 @@ def nt_xent(s: torch.Tensor, eps: float, all_views: bool = False) -> torch.Tenso
 
     ``s`` is the ``(n, n)`` similarity matrix from :func:`similarity`.
     """
+    import torch
+    import torch.nn.functional as F  # noqa: N812 (the usual spelling)
+
     logits = s / eps
     if all_views:
         eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
@@ -87,6 +104,9 @@ def gca_official_style(
     diagonal afterwards (so the masked entries get a zero, not a NaN, gradient). Costs two
     ``n^3`` products forward, more backward, and ``O(n^2)`` memory per call.
     """
+    import torch
+    import torch.nn.functional as F  # noqa: N812 (the usual spelling)
+
     n = s.shape[0]
     t = update_exponent(rho, eps)
     kernel = torch.exp(s / eps)
@@ -117,6 +137,8 @@ def gca_kernel_autograd(
     cross-entropy of the row-normalised plan (``u`` cancels). Autograd stores ``O(L n)`` vectors
     besides ``K``.
     """
+    import torch
+
     n = s.shape[0]
     t = update_exponent(rho, eps)
     log_k = s / eps
@@ -143,6 +165,8 @@ def gca_log_autograd(
     ``mean_i [LSE_j(Λ_ij + gamma_j) - Λ_{i,p(i)} - gamma_{p(i)}]``. Autograd stores ``O(L n^2)``:
     every log-sum-exp keeps its ``n x n`` input.
     """
+    import torch
+
     n = s.shape[0]
     t = update_exponent(rho, eps)
     log_k = s / eps
@@ -156,3 +180,67 @@ def gca_log_autograd(
     rows = torch.arange(n, device=s.device)
     lse = torch.logsumexp(log_k + gamma[None, :], dim=1)
     return torch.mean(lse - log_k[rows, p] - gamma[p])
+
+
+# --------------------------------------------------------------------------------------------
+# SwAV's Sinkhorn-Knopp codes (Caron et al. 2020, ``distributed_sinkhorn`` on one process)
+
+
+def swav_codes_torch(scores: torch.Tensor, eps: float, n_iter: int) -> torch.Tensor:
+    """SwAV's reference loop on a ``(B, K)`` score tensor, as its code writes it: ``Q =
+    exp(scores / eps)^T`` (``K x B``), ``Q /= sum(Q)``, then ``n_iter`` rounds of "every
+    prototype gets ``1/K``" (rows) and "every sample gets ``1/B``" (columns), in place, and
+    ``(B Q)^T``: soft assignments whose rows sum to 1."""
+    import torch
+
+    with torch.no_grad():
+        q = torch.exp(scores / eps).t()
+        n_protos, n_samples = q.shape
+        q /= torch.sum(q)
+        for _ in range(n_iter):
+            q /= torch.sum(q, dim=1, keepdim=True)
+            q /= n_protos
+            q /= torch.sum(q, dim=0, keepdim=True)
+            q /= n_samples
+        q *= n_samples
+        return q.t()
+
+
+def swav_codes_numpy(scores: np.ndarray, eps: float, n_iter: int) -> np.ndarray:
+    """:func:`swav_codes_torch`, line for line in NumPy."""
+    q = np.exp(scores / eps).T
+    n_protos, n_samples = q.shape
+    q /= np.sum(q)
+    for _ in range(n_iter):
+        q /= np.sum(q, axis=1, keepdims=True)
+        q /= n_protos
+        q /= np.sum(q, axis=0, keepdims=True)
+        q /= n_samples
+    q *= n_samples
+    return q.T
+
+
+def swav_prototype_errors(scores: np.ndarray, eps: float) -> Iterator[float]:
+    """The reference loop's prototype-marginal error after each round, round after round:
+    ``sum_k |sum_b Q_kb - 1/K|`` (``Q`` has total mass 1, so this is the relative L1 error that
+    ``otcl.swav_codes(tol=...)`` stops on), computed in the scores' dtype."""
+    q = np.exp(scores / eps).T
+    n_protos, n_samples = q.shape
+    q /= np.sum(q)
+    while True:
+        q /= np.sum(q, axis=1, keepdims=True)
+        q /= n_protos
+        q /= np.sum(q, axis=0, keepdims=True)
+        q /= n_samples
+        yield float(np.sum(np.abs(np.sum(q, axis=1) - 1.0 / n_protos)))
+
+
+def swav_rounds_to(scores: np.ndarray, eps: float, tol: float, max_rounds: int = 1000) -> int:
+    """The smallest round count after which the reference loop's prototype-marginal error is
+    ``<= tol`` (:func:`swav_prototype_errors`); ``ValueError`` if ``max_rounds`` do not reach it."""
+    for k, err in enumerate(swav_prototype_errors(scores, eps), 1):
+        if err <= tol:
+            return k
+        if k >= max_rounds:
+            break
+    raise ValueError(f"the reference loop does not reach {tol:g} in {max_rounds} rounds")

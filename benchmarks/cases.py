@@ -31,6 +31,7 @@ from benchmarks.common import (
     minor_faults,
     peak_rss_during,
     require_backend,
+    swav_scores,
     synchronizer,
     thread_report,
     torch_module,
@@ -484,11 +485,82 @@ def memory(params: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": {"peak_mib": peak["peak_mib"]}, "info": info}
 
 
+# --------------------------------------------------------------------------------------------
+# SwAV codes
+
+
+def _prototype_error(codes: Any) -> float:
+    """``sum_k |mean_b codes_bk - 1/K|``: the relative L1 error of the prototype marginal of
+    the plan ``codes^T / B`` (its sample marginal is exact by construction)."""
+    from otcl.backend import to_numpy
+
+    c = to_numpy(codes).astype(np.float64)
+    return float(np.sum(np.abs(c.mean(axis=0) - 1.0 / c.shape[1])))
+
+
+def swav(params: dict[str, Any]) -> dict[str, Any]:
+    """Time of SwAV's codes for ``(B, K)`` scores: ``otcl.swav_codes`` or SwAV's loop.
+
+    ``rounds``: both run that many rounds, and the codes must agree. ``tol``: otcl stops on
+    its prototype-marginal error (checked every round); the reference runs the smallest round
+    count whose error is ``<= tol``, found before timing by running it and measuring the error
+    after every round.
+    """
+    import otcl
+    from benchmarks import baselines as ref
+
+    backend, dtype = params["backend"], params["dtype"]
+    require_backend(backend)
+    eps = float(params["eps"])
+    host = swav_scores(int(params["samples"]), int(params["protos"]), d=int(params["d"]))
+    host = host.astype(dtype)
+    scores = backend_array(host, backend, dtype)
+    reference = ref.swav_codes_torch if backend.startswith("torch") else ref.swav_codes_numpy
+    tol = params.get("tol")
+    info: dict[str, Any] = {}
+    if tol is None:
+        rounds = int(params["rounds"])
+    else:
+        rounds = ref.swav_rounds_to(host, eps, float(tol))
+        info["reference_rounds"] = rounds
+    if params["impl"] == "reference":
+        run = lambda: reference(scores, eps, rounds)  # noqa: E731
+    elif tol is None:
+        run = lambda: otcl.swav_codes(scores, eps=eps, n_iter=rounds)  # noqa: E731
+    else:
+        run = lambda: otcl.swav_codes(  # noqa: E731
+            scores, eps=eps, tol=float(tol), max_iter=1000, return_details=True
+        )
+    timing = measure(run, repeat=int(params["repeat"]), budget_s=float(params["budget_s"]),
+                     sync=synchronizer(backend))
+    out = timing.pop("last")
+    codes = out[0] if isinstance(out, tuple) else out
+    if isinstance(out, tuple):
+        res = out[1]
+        if not res.converged:
+            raise RuntimeError(f"otcl did not reach tol = {tol} ({res.n_iter} rounds)")
+        info.update(otcl_rounds=int(res.n_iter), otcl_error=float(res.error),
+                    domain_used=res.domain)
+    elif params["impl"] == "otcl":
+        # the same codes as the reference loop at the same count (float32 rounding)
+        expected = ref.swav_codes_numpy(host, eps, rounds)
+        from otcl.backend import to_numpy
+
+        diff = float(np.max(np.abs(to_numpy(codes) - expected)))
+        if not diff <= 1e-4 * float(np.max(expected)):
+            raise RuntimeError(f"otcl's codes differ from the reference loop's by {diff:.3g}")
+        info["max_abs_diff_vs_reference"] = diff
+    info.update(rounds=rounds, prototype_error=_prototype_error(codes), runs=timing["runs"],
+                min_ms=1e3 * timing["min_s"], max_ms=1e3 * timing["max_s"])
+    return {"metrics": {"ms": 1e3 * timing["median_s"]}, "info": info}
+
+
 KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "probe": probe,
     "solver": solver,
     "stability": stability,
     "loss": loss,
     "memory": memory,
+    "swav": swav,
 }
 """Case kinds by name, as ``python -m benchmarks.case <kind> <params>`` selects them."""

@@ -28,6 +28,7 @@ __all__ = [
     "minor_faults",
     "peak_rss_during",
     "require_backend",
+    "swav_scores",
     "synchronizer",
     "thread_report",
     "torch_module",
@@ -191,6 +192,19 @@ def cosine_cost(
     x = unit_vectors(rng, (*lead, n, d))
     y = unit_vectors(rng, (*lead, m, d))
     return 1.0 - x @ np.swapaxes(y, -1, -2)
+
+
+def swav_scores(samples: int, protos: int, *, d: int = 128, seed: int = 0) -> np.ndarray:
+    """SwAV-like scores ``(samples, protos)``, float64: cosines of unit embeddings and unit
+    prototypes, each embedding a random prototype plus Gaussian noise of about its own norm
+    (cosine about 0.7 to its prototype), as after some training. Random embeddings instead
+    would give nearly uniform scores, which three rounds already balance."""
+    rng = np.random.default_rng(seed)
+    prototypes = unit_vectors(rng, (protos, d))
+    noise = rng.standard_normal((samples, d)) / np.sqrt(d)
+    z = prototypes[rng.integers(0, protos, samples)] + noise
+    z /= np.linalg.norm(z, axis=-1, keepdims=True)
+    return z @ prototypes.T
 
 
 # --------------------------------------------------------------------------------------------

@@ -341,6 +341,38 @@ def _scale_section(records: list[Record]) -> list[str]:
     return [*out, ""]
 
 
+def _swav_section(records: list[Record]) -> list[str]:
+    rows = _ok(records, "swav")
+    if not rows:
+        return []
+    out = ["## 6. SwAV codes: `otcl.swav_codes` vs SwAV's Sinkhorn-Knopp loop", ""]
+    out += [
+        "Scores of `B` samples and `K` prototypes (cosines; each sample a prototype plus noise), "
+        "float32, eps = 0.05, one thread. `reference`: SwAV's loop (`benchmarks/baselines.py`, "
+        "the same code in PyTorch and NumPy). `rounds=3`: both run SwAV's 3 rounds (the codes "
+        "are checked to agree). `tol=…`: otcl runs `swav_codes(tol=…)` (the prototype-marginal "
+        "relative L1 error, checked every round); the reference runs the fewest rounds whose "
+        "error is within `tol`, found before timing. `× reference` = otcl / reference.",
+        "",
+    ]
+    out += _rows(
+        rows,
+        [
+            ("backend", _p("backend")),
+            ("B x K", lambda r: f"{r['params']['samples']} x {r['params']['protos']}"),
+            ("stop", lambda r: r["id"].split("/")[-2]),
+            ("implementation", _p("impl")),
+            ("ms", _m("ms")),
+            ("rounds", lambda r: r.get("info", {}).get("otcl_rounds", _i("rounds")(r))),
+            ("prototype error", lambda r: _num(r.get("info", {}).get("prototype_error"))),
+            ("runs", _i("runs")),
+            ("procs", _procs),
+            ("× reference", _r("reference")),
+        ],
+    )
+    return [*out, ""]
+
+
 def _targets_section(run: dict[str, Any]) -> list[str]:
     return ["## Targets", "", summary_markdown(run).rstrip(), ""]
 
@@ -420,6 +452,7 @@ def markdown(run: dict[str, Any]) -> str:
         _loss_section,
         _memory_section,
         _scale_section,
+        _swav_section,
         _not_run_section,
     ):
         parts += section(records)

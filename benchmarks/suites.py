@@ -21,6 +21,7 @@ PRIMARY = {
     "losses": "ms",
     "memory": "peak_mib",
     "scale": "peak_mib",
+    "swav": "ms",
 }
 """The metric of each suite that ratios compare."""
 
@@ -33,6 +34,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "all_views_batch": (512, 2048),  # 2N = 1024 and 4096 rows
         "memory_batch": 1024,
         "scale_batch": 8192,  # 2N = 16384 rows
+        "swav": (4096, 3000),  # samples, prototypes
     },
     "quick": {
         "solver_n": (48,),
@@ -42,6 +44,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "all_views_batch": (24,),
         "memory_batch": 48,
         "scale_batch": 64,
+        "swav": (64, 24),
     },
 }
 """Problem sizes of the full suite and of ``--quick`` (a smoke test of the instrument)."""
@@ -54,6 +57,9 @@ STABILITY_CALLS = 20
 LOSS = {"d": 128, "eps": 0.5, "n_iter": 10}
 UOT_RHO = 0.2
 MEMORY_ITERS = (1, 100)
+SWAV = {"d": 128, "eps": 0.05, "rounds": 3, "tol": 1e-4}
+"""SwAV's codes: its default epsilon and 3 rounds, and the prototype-marginal error of the
+time-to-tolerance rows."""
 
 CPU_BACKENDS = ("numpy", "torch")
 GPU_BACKENDS = ("torch-cuda", "cupy")
@@ -268,6 +274,26 @@ def _scale_cases(sizes: dict[str, Any]) -> list[Case]:
     return cases
 
 
+def _swav_cases(sizes: dict[str, Any]) -> list[Case]:
+    """SwAV's codes: ``otcl.swav_codes`` vs SwAV's Sinkhorn-Knopp loop (``benchmarks.baselines``)
+    at its 3 rounds, and to a prototype-marginal error (``tol``), per CPU backend (float32)."""
+    samples, protos = sizes["swav"]
+    cases = []
+    for backend in CPU_BACKENDS:
+        group = f"swav/B={samples}/K={protos}/{backend}/float32"
+        base = {"backend": backend, "dtype": "float32", "samples": samples, "protos": protos,
+                "d": SWAV["d"], "eps": SWAV["eps"]}
+        for label, stop in ((f"rounds={SWAV['rounds']}", {"rounds": SWAV["rounds"]}),
+                            (f"tol={SWAV['tol']:g}", {"tol": SWAV["tol"]})):
+            ref = f"{group}/{label}/reference"
+            needs = _BACKEND_NEEDS[backend]
+            cases.append(Case(ref, "swav", "swav", {**base, **stop, "impl": "reference"}, {},
+                              needs))
+            cases.append(Case(f"{group}/{label}/otcl", "swav", "swav",
+                              {**base, **stop, "impl": "otcl"}, {"reference": ref}, needs))
+    return cases
+
+
 def build_plan(quick: bool = False) -> list[Case]:
     """Every case of the suite, in running order (baselines before the rows that use them)."""
     sizes = SIZES["quick" if quick else "full"]
@@ -278,6 +304,7 @@ def build_plan(quick: bool = False) -> list[Case]:
         + _loss_cases(sizes)
         + _memory_cases(sizes)
         + _scale_cases(sizes)
+        + _swav_cases(sizes)
     )
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.common import late_over_early
-from benchmarks.suites import SIZES
+from benchmarks.suites import SIZES, SWAV
 
 __all__ = ["Check", "evaluate", "largest_batch", "stability_drift", "summary_markdown"]
 
@@ -30,6 +30,7 @@ _N = max(_FULL["solver_n"])
 _STABILITY_N = _FULL["stability_n"]
 _BATCH, _SMALL_N = _FULL["batched"]
 _MEMORY_B = _FULL["memory_batch"]
+_SWAV_B, _SWAV_K = _FULL["swav"]
 _CPU = ("numpy", "torch")
 _GPU = ("torch-cuda", "cupy")
 
@@ -287,6 +288,28 @@ def _gpu_checks(by_id: dict[str, Record]) -> list[Check]:
     return out
 
 
+def _swav_checks(by_id: dict[str, Record]) -> list[Check]:
+    rounds, tol = SWAV["rounds"], SWAV["tol"]
+    t_fixed = (
+        f"issue 19. SwAV codes, B = {_SWAV_B}, K = {_SWAV_K} float32, {rounds} rounds: "
+        "at least as fast as SwAV's loop"
+    )
+    t_tol = (
+        f"issue 19. SwAV codes to a prototype-marginal error <= {tol:g}: faster than SwAV's "
+        "loop at the fewest rounds that reach it"
+    )
+    out = []
+    for backend in _CPU:
+        group = f"swav/B={_SWAV_B}/K={_SWAV_K}/{backend}/float32"
+        rec = by_id.get(f"{group}/rounds={rounds}/otcl")
+        out.append(_bound(t_fixed, backend, _ratio(rec, "reference"), "<= 1 (otcl / SwAV)",
+                          lambda x: x <= 1.0))
+        rec = by_id.get(f"{group}/tol={tol:g}/otcl")
+        out.append(_bound(t_tol, backend, _ratio(rec, "reference"), "< 1 (otcl / SwAV)",
+                          lambda x: x < 1.0))
+    return out
+
+
 def _grouped(checks: list[Check]) -> list[Check]:
     """``checks`` with equal targets adjacent, targets in first-seen order (stable)."""
     order = list(dict.fromkeys(c.target for c in checks))
@@ -295,7 +318,7 @@ def _grouped(checks: list[Check]) -> list[Check]:
 
 def evaluate(records: list[Record]) -> list[Check]:
     """Every target row, in the order of the performance issue's list (the loss targets of the
-    trainable-losses issue after target 4)."""
+    trainable-losses issue after target 4, SwAV's codes before the GPU rows)."""
     by_id = _by_id(records)
     solver = _grouped(_solver_checks(by_id, _CPU))
     return [
@@ -306,6 +329,7 @@ def evaluate(records: list[Record]) -> list[Check]:
         *_memory_checks(by_id),
         *_batched_checks(by_id),
         *_scale_checks(records, by_id),
+        *_grouped(_swav_checks(by_id)),
         *_gpu_checks(by_id),
     ]
 

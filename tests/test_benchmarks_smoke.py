@@ -342,3 +342,47 @@ def test_loss_floor_profile_runs_and_reports_its_parts(capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     for part in ("NT-Xent fwd+bwd", "GCAInfoNCE fwd+bwd", "8 kernel mat-vec passes", "floor"):
         assert part in out
+
+
+def test_swav_reference_loops_equal_otcl_codes_and_find_the_fewest_rounds() -> None:
+    import otcl
+    from benchmarks.common import swav_scores
+
+    scores = swav_scores(40, 12, d=16)
+    for n_iter in (1, 3, 6):
+        expected = otcl.swav_codes(scores, eps=0.05, n_iter=n_iter)
+        np.testing.assert_allclose(ref.swav_codes_numpy(scores, 0.05, n_iter), expected,
+                                   rtol=1e-10, atol=1e-13)
+        got = ref.swav_codes_torch(torch.from_numpy(scores), 0.05, n_iter)
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-10, atol=1e-13)
+    errors = ref.swav_prototype_errors(scores, 0.05)
+    first = [next(errors) for _ in range(200)]
+    assert first[0] > 1e-2 and first[-1] < 1e-8  # the error falls, from well above the tol
+    tol = 1e-4
+    rounds = ref.swav_rounds_to(scores, 0.05, tol)
+    assert first[rounds - 1] <= tol < first[rounds - 2]
+    # otcl stopping on the same error stops after the same count
+    _, res = otcl.swav_codes(scores, eps=0.05, tol=tol, return_details=True)
+    assert res.n_iter == rounds and res.error <= tol
+    with pytest.raises(ValueError, match="does not reach"):
+        ref.swav_rounds_to(scores, 0.05, 1e-30, max_rounds=5)
+
+
+def test_swav_targets_compare_otcl_with_the_reference_rows() -> None:
+    group = "swav/B=4096/K=3000/numpy/float32"
+    records = [
+        _ok(f"{group}/rounds=3/reference", "swav", {"ms": 100.0}),
+        _ok(f"{group}/rounds=3/otcl", "swav", {"ms": 80.0},
+            {"reference": f"{group}/rounds=3/reference"}),
+        _ok(f"{group}/tol=0.0001/reference", "swav", {"ms": 100.0}),
+        _ok(f"{group}/tol=0.0001/otcl", "swav", {"ms": 120.0},
+            {"reference": f"{group}/tol=0.0001/reference"}),
+    ]
+    add_ratios(records)
+    checks = [c for c in evaluate(records) if "SwAV" in c.target]
+    by_row = {(c.target.split(":")[0].split(",")[0], c.row, c.goal): c for c in checks}
+    fixed = next(c for c in checks if "3 rounds" in c.target and c.row == "numpy")
+    assert fixed.met is True and fixed.measured == "0.8"
+    tol = next(c for c in checks if "marginal error" in c.target and c.row == "numpy")
+    assert tol.met is False and tol.measured == "1.2"
+    assert all(c.met is None for c in checks if c.row == "torch") and len(by_row) == 4
