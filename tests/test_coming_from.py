@@ -174,21 +174,23 @@ def _moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None,
 def test_moco_with_a_queue() -> None:
     g = torch.Generator().manual_seed(3)
     t, size = 0.2, 20
-    bank = ot.MemoryBank(size)
-    loss_fn = ot.InfoNCE(temperature=t, layout="cross")
+    # MoCo and lightly: the queue alone as negatives (layout="queue"), a random initial queue
+    bank = ot.MemoryBank(size, seed=1)
+    moco_fn = ot.InfoNCE(temperature=t, layout="queue")
+    # the cross-view layout adds the batch's other keys (a bank that starts empty)
+    grow = ot.MemoryBank(size, init="empty")
+    cross_fn = ot.InfoNCE(temperature=t, layout="cross")
     queue = None
     for _ in range(4):
         q = torch.randn(N, D, generator=g, dtype=torch.float64)
         k = q + 0.3 * torch.randn(N, D, generator=g, dtype=torch.float64)
-        # otcl: the queue plus the other keys of the batch as negatives
-        ours = loss_fn(q, bank(k))
-        torch.testing.assert_close(ours, _moco_logits(q, k, queue, in_batch=True, t=t))
-        # MoCo's own logits (the queue only) differ by the N - 1 other keys of the batch
-        if queue is not None:
-            moco = _moco_logits(q, k, queue, in_batch=False, t=t)
-            assert not torch.isclose(ours, moco)
+        keys = bank(k)
+        ours = moco_fn(q, keys)
+        torch.testing.assert_close(ours, _moco_logits(q, k, keys[N:], in_batch=False, t=t))
+        cross = cross_fn(q, grow(k))
+        torch.testing.assert_close(cross, _moco_logits(q, k, queue, in_batch=True, t=t))
         queue = torch.cat([k, queue])[:size] if queue is not None else k.clone()
-        assert torch.equal(bank.queue, queue)
+        assert torch.equal(grow.queue, queue)
 
 
 # ---------------------------------------------------------------------------------------------
