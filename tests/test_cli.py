@@ -147,3 +147,15 @@ def test_bad_arguments_are_reported_before_any_work(tmp_path,
     assert exc.value.code == 2
     assert not out.exists()
     assert "--seed" in capsys.readouterr().err
+
+
+def test_study_out_that_is_a_file_fails_before_any_work(tmp_path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    assert main(["study", "--tiny", "--out", str(target), "--no-progress", "--jobs", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "cannot write" in captured.err and "Traceback" not in captured.err
+    assert "[1/3]" not in captured.out  # no section started
+    assert target.read_text() == "x"
