@@ -9,12 +9,23 @@ status is 0 for ``ok`` and ``skipped``, 1 for ``error``.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 import warnings
 from typing import Any
 
 RESULT_PREFIX = "BENCH-RESULT "
+
+
+def pin_cores(threads: int) -> list[int]:
+    """Restrict this process to its first ``threads`` usable cores (Linux CPU affinity), before
+    any library that sizes its thread pool from the machine (JAX's CPU runtime) is imported."""
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    os.sched_setaffinity(0, cores)
+    return cores
 
 
 def run_case(kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -25,6 +36,7 @@ def run_case(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     if kind not in KINDS:
         return {"status": "error", "reason": f"unknown case kind {kind!r}; known: {sorted(KINDS)}"}
     try:
+        cores = pin_cores(int(params.get("threads", 1))) if params.get("pin") else None
         configure_threads(int(params.get("threads", 1)))
         with warnings.catch_warnings():
             # fixed-round solves (tol=None) and POT's stopThr=0 are meant not to converge
@@ -35,6 +47,8 @@ def run_case(kind: str, params: dict[str, Any]) -> dict[str, Any]:
     except Exception as err:  # report any failure as this case's result
         tail = traceback.format_exc().strip().splitlines()[-6:]
         return {"status": "error", "reason": f"{type(err).__name__}: {err}", "traceback": tail}
+    if cores is not None:
+        out.setdefault("info", {})["pinned_cores"] = cores
     if "torch" in sys.modules:  # the pool torch actually used (POT imports torch too)
         out.setdefault("info", {})["torch_threads"] = sys.modules["torch"].get_num_threads()
     return {"status": "ok", **out}

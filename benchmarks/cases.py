@@ -61,6 +61,9 @@ _DISTRIBUTIONS = {
     "otcl": "otcl",
     "array_api_compat": "array-api-compat",
     "threadpoolctl": "threadpoolctl",
+    "jax": "jax",
+    "ott": "ott-jax",
+    "geomloss": "geomloss",
 }
 """Packages whose versions the report states (label: distribution name)."""
 
@@ -76,6 +79,9 @@ def probe(params: dict[str, Any]) -> dict[str, Any]:
             versions[label] = None
     caps["torch"] = importlib.util.find_spec("torch") is not None
     caps["pot"] = importlib.util.find_spec("ot") is not None
+    # found without importing them (importing jax starts its thread pool in the probe)
+    caps["ott"] = versions["ott"] is not None and versions["jax"] is not None
+    caps["geomloss"] = versions["geomloss"] is not None and caps["torch"]
     for backend, cap in (("torch-cuda", "cuda"), ("cupy", "cupy")):
         try:
             require_backend(backend)
@@ -146,10 +152,12 @@ class SolverMethod:
 def solver_method(method: str, params: dict[str, Any]) -> SolverMethod:
     """Build the inputs of a solver case (cosine cost, uniform marginals) and its method."""
     backend, dtype = params["backend"], params["dtype"]
-    require_backend(backend)
     n, eps, rho = int(params["n"]), float(params["eps"]), _rho(params)
     batch = params.get("batch")
     cost64 = cosine_cost(n, n, batch=batch, seed=int(params.get("seed", 0)))
+    if method.startswith("ott-"):
+        return _ott_method(method.removeprefix("ott-"), cost64, dtype, eps, rho)
+    require_backend(backend)
     cost = backend_array(cost64, backend, dtype)
     lead = () if batch is None else (batch,)
     a = backend_array(np.full((*lead, n), 1.0 / n), backend, dtype)
@@ -164,6 +172,8 @@ def solver_method(method: str, params: dict[str, Any]) -> SolverMethod:
     if method == "pot-loop":
         _need_pot()
         return _pot_loop(cost, a, eps)
+    if method == "geomloss-solve":
+        return _geomloss_solve(cost, a, eps, rho)
     lib = _array_lib(backend)
     if method == "floor-matvec":
         kernel = lib.exp(-cost / eps)
@@ -220,6 +230,82 @@ def _otcl_method(domain: str, cost: Any, a: Any, eps: float, rho: float) -> Solv
     return SolverMethod(run, check)
 
 
+def _ott_method(mode: str, cost64: np.ndarray, dtype: str, eps: float, rho: float) -> SolverMethod:
+    """OTT-JAX's ``Sinkhorn(lse_mode=...)`` jitted, exactly ``iters`` rounds
+    (``min_iterations = max_iterations``), ``tau = rho / (rho + eps)``. Its plan is checked
+    against otcl's (same problem, rounds and domain) before the result is accepted."""
+    try:
+        import jax
+        from ott.geometry import geometry
+        from ott.problems.linear import linear_problem
+        from ott.solvers.linear import sinkhorn as ott_sinkhorn
+    except ImportError as err:
+        raise Skip("not available: ott-jax is not installed") from err
+    import otcl
+
+    n = cost64.shape[0]
+    cost_np = np.ascontiguousarray(cost64, dtype=dtype)
+    a_np = np.full(n, 1.0 / n, dtype=dtype)
+    cost, a = jax.device_put(cost_np), jax.device_put(a_np)
+    tau = 1.0 if math.isinf(rho) else rho / (rho + eps)
+    solvers: dict[int, Any] = {}
+
+    def solver(iters: int) -> Any:
+        if iters not in solvers:
+
+            def solve(c: Any, a: Any) -> Any:
+                geom = geometry.Geometry(cost_matrix=c, epsilon=eps)
+                prob = linear_problem.LinearProblem(geom, a, a, tau_a=tau, tau_b=tau)
+                out = ott_sinkhorn.Sinkhorn(
+                    lse_mode=mode == "lse", min_iterations=iters, max_iterations=iters
+                )(prob)
+                return out.f, out.g, out.n_iters
+
+            solvers[iters] = jax.jit(solve)
+        return solvers[iters]
+
+    def run(iters: int) -> Any:
+        return jax.block_until_ready(solver(iters)(cost, a))
+
+    def check(result: Any, iters: int) -> dict[str, Any]:
+        f, g, rounds = result
+        rounds = int(rounds)
+        if rounds != iters:
+            raise RuntimeError(f"OTT ran {rounds} rounds, expected {iters}")
+        plan = np.exp((np.asarray(f)[:, None] + np.asarray(g)[None, :] - cost_np) / eps)
+        ref = otcl.sinkhorn(cost_np, a_np, a_np, eps=eps, rho_a=rho, rho_b=rho, max_iter=iters,
+                            tol=None, domain="log" if mode == "lse" else "kernel").plan
+        diff = float(np.max(np.abs(plan - ref)) / np.max(ref))
+        if not diff <= 1e-4:
+            raise RuntimeError(f"OTT's plan differs from otcl's by {diff:.3g} (relative to max)")
+        return {"rounds": rounds, "plan_diff_vs_otcl": diff, "jax": jax.__version__}
+
+    # the warm-up call compiles the timed call's round count
+    return SolverMethod(run, check, warmup=run)
+
+
+def _geomloss_solve(cost: Any, a: Any, eps: float, rho: float) -> SolverMethod:
+    """GeomLoss's matrix solver ``geomloss.ot.solve(C, reg=eps, max_iter=iters)``: symmetric
+    Sinkhorn updates with eps-annealing (its only method), so only the time per round compares;
+    its plan is a different iterate from otcl's."""
+    try:
+        from geomloss import ot as gl_ot
+    except ImportError as err:
+        raise Skip("not available: geomloss is not installed") from err
+
+    unbalanced = None if math.isinf(rho) else rho
+
+    def run(iters: int) -> Any:
+        return gl_ot.solve(cost, reg=eps, a=a, b=a, unbalanced=unbalanced, max_iter=iters).plan
+
+    def check(result: Any, iters: int) -> dict[str, Any]:
+        if not bool(result.isfinite().all()):
+            raise RuntimeError("GeomLoss returned a non-finite plan")
+        return {"rounds": iters, "algorithm": "symmetric Sinkhorn with eps-annealing"}
+
+    return SolverMethod(run, check)
+
+
 def _pot_balanced(method: str, cost: Any, a: Any, eps: float) -> SolverMethod:
     import ot
 
@@ -266,8 +352,18 @@ def _pot_unbalanced(cost: Any, a: Any, eps: float, rho: float) -> SolverMethod:
     def warmup(iters: int) -> Any:
         # a full run with log=True counts the rounds (one error entry per round); timed runs
         # use log=False, which skips POT's extra cost evaluation at the end
-        (_, log), messages = call(iters, True)
+        (plan, log), messages = call(iters, True)
         verified.update(rounds=len(log["err"]), messages=messages)
+        # like for like: POT's reg_type="entropy" problem is otcl's (KL(P || 1)), same rounds
+        import otcl
+        from otcl.backend import to_numpy
+
+        ref = to_numpy(otcl.sinkhorn(cost, a, a, eps=eps, rho_a=rho, rho_b=rho, max_iter=iters,
+                                     tol=None, domain="kernel").plan)
+        diff = float(np.max(np.abs(to_numpy(plan) - ref)) / np.max(ref))
+        if not diff <= 1e-4:
+            raise RuntimeError(f"POT's plan differs from otcl's by {diff:.3g} (relative to max)")
+        verified["plan_diff_vs_otcl"] = diff
 
     def check(result: Any, iters: int) -> dict[str, Any]:
         _, messages = result
@@ -277,7 +373,7 @@ def _pot_unbalanced(cost: Any, a: Any, eps: float, rho: float) -> SolverMethod:
                 f"POT ran {rounds} of {iters} rounds (verified by the warm-up call); "
                 f"warnings: {early + messages}"
             )
-        return {"rounds": rounds}
+        return {"rounds": rounds, "plan_diff_vs_otcl": verified["plan_diff_vs_otcl"]}
 
     return SolverMethod(lambda it: call(it, False), check, warmup)
 

@@ -257,7 +257,10 @@ def _loss_section(records: list[Record]) -> list[str]:
         "`diag(u) @ K @ diag(v)`, cross-entropy on `log P`; `kernel-autograd`: the same "
         "rounds without forming the plan; `otcl`: `otcl.torch.GCAInfoNCE` / `GCAUOT`. "
         "The reference GCA-UOT value is the cross-entropy term only (otcl's adds the "
-        "weighted RINCE and mass terms), so only INCE values must agree.",
+        "weighted RINCE and mass terms), so only INCE values must agree. Allocator "
+        "`keep-freed`: the process runs with glibc's `MALLOC_MMAP_MAX_=0` and a huge "
+        "`MALLOC_TRIM_THRESHOLD_` (`benchmarks.suites.KEEP_FREED_ENV`), so freed memory is "
+        "reused and neither side pays page faults on repeated calls; `default`: glibc as is.",
         "",
     ]
     out += _rows(
@@ -274,6 +277,7 @@ def _loss_section(records: list[Record]) -> list[str]:
                 ),
             ),
             ("implementation", _p("impl")),
+            ("allocator", lambda r: r["params"].get("malloc", "default")),
             ("ms fwd+bwd", _m("ms")),
             ("runs", _i("runs")),
             ("procs", _procs),
@@ -373,6 +377,41 @@ def _swav_section(records: list[Record]) -> list[str]:
     return [*out, ""]
 
 
+def _external_section(records: list[Record]) -> list[str]:
+    rows = _ok(records, "external")
+    if not rows:
+        return []
+    out = ["## 7. otcl vs OTT-JAX and GeomLoss: time per round (100 fixed rounds)", ""]
+    out += [
+        "The solver problem of section 1 (float32, eps = 0.1; unbalanced: rho = 1, OTT's "
+        "`tau = rho / (rho + eps)`), each process pinned to one core before any import (JAX's "
+        "CPU runtime ignores the thread variables). `ott-lse` / `ott-kernel`: "
+        "`ott.solvers.linear.sinkhorn.Sinkhorn(lse_mode=True / False, min_iterations = "
+        "max_iterations = 100)` under `jax.jit` (compiled by the warm-up call); its plan is "
+        "checked against otcl's to 1e-4 of the largest entry. `× ott` on an otcl row = otcl / "
+        "OTT in the same domain (`< 1`: otcl faster). `geomloss-solve`: `geomloss.ot.solve(C, "
+        "reg=eps, max_iter=100)` on the torch tensor, GeomLoss's only matrix method (symmetric "
+        "updates with eps-annealing: a different iterate, so only the time per round compares); "
+        "`× otcl-log` = GeomLoss / otcl's log domain on torch.",
+        "",
+    ]
+    out += _rows(
+        rows,
+        [
+            ("problem", lambda r: r["id"].split("/")[2]),
+            ("n", _p("n")),
+            ("backend", _p("backend")),
+            ("method", _p("method")),
+            ("ms/round", _m("ms_per_iter")),
+            ("runs", _i("runs")),
+            ("procs", _procs),
+            ("× ott", _r("ott")),
+            ("× otcl-log", _r("otcl-log")),
+        ],
+    )
+    return [*out, ""]
+
+
 def _targets_section(run: dict[str, Any]) -> list[str]:
     return ["## Targets", "", summary_markdown(run).rstrip(), ""]
 
@@ -453,6 +492,7 @@ def markdown(run: dict[str, Any]) -> str:
         _memory_section,
         _scale_section,
         _swav_section,
+        _external_section,
         _not_run_section,
     ):
         parts += section(records)

@@ -40,6 +40,8 @@ _MISSING = {
     "pot": "not available: POT is not installed",
     "cuda": "not available: no CUDA device",
     "cupy": "not available: cupy is not installed or no CUDA device",
+    "ott": "not available: ott-jax is not installed (pip install 'otcl[bench]')",
+    "geomloss": "not available: geomloss is not installed (pip install 'otcl[bench]')",
 }
 
 
@@ -274,13 +276,14 @@ def main(argv: list[str] | None = None) -> int:
                 "repeat": args.repeat,
                 "budget_s": args.budget,
             }
-            runs = [run_child(case.kind, params, env, args.timeout)]
+            case_env = {**env, **case.env}
+            runs = [run_child(case.kind, params, case_env, args.timeout)]
             while (
                 len(runs) < args.processes
                 and runs[-1]["status"] == "ok"
                 and sum(r.get("wall_s", 0.0) for r in runs) < args.process_budget
             ):
-                runs.append(run_child(case.kind, params, env, args.timeout))
+                runs.append(run_child(case.kind, params, case_env, args.timeout))
             rec = median_process(runs, PRIMARY[case.suite])
         failed += rec["status"] == "error"
         run["cases"].append(
@@ -290,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                 "kind": case.kind,
                 "params": case.params,
                 "baselines": case.baselines,
+                **({"env": case.env} if case.env else {}),
                 **rec,
             }
         )

@@ -22,6 +22,7 @@ PRIMARY = {
     "memory": "peak_mib",
     "scale": "peak_mib",
     "swav": "ms",
+    "external": "ms_per_iter",
 }
 """The metric of each suite that ratios compare."""
 
@@ -35,6 +36,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "memory_batch": 1024,
         "scale_batch": 8192,  # 2N = 16384 rows
         "swav": (4096, 3000),  # samples, prototypes
+        "external_n": (1024, 2048, 4096),
     },
     "quick": {
         "solver_n": (48,),
@@ -45,6 +47,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "memory_batch": 48,
         "scale_batch": 64,
         "swav": (64, 24),
+        "external_n": (48,),
     },
 }
 """Problem sizes of the full suite and of ``--quick`` (a smoke test of the instrument)."""
@@ -57,6 +60,14 @@ STABILITY_CALLS = 20
 LOSS = {"d": 128, "eps": 0.5, "n_iter": 10}
 UOT_RHO = 0.2
 MEMORY_ITERS = (1, 100)
+KEEP_FREED = "keep-freed"
+KEEP_FREED_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),  # glibc's largest threshold
+    "MALLOC_MMAP_MAX_": "0",  # no mmap at all: larger arrays come from the heap too
+    "MALLOC_TRIM_THRESHOLD_": str(2**40),  # freed heap memory is never returned
+}
+"""glibc settings under which freed memory stays in the process (the ``keep-freed`` loss rows):
+a repeated call reuses pages it has already touched instead of faulting in fresh ones."""
 SWAV = {"d": 128, "eps": 0.05, "rounds": 3, "tol": 1e-4}
 """SwAV's codes: its default epsilon and 3 rounds, and the prototype-marginal error of the
 time-to-tolerance rows."""
@@ -77,6 +88,7 @@ _BACKEND_NEEDS = {
 class Case:
     """One benchmark case: run as ``python -m benchmarks.case <kind> <params>``.
 
+    ``env`` is added to the case process's environment (e.g. glibc's ``MALLOC_*`` settings).
     ``needs`` are capabilities (``"torch"``, ``"pot"``, ``"cuda"``, ``"cupy"``,
     ``"otcl.torch.GCAInfoNCE"``, ...) without which the case is reported as skipped.
     """
@@ -87,6 +99,7 @@ class Case:
     params: dict[str, Any]
     baselines: dict[str, str] = field(default_factory=dict)
     needs: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def _needs(backend: str, method: str) -> tuple[str, ...]:
@@ -225,6 +238,16 @@ def _loss_cases(sizes: dict[str, Any]) -> list[Case]:
                 cases.append(
                     Case(f"{group}/{family}/{impl}", "losses", "loss", params, baselines, needs)
                 )
+        # NT-Xent and otcl again with glibc keeping freed memory (no page faults on either side)
+        keep = f"{group}/{KEEP_FREED}"
+        params = {**base, "impl": "ntxent", "malloc": KEEP_FREED}
+        cases.append(Case(f"{keep}/ntxent", "losses", "loss", params, {}, ("torch",),
+                          env=dict(KEEP_FREED_ENV)))
+        for family, rho, cls in (("gca-ince", None, "GCAInfoNCE"), ("gca-uot", UOT_RHO, "GCAUOT")):
+            params = {**base, "family": family, "rho": rho, "impl": "otcl", "malloc": KEEP_FREED}
+            cases.append(Case(f"{keep}/{family}/otcl", "losses", "loss", params,
+                              {"ntxent": f"{keep}/ntxent"}, ("torch", f"otcl.torch.{cls}"),
+                              env=dict(KEEP_FREED_ENV)))
     return cases
 
 
@@ -294,6 +317,34 @@ def _swav_cases(sizes: dict[str, Any]) -> list[Case]:
     return cases
 
 
+def _external_cases(sizes: dict[str, Any]) -> list[Case]:
+    """otcl against OTT-JAX (``lse_mode=True`` and ``False``, jitted) and GeomLoss (its matrix
+    solver ``geomloss.ot.solve``) per round, float32, eps = 0.1, 100 rounds. Every process is
+    pinned to as many cores as it has threads (``pin``) before anything is imported: JAX's CPU
+    runtime ignores the thread variables, so a one-thread comparison needs the affinity."""
+    cases = []
+    for problem in ("balanced", "unbalanced"):
+        rho = None if problem == "balanced" else UNBALANCED_RHO
+        for n in sizes["external_n"]:
+            group = f"external/eps={SOLVER_EPS}/{problem}/float32/n={n}"
+            base = {"dtype": "float32", "n": n, "iters": SOLVER_ITERS, "eps": SOLVER_EPS,
+                    "rho": rho, "pin": True}
+            ott = {}
+            for mode in ("lse", "kernel"):
+                ott[mode] = f"{group}/jax/ott-{mode}"
+                params = {**base, "backend": "jax", "method": f"ott-{mode}"}
+                cases.append(Case(ott[mode], "external", "solver", params, {}, ("ott",)))
+            for backend in CPU_BACKENDS:
+                for domain, mode in (("log", "lse"), ("kernel", "kernel")):
+                    params = {**base, "backend": backend, "method": f"otcl-{domain}"}
+                    cases.append(Case(f"{group}/{backend}/otcl-{domain}", "external", "solver",
+                                      params, {"ott": ott[mode]}, _BACKEND_NEEDS[backend]))
+            params = {**base, "backend": "torch", "method": "geomloss-solve"}
+            cases.append(Case(f"{group}/torch/geomloss-solve", "external", "solver", params,
+                              {"otcl-log": f"{group}/torch/otcl-log"}, ("torch", "geomloss")))
+    return cases
+
+
 def build_plan(quick: bool = False) -> list[Case]:
     """Every case of the suite, in running order (baselines before the rows that use them)."""
     sizes = SIZES["quick" if quick else "full"]
@@ -305,6 +356,7 @@ def build_plan(quick: bool = False) -> list[Case]:
         + _memory_cases(sizes)
         + _scale_cases(sizes)
         + _swav_cases(sizes)
+        + _external_cases(sizes)
     )
 
 

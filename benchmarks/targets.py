@@ -31,6 +31,7 @@ _STABILITY_N = _FULL["stability_n"]
 _BATCH, _SMALL_N = _FULL["batched"]
 _MEMORY_B = _FULL["memory_batch"]
 _SWAV_B, _SWAV_K = _FULL["swav"]
+_EXTERNAL_N = _FULL["external_n"]
 _CPU = ("numpy", "torch")
 _GPU = ("torch-cuda", "cupy")
 
@@ -310,6 +311,31 @@ def _swav_checks(by_id: dict[str, Record]) -> list[Check]:
     return out
 
 
+def _external_checks(by_id: dict[str, Record]) -> list[Check]:
+    target = "issue 17.1 log domain per round at least 1.2x faster than OTT-JAX `lse_mode`"
+    out = []
+    for backend in _CPU:
+        for n in _EXTERNAL_N:
+            rec = by_id.get(f"external/eps=0.1/balanced/float32/n={n}/{backend}/otcl-log")
+            out.append(_bound(target, f"{backend} n = {n}", _ratio(rec, "ott"),
+                              "<= 0.833 (otcl / OTT)", lambda x: x <= 1 / 1.2))
+    return out
+
+
+def _keep_freed_checks(by_id: dict[str, Record]) -> list[Check]:
+    out = []
+    for label, group in (("B = 2048 cross-view", "losses/cross/B=2048"),
+                         ("2N = 4096 all-views", "losses/all-views/2N=4096")):
+        for family, bound in (("gca-ince", 1.4), ("gca-uot", 1.5)):
+            rec = by_id.get(f"{group}/keep-freed/{family}/otcl")
+            out.append(_bound(
+                f"issue 17.5 {label}, glibc keeping freed memory: loss fwd+bwd / NT-Xent",
+                family.upper(), _ratio(rec, "ntxent"), f"<= {bound:g}",
+                lambda x, b=bound: x <= b,
+            ))
+    return out
+
+
 def _grouped(checks: list[Check]) -> list[Check]:
     """``checks`` with equal targets adjacent, targets in first-seen order (stable)."""
     order = list(dict.fromkeys(c.target for c in checks))
@@ -326,10 +352,12 @@ def evaluate(records: list[Record]) -> list[Check]:
         *_stability_checks(by_id),
         *[c for c in solver if not c.target.startswith("1.")],
         *_grouped(_loss_checks(by_id)),
+        *_keep_freed_checks(by_id),
         *_memory_checks(by_id),
         *_batched_checks(by_id),
         *_scale_checks(records, by_id),
         *_grouped(_swav_checks(by_id)),
+        *_external_checks(by_id),
         *_gpu_checks(by_id),
     ]
 

@@ -386,3 +386,31 @@ def test_swav_targets_compare_otcl_with_the_reference_rows() -> None:
     tol = next(c for c in checks if "marginal error" in c.target and c.row == "numpy")
     assert tol.met is False and tol.measured == "1.2"
     assert all(c.met is None for c in checks if c.row == "torch") and len(by_row) == 4
+
+
+def test_external_rows_run_pinned_and_check_plans_against_otcl(tmp_path: Path) -> None:
+    pytest.importorskip("ott")
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--repeat", "1",
+           "--budget", "0.1", "--only", r"^external/eps=0\.1/unbalanced/.*/numpy/otcl-log$"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    by_id = {r["id"]: r for r in json.loads((tmp_path / "results.json").read_text())["cases"]}
+    ott = next(r for i, r in by_id.items() if i.endswith("/jax/ott-lse"))
+    otcl_row = next(r for i, r in by_id.items() if i.endswith("/numpy/otcl-log"))
+    assert ott["status"] == "ok" and otcl_row["status"] == "ok"
+    assert ott["info"]["plan_diff_vs_otcl"] <= 1e-4 and ott["info"]["rounds"] == 100
+    assert len(ott["info"]["pinned_cores"]) == 1 == len(otcl_row["info"]["pinned_cores"])
+    assert otcl_row["ratios"]["ott"] == pytest.approx(
+        otcl_row["metrics"]["ms_per_iter"] / ott["metrics"]["ms_per_iter"]
+    )
+
+
+def test_keep_freed_loss_rows_carry_the_allocator_environment() -> None:
+    from benchmarks.suites import KEEP_FREED_ENV
+
+    keep = [c for c in build_plan(quick=True) if "/keep-freed/" in c.id]
+    assert keep and all(c.env == KEEP_FREED_ENV and c.params["malloc"] for c in keep)
+    assert all(not c.env for c in build_plan(quick=True) if "/keep-freed/" not in c.id)
+    for case in keep:
+        if case.params["impl"] == "otcl":
+            assert "/keep-freed/" in case.baselines["ntxent"]  # ratios within one setting
