@@ -7,7 +7,10 @@ all-views batch ``z = [z1; z2]`` with ``layout="blocked"``), both cosine metrics
 
 * the loss and its gradient are finite in float32 and in float64;
 * the float32 loss agrees with the float64 loss to ``1e-5`` (``|l32 - l64| <= 1e-5 (1 +
-  |l64|)``: relative for large values, absolute near zero);
+  |l64|)``: relative for large values, absolute near zero); losses with a RINCE term (RINCE,
+  GCA-RINCE, GCA-UOT) also admit the float32 conditioning of their powers ``exp(q x)``, whose
+  exponents reach ``|x| <= 1/eps`` with ``"neg_cosine"`` (values up to ``e^{q/eps}``, about
+  ``e^60`` at ``eps = 0.01``): ``4 q eps32 / eps`` relative;
 * the float32 gradient agrees with the float64 one to ``2e-4`` in max-norm relative to the
   largest float64 gradient entry, above the float32 resolution of the gradient:
   ``max |g32 - g64| <= 2e-4 max |g64| + 16 eps32 / (eps n)`` with ``eps32 = 1.19e-7`` and ``n``
@@ -25,6 +28,7 @@ pass ``metric=`` explicitly.
 from __future__ import annotations
 
 import warnings
+import zlib
 
 import pytest
 import torch
@@ -46,6 +50,15 @@ FORMS = ["two_view", "all_views"]
 D = 16
 LOSS_TOL = 1e-5
 GRAD_TOL = 2e-4
+RINCE_TYPE = {"RINCE", "GCARINCE", "GCAUOT"}  # q = 0.6 by default
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def _loss_tol(name: str, eps: float, v64: float) -> float:
+    tol = LOSS_TOL * (1 + abs(v64))
+    if name in RINCE_TYPE:
+        tol += 4 * 0.6 * EPS32 / eps * abs(v64)
+    return tol
 
 
 def _views(N: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,13 +92,13 @@ def _value_and_grads(name: str, form: str, metric: str, eps: float, z1: torch.Te
 @pytest.mark.parametrize("name", list(MODULES))
 def test_finite_and_float32_agrees_with_float64(name, form, metric, eps):
     N = 32 if eps == 0.01 else 64  # both ends of the range; small eps on the smaller batch
-    z1, z2 = _views(N, seed=hash((name, form, metric, eps)) % 2**31)
+    z1, z2 = _views(N, seed=zlib.crc32(repr((name, form, metric, eps)).encode()))
     v64, g64 = _value_and_grads(name, form, metric, eps, z1, z2, torch.float64)
     v32, g32 = _value_and_grads(name, form, metric, eps, z1, z2, torch.float32)
     for dt, v, g in (("float64", v64, g64), ("float32", v32, g32)):
         assert torch.isfinite(torch.tensor(v)), f"{dt} loss is not finite: {v}"
         assert torch.isfinite(g).all(), f"{dt} gradient is not finite"
-    assert abs(v32 - v64) <= LOSS_TOL * (1 + abs(v64)), (
+    assert abs(v32 - v64) <= _loss_tol(name, eps, v64), (
         f"float32 loss {v32!r} vs float64 {v64!r}: difference {abs(v32 - v64):.3g}"
     )
     scale = float(g64.abs().max())

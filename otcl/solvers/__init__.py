@@ -10,7 +10,7 @@ from otcl.solvers.bregman import (
     UpperBound,
     bregman_projection,
 )
-from otcl.solvers.result import ConvergenceWarning, Transport
+from otcl.solvers.result import ConvergenceWarning, NonFiniteGradientWarning, Transport
 from otcl.solvers.sinkhorn import row_projection, sinkhorn
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Constraint",
     "ConvergenceWarning",
     "LowerBound",
+    "NonFiniteGradientWarning",
     "RowMarginal",
     "TotalMass",
     "Transport",
