@@ -31,6 +31,7 @@ from otcl.torch.losses import (
     iot_uni,
     rince,
 )
+from otcl.torch.sharded import SHARDED_GRAD_MODES, SHARDED_LOSSES
 from otcl.torch.swav import SwAVLoss, swav_codes
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "INNER_GRAD_MODES",
     "IOT",
     "RINCE",
+    "SHARDED_GRAD_MODES",
+    "SHARDED_LOSSES",
     "AlignmentLoss",
     "GCACapacity",
     "GCAInfoNCE",

@@ -22,6 +22,9 @@ inside the loss), and the loss is returned in float32; gradients flow back in th
 Data parallelism: ``distributed=True`` (module constructor or functional keyword) computes the
 loss of the global batch of all ``torch.distributed`` ranks, with a gradient that DDP's averaging
 turns into the single-process gradient on the concatenated batch (:mod:`otcl.torch.distributed`).
+``distributed="sharded"`` computes the same loss with each rank holding only its rows of the
+global kernel (:mod:`otcl.torch.sharded`; the losses of ``SHARDED_LOSSES``, ``grad`` "unroll" or
+"detach").
 """
 
 from __future__ import annotations
@@ -112,8 +115,9 @@ def _call(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any],
     if "temperature" in kwargs:
         kwargs["eps"] = _alg.resolve_temperature(kwargs.get("eps"), kwargs.pop("temperature"))
     if distributed is not False:
-        if distributed is not True:
-            raise TypeError(f"distributed must be a bool, got {distributed!r}")
+        sharded = isinstance(distributed, str) and distributed == "sharded"
+        if distributed is not True and not sharded:
+            raise TypeError(f"distributed must be a bool or 'sharded', got {distributed!r}")
         from otcl.torch.distributed import global_loss
 
         if (z2 is not None and kwargs.get("layout") in (None, "blocked")
@@ -123,6 +127,10 @@ def _call(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any],
             # such, every rank's two views join the global blocked batch
             z1, z2 = torch.cat([z1, z2]), None
             kwargs = {**kwargs, "layout": "blocked", "n_views": 2}
+        if sharded:
+            from otcl.torch.sharded import sharded_loss
+
+            return sharded_loss(fn, z1, z2, grad, kwargs)
 
         return global_loss(lambda Z1, Z2, kw: _call(fn, Z1, Z2, grad, kw), z1, z2, kwargs,
                            signature=f"{getattr(fn, '__qualname__', fn)!s}|grad={grad}")
@@ -310,6 +318,9 @@ class _Loss(nn.Module):
     ``distributed=True``: under ``torch.distributed`` the loss is the one of the global batch
     (all ranks' samples are each other's negatives), with a gradient that DDP's averaging turns
     into the single-process gradient on the concatenated batch (:mod:`otcl.torch.distributed`).
+    ``distributed="sharded"``: the same loss and gradient, each rank forming only its rows of
+    the global kernel and exchanging length-``n`` vectors per round (:mod:`otcl.torch.sharded`;
+    InfoNCE, GCA-INCE, RINCE, GCA-RINCE, GCA-UOT and IOT, ``grad`` "unroll" or "detach").
     With ``distributed=False`` and a process group of world size > 1, the first call warns once
     per module that each rank sees only its local negatives.
     """
@@ -321,8 +332,10 @@ class _Loss(nn.Module):
                  n_views: int, metric: str, reduction: str, distributed: bool,
                  hyper: dict[str, Any]) -> None:
         super().__init__()
-        if not isinstance(distributed, bool):
-            raise TypeError(f"distributed must be a bool, got {distributed!r}")
+        if not isinstance(distributed, bool) and not (
+            isinstance(distributed, str) and distributed == "sharded"
+        ):
+            raise TypeError(f"distributed must be a bool or 'sharded', got {distributed!r}")
         self.distributed = distributed
         self._warned_local = False
         if grad not in GRAD_MODES:
