@@ -568,6 +568,27 @@ def loss(params: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": {"ms": 1e3 * timing["median_s"], "value": timing["last"]}, "info": info}
 
 
+def cputime(params: dict[str, Any]) -> dict[str, Any]:
+    """CPU time over wall time of a loss's forward + backward on one torch thread
+    (``time.process_time`` and ``time.perf_counter`` around the timed calls): about 1 when
+    everything runs on torch's one thread, about the pool size when a second pool spins."""
+    require_backend("torch")
+    fn = loss_function(params)
+    inputs = _loss_inputs(params, int(params["batch"]))
+    _forward_backward(fn, inputs)
+    cpu = wall = 0.0
+    calls = 0
+    while calls < int(params["repeat"]) and wall < float(params["budget_s"]):
+        c0, w0 = time.process_time(), time.perf_counter()
+        _forward_backward(fn, inputs)
+        cpu += time.process_time() - c0
+        wall += time.perf_counter() - w0
+        calls += 1
+    pools = thread_report().get("threadpools")
+    info = {"calls": calls, "cpu_ms": 1e3 * cpu / calls, "threadpools": pools}
+    return {"metrics": {"cpu_over_wall": cpu / wall, "ms": 1e3 * wall / calls}, "info": info}
+
+
 def memory(params: dict[str, Any]) -> dict[str, Any]:
     """Peak resident memory added by one forward + backward of a loss (float32, CPU)."""
     require_backend("torch")
@@ -658,5 +679,6 @@ KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "loss": loss,
     "memory": memory,
     "swav": swav,
+    "cputime": cputime,
 }
 """Case kinds by name, as ``python -m benchmarks.case <kind> <params>`` selects them."""

@@ -56,14 +56,19 @@ class Skip(Exception):  # noqa: N818 (a control-flow signal, not an error)
 # threads
 
 
-def configure_threads(n: int) -> None:
+def configure_threads(n: int, blas: bool = True) -> None:
     """Limit the BLAS/OpenMP pools loaded so far (threadpoolctl, when installed) to ``n`` threads,
     and remember ``n`` for torch's pools (set by :func:`torch_module` when torch is first used).
 
     The environment variables in :data:`THREAD_ENV_VARS`, set by the parent before this process
-    started, cover the pools of libraries loaded later.
+    started, cover the pools of libraries loaded later. ``blas=False`` sets torch's pools only
+    (the ``threads`` rows, which measure what otcl does with NumPy's pool at its default size).
     """
     _THREADS[0] = n
+    if not blas:
+        if "torch" in sys.modules:
+            _set_torch_threads(sys.modules["torch"])
+        return
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

@@ -412,6 +412,42 @@ def _external_section(records: list[Record]) -> list[str]:
     return [*out, ""]
 
 
+def _threads_section(records: list[Record]) -> list[str]:
+    rows = _ok(records, "threads")
+    if not rows:
+        return []
+    out = ["## 8. One thread pool: CPU time over wall time on one torch thread", ""]
+    out += [
+        "A loss's forward + backward (cross-view, d = 128, eps = 0.5, 10 rounds) in a process "
+        "that calls only `torch.set_num_threads(1)`: no thread variables, no threadpoolctl "
+        "limit, so NumPy's BLAS pool keeps its default size (`pools`). `cpu/wall` = "
+        "`time.process_time()` / `time.perf_counter()` over the timed calls: about 1 when all "
+        "work runs on torch's one thread, up to the pool size when a second pool computes. "
+        "On a machine whose other processes take the cores, it reads below 1.",
+        "",
+    ]
+
+    def pools(r: Record) -> str:
+        info = r.get("info", {}).get("threadpools")
+        if not isinstance(info, list):
+            return str(info)
+        return ", ".join(f"{p.get('internal_api')} x{p.get('num_threads')}" for p in info)
+
+    out += _rows(
+        rows,
+        [
+            ("loss", lambda r: r["params"].get("family", "nt-xent")),
+            ("batch", _p("batch")),
+            ("cpu/wall", _m("cpu_over_wall")),
+            ("ms fwd+bwd", _m("ms")),
+            ("calls", _i("calls")),
+            ("pools", pools),
+            ("procs", _procs),
+        ],
+    )
+    return [*out, ""]
+
+
 def _targets_section(run: dict[str, Any]) -> list[str]:
     return ["## Targets", "", summary_markdown(run).rstrip(), ""]
 
@@ -493,6 +529,7 @@ def markdown(run: dict[str, Any]) -> str:
         _scale_section,
         _swav_section,
         _external_section,
+        _threads_section,
         _not_run_section,
     ):
         parts += section(records)

@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 "repeat": args.repeat,
                 "budget_s": args.budget,
             }
-            case_env = {**env, **case.env}
+            case_env = {k: v for k, v in {**env, **case.env}.items() if v != ""}
             runs = [run_child(case.kind, params, case_env, args.timeout)]
             while (
                 len(runs) < args.processes

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.common import THREAD_ENV_VARS
+
 __all__ = ["PRIMARY", "SIZES", "Case", "build_plan", "select"]
 
 PRIMARY = {
@@ -23,6 +25,7 @@ PRIMARY = {
     "scale": "peak_mib",
     "swav": "ms",
     "external": "ms_per_iter",
+    "threads": "cpu_over_wall",
 }
 """The metric of each suite that ratios compare."""
 
@@ -37,6 +40,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "scale_batch": 8192,  # 2N = 16384 rows
         "swav": (4096, 3000),  # samples, prototypes
         "external_n": (1024, 2048, 4096),
+        "threads_batch": 2048,
     },
     "quick": {
         "solver_n": (48,),
@@ -48,6 +52,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "scale_batch": 64,
         "swav": (64, 24),
         "external_n": (48,),
+        "threads_batch": 48,
     },
 }
 """Problem sizes of the full suite and of ``--quick`` (a smoke test of the instrument)."""
@@ -88,7 +93,8 @@ _BACKEND_NEEDS = {
 class Case:
     """One benchmark case: run as ``python -m benchmarks.case <kind> <params>``.
 
-    ``env`` is added to the case process's environment (e.g. glibc's ``MALLOC_*`` settings).
+    ``env`` is added to the case process's environment (e.g. glibc's ``MALLOC_*`` settings);
+    an empty value removes the variable.
     ``needs`` are capabilities (``"torch"``, ``"pot"``, ``"cuda"``, ``"cupy"``,
     ``"otcl.torch.GCAInfoNCE"``, ...) without which the case is reported as skipped.
     """
@@ -323,9 +329,13 @@ def _external_cases(sizes: dict[str, Any]) -> list[Case]:
     pinned to as many cores as it has threads (``pin``) before anything is imported: JAX's CPU
     runtime ignores the thread variables, so a one-thread comparison needs the affinity."""
     cases = []
+    sizes_n = sizes["external_n"]
+    # unbalanced at the middle size only; GeomLoss (about 40 ms per round at n = 1024 on one
+    # core) up to the middle size
+    middle = sizes_n[len(sizes_n) // 2]
     for problem in ("balanced", "unbalanced"):
         rho = None if problem == "balanced" else UNBALANCED_RHO
-        for n in sizes["external_n"]:
+        for n in sizes_n if problem == "balanced" else (middle,):
             group = f"external/eps={SOLVER_EPS}/{problem}/float32/n={n}"
             base = {"dtype": "float32", "n": n, "iters": SOLVER_ITERS, "eps": SOLVER_EPS,
                     "rho": rho, "pin": True}
@@ -339,9 +349,29 @@ def _external_cases(sizes: dict[str, Any]) -> list[Case]:
                     params = {**base, "backend": backend, "method": f"otcl-{domain}"}
                     cases.append(Case(f"{group}/{backend}/otcl-{domain}", "external", "solver",
                                       params, {"ott": ott[mode]}, _BACKEND_NEEDS[backend]))
+            if n > middle:
+                continue
             params = {**base, "backend": "torch", "method": "geomloss-solve"}
             cases.append(Case(f"{group}/torch/geomloss-solve", "external", "solver", params,
                               {"otcl-log": f"{group}/torch/otcl-log"}, ("torch", "geomloss")))
+    return cases
+
+
+def _thread_cases(sizes: dict[str, Any]) -> list[Case]:
+    """CPU time over wall time of a loss step under ``torch.set_num_threads(1)`` alone: the
+    process starts without the thread variables and without a threadpoolctl limit, so NumPy's
+    BLAS pool has its default size and only otcl can keep it to torch's one thread."""
+    batch = sizes["threads_batch"]
+    group = f"threads/torch/float32/cross/B={batch}"
+    unset = {var: "" for var in THREAD_ENV_VARS}
+    base = {**LOSS, "layout": "cross", "batch": batch, "pools": "torch-only"}
+    cases = [Case(f"{group}/ntxent", "threads", "cputime", {**base, "impl": "ntxent"}, {},
+                  ("torch",), env=dict(unset))]
+    for family, rho, cls in (("gca-ince", None, "GCAInfoNCE"), ("gca-uot", UOT_RHO, "GCAUOT")):
+        params = {**base, "family": family, "rho": rho, "impl": "otcl"}
+        cases.append(Case(f"{group}/{family}/otcl", "threads", "cputime", params,
+                          {"ntxent": f"{group}/ntxent"}, ("torch", f"otcl.torch.{cls}"),
+                          env=dict(unset)))
     return cases
 
 
@@ -357,6 +387,7 @@ def build_plan(quick: bool = False) -> list[Case]:
         + _scale_cases(sizes)
         + _swav_cases(sizes)
         + _external_cases(sizes)
+        + _thread_cases(sizes)
     )
 
 

@@ -32,6 +32,7 @@ _BATCH, _SMALL_N = _FULL["batched"]
 _MEMORY_B = _FULL["memory_batch"]
 _SWAV_B, _SWAV_K = _FULL["swav"]
 _EXTERNAL_N = _FULL["external_n"]
+_THREADS_B = _FULL["threads_batch"]
 _CPU = ("numpy", "torch")
 _GPU = ("torch-cuda", "cupy")
 
@@ -336,6 +337,19 @@ def _keep_freed_checks(by_id: dict[str, Record]) -> list[Check]:
     return out
 
 
+def _thread_checks(by_id: dict[str, Record]) -> list[Check]:
+    target = (
+        f"issue 17.4 one thread pool: CPU time / wall time of a loss step on one torch thread "
+        f"(cross-view B = {_THREADS_B})"
+    )
+    out = []
+    for family in ("gca-ince", "gca-uot"):
+        rec = by_id.get(f"threads/torch/float32/cross/B={_THREADS_B}/{family}/otcl")
+        out.append(_bound(target, family.upper(), _metric(rec, "cpu_over_wall"), "<= 1.25",
+                          lambda x: x <= 1.25))
+    return out
+
+
 def _grouped(checks: list[Check]) -> list[Check]:
     """``checks`` with equal targets adjacent, targets in first-seen order (stable)."""
     order = list(dict.fromkeys(c.target for c in checks))
@@ -358,6 +372,7 @@ def evaluate(records: list[Record]) -> list[Check]:
         *_scale_checks(records, by_id),
         *_grouped(_swav_checks(by_id)),
         *_external_checks(by_id),
+        *_thread_checks(by_id),
         *_gpu_checks(by_id),
     ]
 

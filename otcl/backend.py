@@ -244,13 +244,16 @@ def host_matmul(x: Array, y: Array, xp: Any, out: Array | None = None) -> Array:
     BLAS on the same memory (zero copy): on the reference machine (one thread) its
     matrix-vector products take 0.75 ms where PyTorch's take 1.0-1.2 ms at ``2048 x 2048``, and
     its thin products (``(2048, 21) @ (21, 2048)``, ``(2048, 128) @ (128, 2048)``) half the time
-    or less. Everything else: ``xp.matmul`` (NumPy: with ``out``).
+    or less. NumPy's BLAS then runs under :func:`torch_blas_limit` (one thread pool); without
+    ``threadpoolctl`` to limit it, torch computes the product. Everything else: ``xp.matmul``
+    (NumPy: with ``out``).
     """
-    if _torch_on_host(xp, x, y, out):
+    if _torch_on_host(xp, x, y, out) and _blas_libraries() is not None:
         import torch
 
-        res = np.matmul(x.detach().numpy(), y.detach().numpy(),
-                        out=None if out is None else out.detach().numpy())
+        with torch_blas_limit():
+            res = np.matmul(x.detach().numpy(), y.detach().numpy(),
+                            out=None if out is None else out.detach().numpy())
         return out if out is not None else torch.from_numpy(res)
     if out is not None and array_api_compat.is_numpy_namespace(xp):
         return np.matmul(x, y, out=out)
@@ -259,6 +262,39 @@ def host_matmul(x: Array, y: Array, xp: Any, out: Array | None = None) -> Array:
         return res
     out[...] = res
     return out
+
+
+@functools.cache
+def _blas_libraries() -> tuple[Any, ...] | None:
+    """threadpoolctl's controllers of the BLAS libraries loaded in this process (NumPy's), or
+    ``None`` when threadpoolctl is not installed (then nothing can limit them)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+@contextlib.contextmanager
+def torch_blas_limit() -> Iterator[None]:
+    """NumPy's BLAS pool limited to ``torch.get_num_threads()`` threads for the duration (then
+    restored), so that a product on torch tensors computed by NumPy's BLAS uses no more threads
+    than torch itself would: one thread pool, as torch's users configure it. A no-op when the
+    pool is already that small or threadpoolctl is not installed."""
+    import torch
+
+    limit = torch.get_num_threads()
+    changed = []
+    for lib in _blas_libraries() or ():
+        before = lib.get_num_threads()
+        if before is not None and before > limit:
+            lib.set_num_threads(limit)
+            changed.append((lib, before))
+    try:
+        yield
+    finally:
+        for lib, before in changed:
+            lib.set_num_threads(before)
 
 
 def _torch_on_host(xp: Any, *arrays: Array | None) -> bool:
@@ -734,7 +770,8 @@ class _TorchOps(_BufferOps):
     Large buffers are NumPy arrays from :data:`otcl.buffers.BUFFER_POOL` (reused across calls
     once unreferenced; NumPy also asks the kernel for transparent huge pages), so that a solve or
     a loss touches no fresh ``n x m`` memory in a long-lived process.
-    Small stacked matrix-vector products go through NumPy on the same memory (zero copy).
+    Small stacked matrix-vector products go through NumPy on the same memory (zero copy), under
+    :func:`torch_blas_limit`.
     """
 
     def __init__(self, xp: Any, torch: Any) -> None:
@@ -762,7 +799,8 @@ class _TorchOps(_BufferOps):
 
     def _small(self, kernel: Array) -> bool:
         B, n, m = kernel.shape
-        return B > 1 and n * m <= SMALL_MATVEC and kernel.dtype in self._np_dtypes
+        return (B > 1 and n * m <= SMALL_MATVEC and kernel.dtype in self._np_dtypes
+                and _blas_libraries() is not None)
 
     def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:
         if out is not None and kernel.ndim == 2:
@@ -771,8 +809,9 @@ class _TorchOps(_BufferOps):
             self.lib.mv(kernel[0], v[0], out=out[0])
             return out
         if out is not None and self._small(kernel):
-            np.matmul(kernel.detach().numpy(), v.detach().numpy()[:, :, None],
-                      out=out.detach().numpy()[:, :, None])
+            with torch_blas_limit():
+                np.matmul(kernel.detach().numpy(), v.detach().numpy()[:, :, None],
+                          out=out.detach().numpy()[:, :, None])
             return out
         return super().matvec(kernel, v, out)
 
@@ -783,8 +822,9 @@ class _TorchOps(_BufferOps):
             self.lib.mv(kernel[0].T, u[0], out=out[0])
             return out
         if out is not None and self._small(kernel):
-            np.matmul(u.detach().numpy()[:, None, :], kernel.detach().numpy(),
-                      out=out.detach().numpy()[:, None, :])
+            with torch_blas_limit():
+                np.matmul(u.detach().numpy()[:, None, :], kernel.detach().numpy(),
+                          out=out.detach().numpy()[:, None, :])
             return out
         return super().rmatvec(kernel, u, out)
 

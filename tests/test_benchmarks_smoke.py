@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -414,3 +415,22 @@ def test_keep_freed_loss_rows_carry_the_allocator_environment() -> None:
     for case in keep:
         if case.params["impl"] == "otcl":
             assert "/keep-freed/" in case.baselines["ntxent"]  # ratios within one setting
+
+
+def test_threads_rows_run_without_thread_variables_or_blas_limit(tmp_path: Path) -> None:
+    from benchmarks.common import THREAD_ENV_VARS
+
+    case = next(c for c in build_plan(quick=True) if c.id.endswith("/gca-ince/otcl")
+                and c.suite == "threads")
+    assert case.env == {var: "" for var in THREAD_ENV_VARS} and case.params["pools"]
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--repeat", "2",
+           "--budget", "0.5", "--only", r"^threads/.*/gca-ince/otcl$"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    by_id = {r["id"]: r for r in json.loads((tmp_path / "results.json").read_text())["cases"]}
+    row = by_id[case.id]
+    assert row["status"] == "ok" and row["info"]["torch_threads"] == 1
+    assert row["metrics"]["cpu_over_wall"] > 0 and row["info"]["calls"] >= 1
+    blas = [p for p in row["info"]["threadpools"] if p["internal_api"] == "openblas"]
+    # the process's own BLAS pool is left at its default size (the case measures otcl's limit)
+    assert all(p["num_threads"] == len(os.sched_getaffinity(0)) for p in blas)
