@@ -171,7 +171,8 @@ def _git_revision() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "otcl", "benchmarks"],
+            # tracked files only: an untracked file is no part of the code a case runs
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "otcl", "benchmarks"],
             cwd=ROOT,
             capture_output=True,
             text=True,
