@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from benchmarks.suites import PRIMARY
-from benchmarks.targets import stability_drift, summary_markdown
+from benchmarks.targets import runs_lines, stability_drift, summary_markdown
 
 __all__ = ["add_ratios", "markdown"]
 
@@ -23,7 +23,8 @@ Record = dict[str, Any]
 def add_ratios(records: list[Record]) -> None:
     """Set ``record["ratios"]`` for every record: row / baseline on the suite's primary metric.
 
-    A ratio is ``None`` when the row or its baseline did not run (skipped, error, not selected).
+    A ratio is ``None`` when the row or its baseline did not run (skipped, error, not selected)
+    or, in merged results, ran in another run.
     """
     by_id = {r["id"]: r for r in records}
     for rec in records:
@@ -31,6 +32,8 @@ def add_ratios(records: list[Record]) -> None:
         ratios: dict[str, float | None] = {}
         for label, base_id in rec.get("baselines", {}).items():
             base = by_id.get(base_id)
+            if base is not None and base.get("run") != rec.get("run"):
+                base = None  # merged runs: a ratio only between rows of one run
             ratios[label] = _ratio(_metric(rec, key), None if base is None else _metric(base, key))
         rec["ratios"] = ratios
 
@@ -496,7 +499,8 @@ def _header(run: dict[str, Any]) -> list[str]:
     lines = [
         "# otcl benchmark results",
         "",
-        f"- Command: `{run.get('command', '')}`",
+        *runs_lines(run),
+        f"- Command{' of the latest run' if run.get('runs') else ''}: `{run.get('command', '')}`",
         f"- Date: {run.get('started', '')}; total wall time {_num(run.get('wall_s'))} s; "
         f"git {run.get('git', '?')}",
         f"- CPU: {m.get('cpu_model', '?')}, {m.get('logical_cpus', '?')} logical CPUs "

@@ -8,7 +8,9 @@ Results go to ``DIR/results.json`` (every record, machine, settings), ``DIR/resu
 tables) and ``DIR/summary.md`` (the performance targets, met or not, and the machine); all are
 rewritten after each case, so an interrupted run keeps what it measured. With ``--readme FILE``
 the summary also replaces the block between the benchmark markers of ``FILE`` (the README).
-``--report-only`` rewrites the reports from an existing ``results.json`` without running cases.
+``--report-only`` rewrites the reports from an existing ``results.json`` without running cases;
+with ``--merge FILE`` it first replaces the rows that the run in ``FILE`` measured (a partial
+run, ``--only``) and keeps the others, each row with the run it comes from.
 The exit status is 1 when a case failed (``error``), 0 otherwise (skipped cases are not failures).
 """
 
@@ -31,7 +33,7 @@ from benchmarks.report import add_ratios, markdown
 from benchmarks.suites import PRIMARY, Case, build_plan, select
 from benchmarks.targets import summary_markdown
 
-__all__ = ["main", "run_child"]
+__all__ = ["main", "merge_runs", "run_child"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,7 +92,38 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rewrite results.md, summary.md (and --readme) from OUT/results.json; run nothing",
     )
+    p.add_argument(
+        "--merge",
+        action="append",
+        metavar="FILE",
+        help="with --report-only: replace OUT/results.json's rows by those of the run in FILE "
+        "(a results.json) and keep the others; repeatable; each row keeps its run",
+    )
     return p
+
+
+def run_provenance(run: dict[str, Any]) -> dict[str, Any]:
+    """What identifies one run of the suite: its command, date, revision, load and settings."""
+    keys = ("command", "started", "git", "load_before", "load_after", "wall_s", "settings")
+    return {k: run.get(k) for k in keys}
+
+
+def merge_runs(base: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with every row that ``newer`` measured replaced by ``newer``'s (rows ``newer``
+    did not run are kept). Each row records its run (``record["run"]``, an index into
+    ``runs``), so that ratios are only taken between rows of one run; the top-level fields are
+    ``newer``'s."""
+    runs = list(base.get("runs") or [run_provenance(base)])
+    cases = [{"run": 0, **c} if "run" not in c else dict(c) for c in base["cases"]]
+    index = len(runs)
+    runs.append(run_provenance(newer))
+    fresh = {c["id"]: {**c, "run": index} for c in newer["cases"]}
+    merged = [fresh.pop(c["id"], c) for c in cases]
+    merged += list(fresh.values())
+    for k, c in enumerate(merged):
+        c.pop("ratios", None)
+        merged[k] = c
+    return {**newer, "runs": runs, "cases": merged}
 
 
 README_START = "<!-- benchmarks:start (written by `make bench`; do not edit) -->"
@@ -222,9 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     readme = None if args.readme is None else Path(args.readme)
     if readme is not None:
         replace_block(readme.read_text(encoding="utf-8"), "")  # fail early without markers
+    if args.merge and not args.report_only:
+        _parser().error("--merge needs --report-only")
     if args.report_only:
         source = Path(args.out) / "results.json"
-        _write(Path(args.out), json.loads(source.read_text(encoding="utf-8")), readme)
+        run = json.loads(source.read_text(encoding="utf-8"))
+        for other in args.merge or ():
+            run = merge_runs(run, json.loads(Path(other).read_text(encoding="utf-8")))
+        _write(Path(args.out), run, readme)
         print(f"benchmarks: rewrote the reports of {source}", file=sys.stderr)
         return 0
     cases = select(build_plan(args.quick), args.only)

@@ -377,8 +377,71 @@ def evaluate(records: list[Record]) -> list[Check]:
     ]
 
 
+REMEASURE: tuple[tuple[str, str], ...] = (
+    ("1. kernel domain, n = 4096 float32: per round",
+     r"^solver/eps=0\.1/.*/float32/n=4096/otcl-kernel$"),
+    ("1. kernel domain, n = 4096 float32: at least",
+     r"^solver/eps=0\.1/.*/float32/n=4096/pot-(sinkhorn|unbalanced)$"),
+    ("1. stable", r"^stability/(numpy|torch)/.*/otcl-kernel$"),
+    ("2. log domain, n = 4096 float32: faster",
+     r"^solver/eps=0\.1/balanced/.*/float32/n=4096/pot-sinkhorn_log$"),
+    ("2. log domain, n = 4096 float32: within",
+     r"^solver/eps=0\.1/balanced/.*/float32/n=4096/otcl-log$"),
+    ("3. `auto` at eps = 0.1", r"^solver/eps=0\.1/.*/float32/n=4096/otcl-auto$"),
+    ("3. `auto` at eps = 0.01", r"^solver/eps=0\.01/.*/float32/n=4096/otcl-auto$"),
+    ("4. B = 2048 cross-view", r"^losses/cross/B=2048/gca-[a-z]+/otcl$"),
+    ("issue 4. 2N = 1024", r"^losses/all-views/2N=1024/gca-[a-z]+/otcl$"),
+    ("issue 4. 2N = 4096", r"^losses/all-views/2N=4096/gca-[a-z]+/otcl$"),
+    ("issue 4. B = 1024", r"^losses/cross/B=1024/gca-[a-z]+/otcl$"),
+    ("issue 17.5 B = 2048", r"^losses/cross/B=2048/keep-freed/"),
+    ("issue 17.5 2N = 4096", r"^losses/all-views/2N=4096/keep-freed/"),
+    ("issue 4. peak memory", r"^memory/.*/otcl-(unroll|implicit)/L=100$"),
+    ("5. ", r"^batched/(numpy|torch)/float32/.*/otcl-auto$"),
+    ("6. ", r"^scale/"),
+    ("issue 19. ", r"^swav/"),
+    ("issue 17.1 ", r"^external/eps=0\.1/balanced/.*/otcl-log$"),
+    ("issue 17.4 ", r"^threads/"),
+    ("7. GPU", r"^solver/eps=0\.1/.*/(torch-cuda|cupy)/float32/n=4096/pot-"),
+)
+"""The ``--only`` pattern that re-measures each target's rows (their baselines come along),
+by the start of the target's text."""
+
+
+def remeasure(target: str) -> str | None:
+    """The command that re-measures the rows of ``target`` (``None`` if none is listed)."""
+    for prefix, pattern in REMEASURE:
+        if target.startswith(prefix):
+            return f"python -m benchmarks --only '{pattern}'"
+    return None
+
+
 def _met(check: Check) -> str:
     return {True: "yes", False: "**no**", None: "not run"}[check.met]
+
+
+def _families(records: list[Record]) -> str:
+    """The row families of ``records`` (first two parts of their ids), briefly."""
+    groups = list(dict.fromkeys("/".join(r["id"].split("/")[:2]) for r in records
+                                if r.get("status") == "ok"))
+    return ", ".join(f"`{g}`" for g in groups)
+
+
+def runs_lines(run: dict[str, Any]) -> list[str]:
+    """For merged results (``run["runs"]``): one Markdown line per run with its command, date,
+    revision and the row families it measured; nothing for a single run."""
+    runs = run.get("runs")
+    if not runs:
+        return []
+    lines = [f"- Rows from {len(runs)} runs (ratios only within one run):"]
+    for k, r in enumerate(runs):
+        own = [c for c in run["cases"] if c.get("run") == k]
+        if not own:
+            continue
+        lines.append(
+            f"  - run {k + 1}: `{r.get('command')}` on {str(r.get('started', '?'))[:10]} "
+            f"(git {r.get('git', '?')}): {len(own)} rows: {_families(own)}"
+        )
+    return lines
 
 
 def summary_markdown(run: dict[str, Any]) -> str:
@@ -388,20 +451,30 @@ def summary_markdown(run: dict[str, Any]) -> str:
     met = sum(c.met is True for c in checks)
     missed = sum(c.met is False for c in checks)
     not_run = sum(c.met is None for c in checks)
+    if run.get("runs"):
+        head = ["Measured on " f"{m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} CPUs, "
+                f"one thread per case, GPU: {m.get('cuda_device') or 'none'}. "
+                f"{met} met, {missed} missed, {not_run} not run.", "", *runs_lines(run)]
+    else:
+        head = [
+            f"Measured by `{run.get('command', 'python -m benchmarks')}` on "
+            f"{run.get('started', '?')[:10]} (git {run.get('git', '?')}): "
+            f"{m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} CPUs, "
+            f"one thread per case, GPU: {m.get('cuda_device') or 'none'}. "
+            f"{met} met, {missed} missed, {not_run} not run."
+        ]
     lines = [
-        f"Measured by `{run.get('command', 'python -m benchmarks')}` on "
-        f"{run.get('started', '?')[:10]} (git {run.get('git', '?')}): "
-        f"{m.get('cpu_model', '?')}, {m.get('usable_cpus', '?')} CPUs, "
-        f"one thread per case, GPU: {m.get('cuda_device') or 'none'}. "
-        f"{met} met, {missed} missed, {not_run} not run.",
+        *head,
         "",
-        "| target | row | measured | goal | met |",
-        "| --- | --- | --- | --- | --- |",
+        "| target | row | measured | goal | met | re-measure |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     last = None
     for c in checks:
-        name = c.target if c.target != last else "〃"
+        first = c.target != last
+        name = c.target if first else "〃"
         last = c.target
-        cells = [name, c.row, c.measured, c.goal, _met(c)]
+        command = remeasure(c.target) if first else None
+        cells = [name, c.row, c.measured, c.goal, _met(c), f"`{command}`" if command else ""]
         lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -434,3 +434,28 @@ def test_threads_rows_run_without_thread_variables_or_blas_limit(tmp_path: Path)
     blas = [p for p in row["info"]["threadpools"] if p["internal_api"] == "openblas"]
     # the process's own BLAS pool is left at its default size (the case measures otcl's limit)
     assert all(p["num_threads"] == len(os.sched_getaffinity(0)) for p in blas)
+
+
+def test_merged_runs_replace_rows_keep_the_rest_and_take_ratios_within_one_run() -> None:
+    from benchmarks.runner import merge_runs
+    from benchmarks.targets import remeasure, runs_lines, summary_markdown
+
+    def run(git: str, rows: list[tuple[str, float, dict]]) -> dict:
+        cases = [_ok(cid, "losses", {"ms": ms}, base) for cid, ms, base in rows]
+        return {"command": f"python -m benchmarks ({git})", "started": "2026-12-03T07:00:00",
+                "git": git, "settings": {"threads": 1}, "machine": {}, "cases": cases}
+
+    old = run("aaa", [("a", 4.0, {"b": "b"}), ("b", 2.0, {}), ("c", 8.0, {"b": "b"})])
+    new = run("bbb", [("c", 3.0, {"b": "b"}), ("d", 1.0, {})])
+    merged = merge_runs(old, new)
+    by_id = {c["id"]: c for c in merged["cases"]}
+    assert [c["id"] for c in merged["cases"]] == ["a", "b", "c", "d"]
+    assert by_id["c"]["metrics"]["ms"] == 3.0 and by_id["c"]["run"] == 1 and by_id["a"]["run"] == 0
+    add_ratios(merged["cases"])
+    assert by_id["a"]["ratios"] == {"b": 2.0}  # both from run 1
+    assert by_id["c"]["ratios"] == {"b": None}  # its baseline is from the other run
+    lines = runs_lines(merged)
+    assert "run 1" in lines[1] and "aaa" in lines[1] and "2 rows" in lines[1]
+    assert "run 2" in lines[2] and "bbb" in lines[2] and "`c`" in lines[2]
+    assert "git bbb" in summary_markdown(merged)
+    assert remeasure("6. 2N = 16384 float32 fwd+bwd: peak memory").endswith("'^scale/'")
