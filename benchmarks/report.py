@@ -126,7 +126,8 @@ def _solver_section(records: list[Record]) -> list[str]:
         "row's time per round over the named row's (same backend, dtype and n): "
         "`× otcl` on a POT row is POT / otcl in the same domain. At eps = 0.1 `otcl-auto` "
         "chooses the kernel domain, so its difference from `otcl-kernel` shows the noise; at "
-        "eps = 0.01 it is compared with the log domain at 0.01 and the kernel domain at 0.1.",
+        "eps = 0.01 it is compared with the log domain at 0.01 and the kernel domain at 0.1; the "
+        "log domain at eps = 0.001 (most exponentials underflow) is compared with itself at 0.1.",
         "",
     ]
     floors = _ok(records, "solver", "solver/floor/")
@@ -160,9 +161,10 @@ def _solver_section(records: list[Record]) -> list[str]:
         ("× otcl", _r("otcl")),
         ("× otcl-log", _r("otcl-log")),
         ("× kernel at eps 0.1", _r("otcl-kernel")),
+        ("× log at eps 0.1", _r("eps=0.1")),
         ("domain used", _i("domain_used")),
     ]
-    for eps in ("0.1", "0.01"):
+    for eps in ("0.1", "0.01", "0.001"):
         for problem in ("balanced", "unbalanced"):
             rows = _ok(records, "solver", f"solver/eps={eps}/{problem}/")
             if rows:

@@ -60,6 +60,7 @@ SIZES: dict[str, dict[str, Any]] = {
 SOLVER_ITERS = 100
 SOLVER_EPS = 0.1
 SMALL_EPS = 0.01
+TINY_EPS = 0.001
 UNBALANCED_RHO = 1.0
 STABILITY_CALLS = 20
 LOSS = {"d": 128, "eps": 0.5, "n_iter": 10}
@@ -145,6 +146,20 @@ def _solver_group(
         add(SOLVER_EPS, "pot-unbalanced", {**floor, "otcl": kernel})
     small_log = add(SMALL_EPS, "otcl-log", both)
     add(SMALL_EPS, "otcl-auto", {**floor, "otcl-log": small_log, "otcl-kernel": kernel})
+    return cases
+
+
+def _underflow_cases(sizes: dict[str, Any]) -> list[Case]:
+    """The log domain at eps = 1e-3 (most exponentials underflow) against eps = 0.1, balanced,
+    float32, the middle solver size, CPU backends."""
+    n = sizes["solver_n"][len(sizes["solver_n"]) // 2]
+    cases = []
+    for backend in CPU_BACKENDS:
+        params = {"backend": backend, "dtype": "float32", "n": n, "iters": SOLVER_ITERS,
+                  "eps": TINY_EPS, "rho": None, "method": "otcl-log"}
+        base = f"solver/eps={SOLVER_EPS}/balanced/{backend}/float32/n={n}/otcl-log"
+        cases.append(Case(f"solver/eps={TINY_EPS}/balanced/{backend}/float32/n={n}/otcl-log",
+                          "solver", "solver", params, {"eps=0.1": base}, _needs(backend, "")))
     return cases
 
 
@@ -380,6 +395,7 @@ def build_plan(quick: bool = False) -> list[Case]:
     sizes = SIZES["quick" if quick else "full"]
     return (
         _solver_cases(sizes)
+        + _underflow_cases(sizes)
         + _stability_cases(sizes)
         + _batched_cases(sizes)
         + _loss_cases(sizes)

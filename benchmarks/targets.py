@@ -337,6 +337,20 @@ def _keep_freed_checks(by_id: dict[str, Record]) -> list[Check]:
     return out
 
 
+def _underflow_checks(by_id: dict[str, Record]) -> list[Check]:
+    n = _FULL["solver_n"][len(_FULL["solver_n"]) // 2]
+    target = (
+        f"issue 17.2 log domain per round at eps = 0.001 over eps = 0.1 (n = {n}, float32)"
+    )
+    return [
+        _bound(target, backend,
+               _ratio(by_id.get(f"solver/eps=0.001/balanced/{backend}/float32/n={n}/otcl-log"),
+                      "eps=0.1"),
+               "<= 1.5", lambda x: x <= 1.5)
+        for backend in _CPU
+    ]
+
+
 def _thread_checks(by_id: dict[str, Record]) -> list[Check]:
     target = (
         f"issue 17.4 one thread pool: CPU time / wall time of a loss step on one torch thread "
@@ -372,6 +386,7 @@ def evaluate(records: list[Record]) -> list[Check]:
         *_scale_checks(records, by_id),
         *_grouped(_swav_checks(by_id)),
         *_external_checks(by_id),
+        *_underflow_checks(by_id),
         *_thread_checks(by_id),
         *_gpu_checks(by_id),
     ]
@@ -401,6 +416,7 @@ REMEASURE: tuple[tuple[str, str], ...] = (
     ("issue 19. ", r"^swav/"),
     ("issue 17.1 ", r"^external/eps=0\.1/balanced/.*/otcl-log$"),
     ("issue 17.4 ", r"^threads/"),
+    ("issue 17.2 ", r"^solver/eps=0\.001/"),
     ("7. GPU", r"^solver/eps=0\.1/.*/(torch-cuda|cupy)/float32/n=4096/pot-"),
 )
 """The ``--only`` pattern that re-measures each target's rows (their baselines come along),
