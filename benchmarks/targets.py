@@ -455,7 +455,8 @@ def runs_lines(run: dict[str, Any]) -> list[str]:
             continue
         lines.append(
             f"  - run {k + 1}: `{r.get('command')}` on {str(r.get('started', '?'))[:10]} "
-            f"(git {r.get('git', '?')}): {len(own)} rows: {_families(own)}"
+            f"(git {r.get('git', '?')}; load average {r.get('load_before', '?')} before, "
+            f"{r.get('load_after', '?')} after): {len(own)} rows: {_families(own)}"
         )
     return lines
 
