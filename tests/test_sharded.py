@@ -68,6 +68,11 @@ def _make_cases(world: int) -> list[dict[str, Any]]:
     pair("two_dot_metric", "two", "GCAInfoNCE", {"n_iter": 3, "metric": "dot"})
     pair("two_learnable_eps", "two", "GCAUOT", {"n_iter": 4}, eps=0.4)
     pair("two_functional_gca_uot", "two", "gca_uot", {"n_iter": 3})
+    # implicit gradients after few rounds (far from "unroll" there: the cases tell them apart)
+    pair("two_gca_uot_implicit", "two", "GCAUOT", {"n_iter": 2, "grad": "implicit"}, eps=0.6)
+    pair("cross_gca_ince_implicit", "cross", "GCAInfoNCE", {"n_iter": 3, "grad": "implicit"})
+    pair("cross_iot_implicit_odd", "cross", "IOT", {"n_iter": 5, "grad": "implicit"})
+    pair("two_info_nce_implicit", "two", "InfoNCE", {"grad": "implicit"})  # no rounds
     none = dict(n_iter=4, reduction="none")
     pair("two_gca_ince_none", "two", "GCAInfoNCE", none,
          weights=[torch.rand(2 * s, generator=g, dtype=DT) for s in sizes])
@@ -98,6 +103,8 @@ def _make_cases(world: int) -> list[dict[str, Any]]:
                           form="all", z=local, views=per_view, **extra))
 
     allviews("blocked_gca_ince", "GCAInfoNCE", {"n_iter": 5}, "blocked")
+    allviews("blocked3_gca_rince_implicit", "GCARINCE", {"n_iter": 3, "grad": "implicit"},
+             "blocked", views=3, labels=None)
     allviews("blocked3_gca_uot", "GCAUOT", {"n_iter": 4}, "blocked", views=3)
     allviews("interleaved_info_nce", "InfoNCE", {}, "interleaved")
     allviews("interleaved3_gca_rince", "GCARINCE", {"n_iter": 3}, "interleaved", views=3)
@@ -224,7 +231,7 @@ def _error_checks(rank: int, world: int) -> dict[str, str]:
         else:
             msgs[key] = "<no error>"
 
-    expect("implicit", lambda: ot.GCAInfoNCE(grad="implicit", distributed="sharded")(z1, z2))
+    expect("grad", lambda: ot.gca_ince(z1, z2, grad="adjoint", distributed="sharded"))
     expect("unsupported", lambda: ot.IOTUni(distributed="sharded")(z1, z2))
     expect("hyper", lambda: ot.GCAUOT(n_iter=3 + rank, distributed="sharded")(z1, z2))
     rows = 2 * s + (1 if rank == world - 1 else 0)
@@ -384,7 +391,7 @@ def test_sharded_errors_raise_on_every_rank(job: Any) -> None:
     world, _, results = job
     for r, res in enumerate(results):
         e = res["errors"]
-        assert "grad in ('unroll', 'detach')" in e["implicit"], e["implicit"]
+        assert "grad in ('unroll', 'implicit', 'detach')" in e["grad"], e["grad"]
         assert "supports the losses" in e["unsupported"] and "iot_uni" in e["unsupported"]
         assert "hyper-parameters" in e["hyper"]
         if r == world - 1:

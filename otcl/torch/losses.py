@@ -23,8 +23,7 @@ Data parallelism: ``distributed=True`` (module constructor or functional keyword
 loss of the global batch of all ``torch.distributed`` ranks, with a gradient that DDP's averaging
 turns into the single-process gradient on the concatenated batch (:mod:`otcl.torch.distributed`).
 ``distributed="sharded"`` computes the same loss with each rank holding only its rows of the
-global kernel (:mod:`otcl.torch.sharded`; the losses of ``SHARDED_LOSSES``, ``grad`` "unroll" or
-"detach").
+global kernel (:mod:`otcl.torch.sharded`; the losses of ``SHARDED_LOSSES``, every ``grad`` mode).
 """
 
 from __future__ import annotations
@@ -320,7 +319,7 @@ class _Loss(nn.Module):
     into the single-process gradient on the concatenated batch (:mod:`otcl.torch.distributed`).
     ``distributed="sharded"``: the same loss and gradient, each rank forming only its rows of
     the global kernel and exchanging length-``n`` vectors per round (:mod:`otcl.torch.sharded`;
-    InfoNCE, GCA-INCE, RINCE, GCA-RINCE, GCA-UOT and IOT, ``grad`` "unroll" or "detach").
+    InfoNCE, GCA-INCE, RINCE, GCA-RINCE, GCA-UOT and IOT, every ``grad`` mode).
     With ``distributed=False`` and a process group of world size > 1, the first call warns once
     per module that each rank sees only its local negatives.
     """

@@ -35,9 +35,14 @@ Gradients (``grad=``):
   the number of rounds** (plain autograd through ``torch.logsumexp`` would keep an
   ``n_r x m`` array per half-step, ``O(L n_r m)``). Communication in the backward pass: ``m``
   numbers per round, plus the ``n x d`` gradient of the gather.
+* ``"implicit"``: the implicit-function derivative at the fixed point, the optimality system of
+  the single-process ``"implicit"`` mode (:func:`otcl.solvers.adjoint.implicit_cotangents`)
+  solved by conjugate gradients on the replicated length-``m`` column variable: every product
+  with the plan's transpose sums the ranks' ``m``-vectors (one all-reduce per CG iteration, and
+  one every ten iterations to agree on the stop). The forward keeps nothing per round; the
+  backward forms the plan's rows once (``O(n_r m)``).
 * ``"detach"``: the potentials are constants (rounds under ``torch.no_grad``); the gradient
   reaches ``Λ_r`` through the divergence terms only, no collective but the gather's.
-* ``"implicit"`` is not supported in this mode (``ValueError``).
 
 Every rank must call the loss, and call ``backward``, in the same order: the backward pass
 holds collectives (the column log-sum-exps and the gather). The custom functions are
@@ -81,7 +86,7 @@ from otcl.torch.distributed import (
 
 __all__ = ["SHARDED_GRAD_MODES", "SHARDED_LOSSES", "col_logsumexp", "sharded_loss"]
 
-SHARDED_GRAD_MODES = ("unroll", "detach")
+SHARDED_GRAD_MODES = ("unroll", "implicit", "detach")
 """The gradient modes of ``distributed="sharded"``."""
 
 SHARDED_LOSSES = ("InfoNCE", "GCAInfoNCE", "RINCE", "GCARINCE", "GCAUOT", "IOT")
@@ -186,6 +191,123 @@ def _rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, t_a: Any
     return phi, gamma
 
 
+def _all_sum(x: torch.Tensor, group: Any) -> torch.Tensor:
+    out = x.clone(memory_format=torch.contiguous_format)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out
+
+
+class _ImplicitRounds(torch.autograd.Function):
+    """The rounds (and final row step) on the local rows, differentiated implicitly at the
+    fixed point: the optimality system of :func:`otcl.solvers.adjoint.implicit_cotangents`,
+    solved by conjugate gradients on the (replicated) column variable, with every product
+    ``P^T x`` summed over the ranks (an all-reduce of ``m`` numbers per iteration)."""
+
+    @staticmethod
+    def forward(ctx: Any, lk: torch.Tensor, log_a: torch.Tensor,  # type: ignore[override]
+                log_b: torch.Tensor, t_a: Any, t_b: Any, rounds: int, gamma0: torch.Tensor,
+                group: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        ta, tb = _as_float(t_a), _as_float(t_b)
+        phi, gamma = _rounds(lk, log_a, log_b, ta, tb, rounds, gamma0, False, group)
+        ctx.t, ctx.group = (ta, tb), group
+        ctx.t_tensor = (isinstance(t_a, torch.Tensor), isinstance(t_b, torch.Tensor))
+        ctx.save_for_backward(lk, log_a, log_b, phi, gamma)
+        return phi, gamma
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, phi_bar: torch.Tensor,  # type: ignore[override]
+                 gamma_bar: torch.Tensor) -> tuple[Any, ...]:
+        lk, log_a, log_b, phi, gamma = ctx.saved_tensors
+        ta, tb = ctx.t
+        group, world = ctx.group, dist.get_world_size(ctx.group)
+        plan = torch.exp(lk + phi[:, None] + gamma[None, :])
+        mu, nu = plan.sum(dim=1), _all_sum(plan.sum(dim=0), group)
+        act_r = (mu > 0) & (log_a > -math.inf)
+        act_c = (nu > 0) & (log_b > -math.inf)
+        zero_n, zero_m = torch.zeros_like(mu), torch.zeros_like(nu)
+        inv_mu = torch.where(act_r, 1.0 / torch.where(act_r, mu, torch.ones_like(mu)), zero_n)
+        root_nu = torch.where(act_c, torch.sqrt(nu), zero_m)
+        inv_root_nu = torch.where(act_c, 1.0 / torch.where(act_c, root_nu, torch.ones_like(nu)),
+                                  zero_m)
+        pb = torch.where(act_r, phi_bar, zero_n)
+        gb = torch.where(act_c, _all_sum(gamma_bar, group), zero_m)  # every rank's part
+        balanced = ta == 1.0 and tb == 1.0
+        mass = nu.sum()
+
+        def project(y: torch.Tensor) -> torch.Tensor:
+            return y - (torch.sum(root_nu * y) / mass) * root_nu if balanced else y
+
+        def rmat(u: torch.Tensor) -> torch.Tensor:  # P^T u over all ranks' rows
+            return _all_sum(u @ plan, group)
+
+        def op(y: torch.Tensor) -> torch.Tensor:
+            inner = rmat(inv_mu * (plan @ (y * inv_root_nu)))
+            return project(torch.where(act_c, y / tb - ta * inv_root_nu * inner, y))
+
+        rhs = project((gb - ta * rmat(pb * inv_mu)) * inv_root_nu)
+        y = _cg(op, rhs, group)
+        z2 = y * inv_root_nu
+        z1 = ta * inv_mu * (pb - plan @ z2)
+        lam_bar = plan.mul_(z1[:, None] + z2[None, :]).neg_()
+        w1, w2 = mu * z1, nu * z2
+        phi_f = torch.where(act_r, phi, zero_n)
+        gamma_f = torch.where(act_c, gamma, zero_m)
+        # the rows' terms are this rank's part of a sum over ranks; the column terms are
+        # replicated (every rank holds the whole of them): each rank returns 1/W of them
+        ta_bar = torch.sum(w1 * phi_f) / (ta * ta) if ctx.t_tensor[0] else None
+        tb_bar = torch.sum(w2 * gamma_f) / (tb * tb) / world if ctx.t_tensor[1] else None
+        return lam_bar, w1, w2 / world, ta_bar, tb_bar, None, None, None
+
+
+def _as_float(t: Any) -> float:
+    return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+
+
+def _cg(op: Any, rhs: torch.Tensor, group: Any, max_iter: int = 1000,
+        check_every: int = 10) -> torch.Tensor:
+    """Conjugate gradients for ``op(y) = rhs`` on a replicated vector, as
+    :func:`otcl.solvers.adjoint.implicit_cotangents` solves it (relative residual
+    ``0.01 sqrt(eps)`` of the dtype); the ranks agree on when to stop (one all-reduce)."""
+    from otcl.solvers.result import ConvergenceWarning
+
+    tol = 0.01 * math.sqrt(torch.finfo(rhs.dtype).eps)
+    y = torch.zeros_like(rhs)
+    r = rhs
+    p = r
+    rs = torch.sum(r * r)
+    target = (tol * tol) * rs
+    done = rs <= target
+    zero = torch.zeros_like(rs)
+    for k in range(max_iter):
+        q = op(p)
+        pq = torch.sum(p * q)
+        step = torch.where(~done & (pq > 0), rs / torch.where(pq > 0, pq, zero + 1), zero)
+        y = y + step * p
+        r = r - step * q
+        rs_new = torch.sum(r * r)
+        beta = torch.where(rs > 0, rs_new / torch.where(rs > 0, rs, zero + 1), zero)
+        p = r + beta * p
+        rs = rs_new
+        done = done | (rs <= target)
+        if (k + 1) % check_every == 0:
+            # the ranks hold the same numbers; they also agree on the stop
+            flag = done.to(torch.float64).reshape(1)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+            if bool(flag > 0):
+                break
+    residual = rhs - op(y)
+    if not bool(torch.sum(residual * residual) <= (4 * tol * tol) * torch.sum(rhs * rhs)):
+        import warnings
+
+        warnings.warn(
+            f"implicit gradient (sharded): conjugate gradients did not reach the relative "
+            f"residual {tol:.3g} in {max_iter} iterations; the gradient is inaccurate. Use "
+            "grad='unroll'.", ConvergenceWarning, stacklevel=2,
+        )
+    return y
+
+
 # ---------------------------------------------------------------------------------------------
 # the losses
 
@@ -245,8 +367,7 @@ def _input_error(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any]) -
     from otcl.geometry import METRICS
 
     if grad not in SHARDED_GRAD_MODES:
-        return (f"distributed='sharded' supports grad in {SHARDED_GRAD_MODES}, got {grad!r} "
-                "(grad='implicit' needs distributed=True, the gather mode)")
+        return f"distributed='sharded' supports grad in {SHARDED_GRAD_MODES}, got {grad!r}"
     try:
         _spec(fn, kwargs)
     except ValueError as exc:
@@ -559,6 +680,13 @@ def _loss_rows(spec: dict[str, Any], r: _Rows, kwargs: dict[str, Any], label_kin
         with torch.no_grad():
             phi, gamma = _rounds(lk.detach(), log_a, log_b, _plain(t_a), _plain(t_b),
                                  spec["rounds"], gamma0, False, None)
+        if column:
+            gamma = _scaled(t_b, log_b - _ColLSE.apply(lk, phi, None))
+    elif grad == "implicit" and spec["rounds"] > 0:
+        # (with no rounds there is no fixed point: the row step's exact derivative is the
+        # unrolled one, as in the single-process loss)
+        phi, gamma = _ImplicitRounds.apply(lk, log_a, log_b, t_a, t_b, spec["rounds"], gamma0,
+                                           None)
         if column:
             gamma = _scaled(t_b, log_b - _ColLSE.apply(lk, phi, None))
     else:
