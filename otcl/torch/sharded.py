@@ -123,7 +123,7 @@ class _RowLSE(torch.autograd.Function):
 def _col_lse_forward(lk: torch.Tensor, vec: torch.Tensor, group: Any) -> torch.Tensor:
     x = lk + vec[:, None]
     if x.shape[0]:
-        top = x.max(dim=0).values
+        top = x.amax(dim=0)
     else:
         top = torch.full((x.shape[1],), -math.inf, dtype=x.dtype, device=x.device)
     dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
@@ -177,18 +177,118 @@ def _scaled(t: Any, x: torch.Tensor) -> torch.Tensor:
     return x if isinstance(t, (int, float)) and t == 1.0 else t * x
 
 
+def _row_lse_into(buf: torch.Tensor, lk: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+    """``LSE_j(Λ_ij + v_j)`` (no gradient), computed in the scratch array ``buf``."""
+    torch.add(lk, vec[None, :], out=buf)
+    shift = _finite_or_zero(buf.amax(dim=1))
+    buf.sub_(shift[:, None]).exp_()
+    return torch.log(buf.sum(dim=1)) + shift
+
+
+def _col_lse_into(buf: torch.Tensor, lk: torch.Tensor, vec: torch.Tensor,
+                  group: Any) -> torch.Tensor:
+    """``LSE_i(Λ_ij + u_i)`` over every rank's rows (no gradient), in the scratch ``buf``."""
+    torch.add(lk, vec[:, None], out=buf)
+    if buf.shape[0]:
+        top = buf.amax(dim=0)
+    else:
+        top = torch.full((buf.shape[1],), -math.inf, dtype=buf.dtype, device=buf.device)
+    dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+    shift = _finite_or_zero(top)
+    buf.sub_(shift[None, :]).exp_()
+    s = buf.sum(dim=0)
+    dist.all_reduce(s, op=dist.ReduceOp.SUM, group=group)
+    return torch.log(s) + shift
+
+
+def _forward_rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, ta: float,
+                    tb: float, rounds: int, gamma: torch.Tensor, final_column: bool,
+                    group: Any, tape: list[Any] | None = None) -> tuple[torch.Tensor,
+                                                                         torch.Tensor]:
+    """The rounds without a graph, in one scratch array; ``tape`` receives
+    ``(kind, input vector, lse)`` per half-step."""
+    buf = torch.empty_like(lk)
+    lse = _row_lse_into(buf, lk, gamma)
+    if tape is not None:
+        tape.append(("row", gamma, lse))
+    phi = _scaled(ta, log_a - lse)
+    for k in range(rounds + (1 if final_column else 0)):
+        lse = _col_lse_into(buf, lk, phi, group)
+        if tape is not None:
+            tape.append(("col", phi, lse))
+        gamma = _scaled(tb, log_b - lse)
+        if k == rounds:
+            break
+        lse = _row_lse_into(buf, lk, gamma)
+        if tape is not None:
+            tape.append(("row", gamma, lse))
+        phi = _scaled(ta, log_a - lse)
+    return phi, gamma
+
+
+class _UnrolledRounds(torch.autograd.Function):
+    """The rounds on the local rows with their exact (unrolled) derivative, by an adjoint
+    recursion on vectors: the forward keeps ``Λ_r`` and two vectors per half-step; the backward
+    recomputes each half-step's softmax weights in one scratch array and adds their products
+    with the cotangents into one gradient array, all-reducing the length-``m`` cotangent of
+    every column step. Memory ``O(n_r m)`` whatever the number of rounds."""
+
+    @staticmethod
+    def forward(ctx: Any, lk: torch.Tensor, log_a: torch.Tensor,  # type: ignore[override]
+                log_b: torch.Tensor, t_a: Any, t_b: Any, rounds: int, gamma0: torch.Tensor,
+                final_column: bool, group: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        ta, tb = _as_float(t_a), _as_float(t_b)
+        tape: list[Any] = []
+        phi, gamma = _forward_rounds(lk, log_a, log_b, ta, tb, rounds, gamma0, final_column,
+                                     group, tape)
+        ctx.t, ctx.group, ctx.tape = (ta, tb), group, tape
+        ctx.t_tensor = (isinstance(t_a, torch.Tensor), isinstance(t_b, torch.Tensor))
+        ctx.save_for_backward(lk, log_a, log_b)
+        # copies: the tape may hold the output tensors themselves, and output -> node -> tape
+        # -> output would be a reference cycle through the autograd node
+        return phi.clone(), gamma.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, phi_bar: torch.Tensor,  # type: ignore[override]
+                 gamma_bar: torch.Tensor) -> tuple[Any, ...]:
+        lk, log_a, log_b = ctx.saved_tensors
+        ta, tb = ctx.t
+        buf = torch.empty_like(lk)
+        grad_lk = torch.zeros_like(lk) if ctx.needs_input_grad[0] else None
+        cot_phi, cot_gamma = phi_bar.clone(), gamma_bar.clone()
+        a_bar, b_bar = torch.zeros_like(log_a), torch.zeros_like(log_b)
+        ta_bar = torch.zeros((), dtype=lk.dtype, device=lk.device)
+        tb_bar = torch.zeros((), dtype=lk.dtype, device=lk.device)
+        for kind, vec, lse in reversed(ctx.tape):
+            if kind == "row":  # phi = t_a (log a - lse), lse_i = LSE_j(Λ_ij + gamma_j)
+                ta_bar += torch.sum(cot_phi * (log_a - lse))
+                a_bar += ta * cot_phi
+                lse_bar = -ta * cot_phi
+                torch.add(lk, vec[None, :], out=buf)
+                buf.sub_(_finite_or_zero(lse)[:, None]).exp_().mul_(lse_bar[:, None])
+                cot_gamma = cot_gamma + buf.sum(dim=0)  # this rank's part
+                cot_phi = torch.zeros_like(cot_phi)
+            else:  # gamma = t_b (log b - lse), lse_j = LSE_i(Λ_ij + phi_i) over all ranks
+                tb_bar += torch.sum(cot_gamma * (log_b - lse))
+                b_bar += tb * cot_gamma
+                lse_bar = _all_sum(-tb * cot_gamma, ctx.group)  # every rank's part
+                torch.add(lk, vec[:, None], out=buf)
+                buf.sub_(_finite_or_zero(lse)[None, :]).exp_().mul_(lse_bar[None, :])
+                cot_phi = cot_phi + buf.sum(dim=1)
+                cot_gamma = torch.zeros_like(cot_gamma)
+            if grad_lk is not None:
+                grad_lk.add_(buf)
+        return (grad_lk, a_bar, b_bar, ta_bar if ctx.t_tensor[0] else None,
+                tb_bar if ctx.t_tensor[1] else None, None, cot_gamma, None, None)
+
+
 def _rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, t_a: Any, t_b: Any,
             rounds: int, gamma: torch.Tensor, final_column: bool,
             group: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``rounds`` full rounds and a final row step (or, ``final_column``, a final column step
-    after the last row step), on the local rows."""
-    phi = _scaled(t_a, log_a - _RowLSE.apply(lk, gamma))
-    for _ in range(rounds):
-        gamma = _scaled(t_b, log_b - _ColLSE.apply(lk, phi, group))
-        phi = _scaled(t_a, log_a - _RowLSE.apply(lk, gamma))
-    if final_column:
-        gamma = _scaled(t_b, log_b - _ColLSE.apply(lk, phi, group))
-    return phi, gamma
+    after the last row step), on the local rows, differentiable (unrolled)."""
+    return _UnrolledRounds.apply(lk, log_a, log_b, t_a, t_b, rounds, gamma, final_column, group)
 
 
 def _all_sum(x: torch.Tensor, group: Any) -> torch.Tensor:
@@ -208,7 +308,7 @@ class _ImplicitRounds(torch.autograd.Function):
                 log_b: torch.Tensor, t_a: Any, t_b: Any, rounds: int, gamma0: torch.Tensor,
                 group: Any) -> tuple[torch.Tensor, torch.Tensor]:
         ta, tb = _as_float(t_a), _as_float(t_b)
-        phi, gamma = _rounds(lk, log_a, log_b, ta, tb, rounds, gamma0, False, group)
+        phi, gamma = _forward_rounds(lk, log_a, log_b, ta, tb, rounds, gamma0, False, group)
         ctx.t, ctx.group = (ta, tb), group
         ctx.t_tensor = (isinstance(t_a, torch.Tensor), isinstance(t_b, torch.Tensor))
         ctx.save_for_backward(lk, log_a, log_b, phi, gamma)
@@ -678,8 +778,8 @@ def _loss_rows(spec: dict[str, Any], r: _Rows, kwargs: dict[str, Any], label_kin
         # the rounds' potentials are constants; a final column step (IOT) is differentiated,
         # as in the single-process loss
         with torch.no_grad():
-            phi, gamma = _rounds(lk.detach(), log_a, log_b, _plain(t_a), _plain(t_b),
-                                 spec["rounds"], gamma0, False, None)
+            phi, gamma = _forward_rounds(lk.detach(), log_a, log_b, _as_float(t_a),
+                                         _as_float(t_b), spec["rounds"], gamma0, False, None)
         if column:
             gamma = _scaled(t_b, log_b - _ColLSE.apply(lk, phi, None))
     elif grad == "implicit" and spec["rounds"] > 0:
@@ -739,6 +839,3 @@ def _loss_rows(spec: dict[str, Any], r: _Rows, kwargs: dict[str, Any], label_kin
                                eps=_alg._own_copy(eps, xp), cost=cost, mask=mask)
     return value, details
 
-
-def _plain(t: Any) -> Any:
-    return t.detach() if isinstance(t, torch.Tensor) else t
