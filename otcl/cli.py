@@ -157,7 +157,7 @@ def _run_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.seeds is not None:
         cfg = cfg.replace(n_seeds=args.seeds, domain_seeds=args.seeds, cifar_seeds=args.seeds)
     if args.epochs is not None:
-        cfg = cfg.replace(epochs=args.epochs, cifar_epochs=args.epochs)
+        cfg = cfg.replace(epochs=args.epochs, cifar_epochs=args.epochs, latent_epochs=args.epochs)
     if args.sections is not None:
         cfg = cfg.replace(sections=args.sections)
     command = "otcl " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None

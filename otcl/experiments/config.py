@@ -94,6 +94,7 @@ class StudyConfig:
     latent_dim: int = 10
     latent_kappa: float = 20.0
     latent_layers: int = 3
+    latent_epochs: int = 20
     warmup_steps: int = 3
     timing_rounds: int = 10
     losses: tuple[str, ...] = LOSS_NAMES
@@ -136,6 +137,7 @@ PRESETS: dict[str, StudyConfig] = {
         size="tiny",
         n_seeds=2,
         timing_rounds=2,
+        latent_epochs=1,
         eq_n=24,
         eq_d=8,
         kl_half_steps=12,
@@ -169,6 +171,7 @@ PRESETS: dict[str, StudyConfig] = {
         domain_seeds=12,
         cifar_epochs=20,
         cifar_seeds=3,
+        latent_epochs=40,
     ),
 }
 

@@ -67,6 +67,12 @@ def _data(cfg: StudyConfig) -> Any:
     return _DATA_CACHE[key]
 
 
+def epochs_of(cfg: StudyConfig) -> int:
+    """Training epochs of the contrastive section (the latent testbed has its own count: its
+    steps are cheap and its encoder needs more of them)."""
+    return cfg.latent_epochs if cfg.dataset == "latents" else cfg.epochs
+
+
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().double().numpy()
 
@@ -80,7 +86,7 @@ def _view_bank(data: Any, cfg: StudyConfig, setting_idx: int, k: int,
     order_rng = np.random.default_rng([repeat_seed(cfg, k), 1])
     view_rng = np.random.default_rng([repeat_seed(cfg, k), 2, setting_idx])
     out = []
-    for _ in range(cfg.epochs):
+    for _ in range(epochs_of(cfg)):
         perm = order_rng.permutation(n)
         for b in range(n // batch):
             idx = perm[b * batch : (b + 1) * batch]
@@ -97,7 +103,7 @@ def _train(data: Any, cfg: StudyConfig, bank: list, loss: torch.nn.Module, seed:
     enc = data.make_encoder(cfg).to(device)
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr, weight_decay=1e-5)
     enc.train()
-    steps_per_epoch = len(bank) // cfg.epochs
+    steps_per_epoch = len(bank) // epochs_of(cfg)
     epoch_losses, total, step_times = [], 0.0, []
     start = time.perf_counter()
     for s, (v1, v2) in enumerate(bank):
@@ -132,7 +138,9 @@ def _evaluate(enc: torch.nn.Module, data: Any, cfg: StudyConfig, k: int, uot: to
     h_tr, z_tr = enc.features(x_tr)
     h_te, z_te = enc.features(x_te)
     if data.probe_space == "z":
-        f_tr, f_te = _numpy(z_tr), _numpy(z_te)
+        # the losses see directions only (cosine cost): probe the unit-norm embedding
+        f_tr = _numpy(torch.nn.functional.normalize(z_tr, dim=1))
+        f_te = _numpy(torch.nn.functional.normalize(z_te, dim=1))
     else:
         f_tr, f_te = _numpy(h_tr), _numpy(h_te)
     out = {"probe": data.score(f_tr, f_te),
