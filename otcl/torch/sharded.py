@@ -26,15 +26,16 @@ rank ``r`` forms and keeps only **its own rows** ``I_r`` of it, an ``n_r x m`` b
 
 Gradients (``grad=``):
 
-* ``"unroll"``: the exact derivative of the rounds, by autograd through two custom functions,
-  a row log-sum-exp (local) and the global column log-sum-exp (:func:`col_logsumexp`), whose
-  backward all-reduces (``SUM``) the incoming length-``m`` cotangent and returns the local
-  softmax weights times it. Each saves references to ``Λ_r`` and its ``(n_r,)`` / ``(m,)``
-  vectors only and recomputes the weights in the backward pass, so the memory per rank is
-  ``O(n_r m)`` for ``Λ_r`` and its gradient plus ``O(n_r + m)`` per round, **independent of
-  the number of rounds** (plain autograd through ``torch.logsumexp`` would keep an
-  ``n_r x m`` array per half-step, ``O(L n_r m)``). Communication in the backward pass: ``m``
-  numbers per round, plus the ``n x d`` gradient of the gather.
+* ``"unroll"``: the exact derivative of the rounds, by an adjoint recursion on vectors (one
+  autograd function for all the rounds): the forward keeps ``Λ_r`` and two vectors per
+  half-step; the backward walks the half-steps in reverse, recomputes each one's softmax
+  weights in one scratch array, adds their products with the cotangents into one gradient
+  array, and all-reduces (``SUM``) the length-``m`` cotangent of every column log-sum-exp
+  (:func:`col_logsumexp` is the same step as a stand-alone differentiable function). Memory per
+  rank: ``Λ_r``, the scratch array and the gradient, ``O(n_r m)`` **independent of the number
+  of rounds** (autograd through ``torch.logsumexp`` would keep an ``n_r x m`` array per
+  half-step, ``O(L n_r m)``). Communication in the backward pass: ``m`` numbers per round,
+  plus the ``n x d`` gradient of the gather.
 * ``"implicit"``: the implicit-function derivative at the fixed point, the optimality system of
   the single-process ``"implicit"`` mode (:func:`otcl.solvers.adjoint.implicit_cotangents`)
   solved by conjugate gradients on the replicated length-``m`` column variable: every product
@@ -54,7 +55,10 @@ all-views ``z`` with ``layout="blocked"`` or ``"interleaved"`` (any ``n_views``)
 (per sample or per row), a global ``target`` (the same ``(n, n)`` tensor on every rank, as in
 the gather mode, of which each rank reads its rows), unequal numbers of samples per rank,
 ``reduction`` ``"mean"``, ``"sum"`` and ``"none"``, every metric, a learnable ``eps``, float16 /
-bfloat16 input (computed in float32).
+bfloat16 input (computed in float32). A global target is an ``n x n`` tensor on every rank, so
+with a target the memory per rank is again ``O(n^2)``; labels cost ``O(n)``. Not supported
+(``ValueError`` on every rank): the other losses (IOT-uni, ``AlignmentLoss``, GCA-capacity; use
+``distributed=True``) and ``layout="queue"``.
 
 ``return_details=True`` returns :class:`~otcl.alignment.losses.LossDetails` of **this rank's
 rows**: ``per_sample``, ``f``, ``row_mass``, ``a`` of shape ``(n_r,)`` in the local row order,
