@@ -251,6 +251,62 @@ def _error_checks(rank: int, world: int) -> dict[str, str]:
     return msgs
 
 
+class _Net(torch.nn.Module):
+    """Encoder plus loss (learnable temperature) in one module, as DDP wraps it."""
+
+    def __init__(self, variant: str, distributed: Any) -> None:
+        super().__init__()
+        self.enc = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                                       torch.nn.Linear(8, 4)).to(DT)
+        eps = torch.nn.Parameter(torch.tensor(0.4, dtype=DT))
+        if variant == "two":
+            self.loss = ot.GCAUOT(eps=eps, n_iter=4, distributed=distributed)
+        else:  # blocked all-views batch, implicit gradient
+            self.loss = ot.GCAInfoNCE(eps=eps, n_iter=4, layout="blocked", grad="implicit",
+                                      distributed=distributed)
+        self.variant = variant
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        if self.variant == "two":
+            return self.loss(self.enc(x1), self.enc(x2))
+        return self.loss(self.enc(torch.cat([x1, x2])))
+
+
+VARIANTS = ("two", "blocked")
+
+
+def _ddp_payload(world: int) -> dict[str, Any]:
+    g = torch.Generator().manual_seed(8)
+    torch.manual_seed(0)
+    states = {v: _Net(v, False).state_dict() for v in VARIANTS}
+    x1 = [torch.randn(s, 6, generator=g, dtype=DT) for s in SIZES[world]]
+    x2 = [x + 0.2 * torch.randn(*x.shape, generator=g, dtype=DT) for x in x1]
+    return {"states": states, "x1": x1, "x2": x2}
+
+
+def _sgd_steps(net: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    for x1, x2 in batches:
+        opt.zero_grad()
+        net(x1, x2).backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _ddp_checks(rank: int, payload: dict[str, Any]) -> dict[str, Any]:
+    from torch.nn.parallel import DistributedDataParallel
+
+    out = {}
+    for variant in VARIANTS:
+        net = _Net(variant, "sharded")
+        net.load_state_dict(payload["states"][variant])
+        ddp = DistributedDataParallel(net)
+        x1, x2 = payload["x1"][rank], payload["x2"][rank]
+        state = _sgd_steps(ddp, [(x1, x2), (x2, x1)])
+        out[variant] = {k.removeprefix("module."): v for k, v in state.items()}
+    return out
+
+
 def _job(rank: int, world: int, payload: dict[str, Any]) -> dict[str, Any]:
     res: dict[str, Any] = {"sharded": {}, "gather": {}}
     for case in payload["cases"]:
@@ -258,6 +314,7 @@ def _job(rank: int, world: int, payload: dict[str, Any]) -> dict[str, Any]:
         res["gather"][case["name"]] = _run_case(case, rank, True)
     res["col_lse"] = _col_lse_checks(rank, world)
     res["errors"] = _error_checks(rank, world)
+    res["ddp"] = _ddp_checks(rank, payload["ddp"])
     return res
 
 
@@ -354,7 +411,7 @@ def _check(case: dict[str, Any], world: int, results: list[dict[str, Any]]) -> N
 @pytest.fixture(scope="module", params=[2, 3], ids=["world2", "world3"])
 def job(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     world = request.param
-    payload = {"cases": _make_cases(world)}
+    payload = {"cases": _make_cases(world), "ddp": _ddp_payload(world)}
     results = _spawn(world, tmp_path_factory.mktemp(f"sharded{world}"), payload)
     return world, payload, results
 
@@ -366,6 +423,25 @@ def test_sharded_losses_equal_single_process_and_gather_mode(job: Any) -> None:
     assert len(names) == len(set(names))
     for case in payload["cases"]:
         _check(case, world, results)
+
+
+@pytest.mark.slow
+def test_ddp_steps_equal_single_process(job: Any) -> None:
+    _, payload, results = job
+    p = payload["ddp"]
+    x1, x2 = torch.cat(p["x1"]), torch.cat(p["x2"])
+    for variant in VARIANTS:
+        net = _Net(variant, False)
+        net.load_state_dict(p["states"][variant])
+        expected = _sgd_steps(net, [(x1, x2), (x2, x1)])
+        moved = max(float((expected[k] - v).abs().max()) for k, v in p["states"][variant].items())
+        assert moved > 1e-3  # the steps changed the parameters
+        assert float((expected["loss.eps"] - p["states"][variant]["loss.eps"]).abs()) > 1e-6
+        for r, res in enumerate(results):
+            got = res["ddp"][variant]
+            assert set(got) == set(expected)
+            for k in expected:
+                _close(got[k], expected[k], f"{variant}: rank {r} parameter {k}")
 
 
 @pytest.mark.slow
