@@ -110,7 +110,7 @@ class _RowLSE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, lk: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        lse = torch.logsumexp(lk + vec[None, :], dim=1)
+        lse = _row_lse_into(torch.empty_like(lk), lk, vec)
         ctx.save_for_backward(lk, vec, lse)
         return lse
 
@@ -124,27 +124,13 @@ class _RowLSE(torch.autograd.Function):
         return (w if ctx.needs_input_grad[0] else None), grad_vec
 
 
-def _col_lse_forward(lk: torch.Tensor, vec: torch.Tensor, group: Any) -> torch.Tensor:
-    x = lk + vec[:, None]
-    if x.shape[0]:
-        top = x.amax(dim=0)
-    else:
-        top = torch.full((x.shape[1],), -math.inf, dtype=x.dtype, device=x.device)
-    dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
-    shift = _finite_or_zero(top)
-    s = x.sub_(shift[None, :]).exp_().sum(dim=0)
-    del x
-    dist.all_reduce(s, op=dist.ReduceOp.SUM, group=group)
-    return torch.log(s) + shift
-
-
 class _ColLSE(torch.autograd.Function):
     """``LSE_i(Λ_ij + u_i)`` over the rows of every rank; backward all-reduces the cotangent."""
 
     @staticmethod
     def forward(ctx: Any, lk: torch.Tensor, vec: torch.Tensor,  # type: ignore[override]
                 group: Any) -> torch.Tensor:
-        lse = _col_lse_forward(lk, vec, group)
+        lse = _col_lse_into(torch.empty_like(lk), lk, vec, group)
         ctx.group = group
         ctx.save_for_backward(lk, vec, lse)
         return lse
