@@ -30,6 +30,10 @@ NAMES = {
     "rince_q_to_zero_is_infonce",
     "uot_row_mass_identity",
     "sinkhorn_marginals",
+    "simclr_two_view_is_nt_xent",
+    "byol_is_l2_regression",
+    "swav_codes_are_sinkhorn_knopp",
+    "capacity_bound_holds",
 }
 
 

@@ -289,3 +289,11 @@ def test_capacity_errors():
     with pytest.raises(ValueError, match="n_iter"):
         otcl.gca_capacity(z1, z2, n_iter=0)
     assert math.isfinite(float(otcl.gca_capacity(z1, z2, kappa=math.inf)))
+
+
+def test_swav_codes_on_array_api_strict():
+    xps = pytest.importorskip("array_api_strict")
+    s = unit_scores(20, 6, seed=9)
+    got = otcl.swav_codes(xps.asarray(s))
+    np.testing.assert_allclose(np.asarray(got), reference_codes(s, 0.05, 3), rtol=1e-10,
+                               atol=1e-13)

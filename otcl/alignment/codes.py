@@ -95,7 +95,7 @@ def swav_codes(scores: Array, *, eps: float = 0.05, n_iter: int = 3, tol: float 
     # the scores in their own layout (no n x m transpose, no log-plan temporary)
     row = res.g / eps + math.log(B)
     col = res.f / eps
-    codes = ops.exp_shifted(scores[None, ...], row[None, ...], col[None, ...], divisor=-eps)[0]
+    codes = ops.exp_shifted(scores[None, ...], row[None, ...], col[None, ...], divisor=-eps)[0, ...]
     return (codes, res) if return_details else codes
 
 

@@ -12,7 +12,15 @@ construction on the other) and reports the gap:
 * ``gca_rince_one_step_is_rince``: GCA-RINCE after one row step vs RINCE from ``exp(s_ij)``;
 * ``rince_q_to_zero_is_infonce``: RINCE with ``lam = 1``, ``q -> 0`` approaches InfoNCE;
 * ``uot_row_mass_identity``: ``P 1 = a^t (K v)^(1 - t)`` for the converged unbalanced plan;
-* ``sinkhorn_marginals``: the converged balanced plan's marginal error.
+* ``sinkhorn_marginals``: the converged balanced plan's marginal error;
+* ``simclr_two_view_is_nt_xent``: the two-view call ``info_nce(z1, z2)`` equals NT-Xent on all
+  ``2N`` views written by log-sum-exp;
+* ``byol_is_l2_regression``: BYOL's ``2 - 2 cos(p, z')`` equals the squared distance of the unit
+  vectors (the family's member with ``d_Γ`` = L2 and no constraint);
+* ``swav_codes_are_sinkhorn_knopp``: :func:`otcl.swav_codes` equals SwAV's three prototype-first
+  normalisation rounds written out (the largest entry difference);
+* ``capacity_bound_holds``: the plan of :func:`otcl.gca_capacity` keeps every negative pair at
+  most ``kappa`` (largest excess over the bound).
 """
 
 from __future__ import annotations
@@ -167,6 +175,47 @@ def check_equivalences(z1: Array, z2: Array, *, eps: float = 0.5, n_half_steps: 
     records.append(_record("sinkhorn_marginals",
                            max(to_float(bal.marginal_error_a), to_float(bal.marginal_error_b)),
                            0.0, tol))
+    records.extend(_family_records(z1, z2, eps, tol, xp))
+    return records
+
+
+def _family_records(z1: Array, z2: Array, eps: float, tol: float,
+                    xp: Any) -> list[EquivalenceRecord]:
+    """The SimCLR problem, BYOL, SwAV codes and the capacity bound, each against its formula."""
+    from otcl.alignment.codes import swav_codes
+    from otcl.alignment.family import byol, gca_capacity
+
+    n = z1.shape[0]
+    z = xp.concat([z1, z2], axis=0)
+    zn = z / xp.linalg.vector_norm(z, axis=1, keepdims=True)
+    S = zn @ xp.matrix_transpose(zn) / eps
+    eye = xp.eye(2 * n, dtype=xp.bool)
+    S = xp.where(eye, xp.full_like(S, -math.inf), S)
+    partner = xp.concat([xp.arange(n, 2 * n), xp.arange(n)])
+    pos = xp.take(xp.reshape(S, (-1,)), xp.arange(2 * n) * (2 * n) + partner)
+    nt_xent = to_float(xp.mean(logsumexp(S, 1, xp) - pos))
+    records = [_record("simclr_two_view_is_nt_xent", to_float(info_nce(z1, z2, eps=eps)),
+                       nt_xent, tol * max(1.0, abs(nt_xent)))]
+
+    n1 = z1 / xp.linalg.vector_norm(z1, axis=1, keepdims=True)
+    n2 = z2 / xp.linalg.vector_norm(z2, axis=1, keepdims=True)
+    l2 = to_float(xp.mean(xp.sum((n1 - n2) ** 2, axis=1)))
+    records.append(_record("byol_is_l2_regression", to_float(byol(z1, z2)), l2, tol))
+
+    scores = n1 @ xp.matrix_transpose(n2[: max(2, n // 4), ...])  # the first rows as prototypes
+    B, K = scores.shape
+    Q = xp.exp(scores / 0.05)
+    for _ in range(3):
+        Q = Q / (xp.sum(Q, axis=0, keepdims=True) * K)
+        Q = Q / (xp.sum(Q, axis=1, keepdims=True) * B)
+    gap = to_float(xp.max(xp.abs(swav_codes(scores) - Q * B)))
+    records.append(_record("swav_codes_are_sinkhorn_knopp", gap, 0.0, tol))
+
+    kappa = 0.5 / n
+    _, det = gca_capacity(z1, z2, kappa=kappa, n_iter=30, layout="cross", return_details=True)
+    negatives = ~xp.eye(n, dtype=xp.bool)
+    excess = to_float(xp.max(xp.where(negatives, det.plan, xp.zeros_like(det.plan)))) - kappa
+    records.append(_record("capacity_bound_holds", excess, 0.0, tol * kappa, one_sided=True))
     return records
 
 
