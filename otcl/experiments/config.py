@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DATASETS",
+    "EXTRA_LOSSES",
     "LOSS_NAMES",
     "PRESETS",
     "SECTIONS",
@@ -22,6 +23,10 @@ __all__ = [
 ]
 
 LOSS_NAMES = ("INCE", "GCA-INCE", "RINCE", "GCA-RINCE", "GCA-UOT")
+"""The paper's five losses (the claims compare these)."""
+EXTRA_LOSSES = ("GCA-capacity",)
+"""Losses of the family beyond the paper's five, trained beside them where a preset asks for
+them: GCA-capacity bounds each negative pair's plan mass (``otcl.torch.GCACapacity``)."""
 SECTIONS = ("equivalences", "contrastive", "domain")
 DATASETS = ("mnist1d", "latents", "digits", "cifar10")
 
@@ -34,7 +39,9 @@ class LossSettings:
 
     ``eps`` is the temperature / entropic strength, ``n_iter`` the Sinkhorn rounds of the GCA
     variants, ``q`` and ``lam`` RINCE's exponent and negative weight, ``rho`` GCA-UOT's KL
-    marginal penalty (the paper's lambda_1 = lambda_2).
+    marginal penalty (the paper's lambda_1 = lambda_2), ``kappa`` GCA-capacity's bound on a
+    negative pair's plan mass (rows carry mass 1: at batch 256 the ``2N - 2 = 510`` negatives of
+    a row hold about 0.002 each, so 0.01 caps a negative at five times its uniform share).
     """
 
     eps: float = 0.5
@@ -42,6 +49,7 @@ class LossSettings:
     q: float = 0.6
     lam: float = 0.01
     rho: float = 0.2
+    kappa: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -162,6 +170,7 @@ PRESETS: dict[str, StudyConfig] = {
     # training and a denser alpha - beta sweep: within 45 minutes on two idle CPU cores.
     "full": StudyConfig(
         size="full",
+        losses=LOSS_NAMES + EXTRA_LOSSES,
         n_seeds=12,
         n_train=5000,
         n_test=10000,

@@ -1,4 +1,4 @@
-"""The study's view of the library: the five losses of ``otcl.torch`` and the alignment helpers.
+"""The study's view of the library: the losses of ``otcl.torch`` and the alignment helpers.
 
 The study never re-implements a loss: it builds the modules of :mod:`otcl.torch` by name.
 """
@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from otcl.experiments.config import LOSS_NAMES, LossSettings
+from otcl.experiments.config import EXTRA_LOSSES, LOSS_NAMES, LossSettings
 
 __all__ = ["build_loss", "missing_features"]
 
@@ -20,6 +20,7 @@ _LOSS_CLASSES = {
     "RINCE": "RINCE",
     "GCA-RINCE": "GCARINCE",
     "GCA-UOT": "GCAUOT",
+    "GCA-capacity": "GCACapacity",
 }
 
 
@@ -34,7 +35,9 @@ def _loss_kwargs(name: str, s: LossSettings) -> dict[str, Any]:
         return {"eps": s.eps, "q": s.q, "lam": s.lam, "n_iter": s.n_iter}
     if name == "GCA-UOT":
         return {"eps": s.eps, "rho": s.rho, "n_iter": s.n_iter}
-    raise ValueError(f"loss must be one of {LOSS_NAMES}, got {name!r}")
+    if name == "GCA-capacity":
+        return {"eps": s.eps, "kappa": s.kappa, "n_iter": s.n_iter}
+    raise ValueError(f"loss must be one of {LOSS_NAMES + EXTRA_LOSSES}, got {name!r}")
 
 
 def build_loss(name: str, settings: LossSettings, layout: str | None = None) -> nn.Module:

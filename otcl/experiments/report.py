@@ -26,6 +26,7 @@ LOSS_COLORS = {
     "RINCE": "#c44e52",
     "GCA-RINCE": "#8172b2",
     "GCA-UOT": "#dd8452",
+    "GCA-capacity": "#937860",
 }
 
 
