@@ -341,6 +341,10 @@ def _contrastive_md(res: dict) -> list[str]:
                     for s in res["config"]["settings"])
         + ". Values are mean ± 95% CI half-width over seeds.",
         "",
+        "Problem: every loss is called as `loss(z1, z2)` on the two views of a batch of N "
+        "samples, the SimCLR problem of all 2N views (self-pairs excluded, the other view the "
+        "positive; `otcl.torch` modules with their default layout).",
+        "",
     ]
     metrics = [("probe", what, scale, 2), ("uniformity", "uniformity", 1.0, 3),
                ("alignment", "alignment", 1.0, 3), ("auc_row_mass", "AUC row mass", 1.0, 3),
@@ -365,7 +369,9 @@ def _domain_md(res: dict) -> list[str]:
         "## Domain prior",
         "",
         f"GCA-INCE on synthetic data with {dom['data']['n_domains']} known domains and "
-        f"{dom['data']['n_classes']} classes, target I + alpha·same domain + beta·other domain. "
+        f"{dom['data']['n_classes']} classes, target I + alpha·same domain + beta·other domain "
+        "on the cross-view N x N problem (`layout=\"cross\"`: the target is defined per pair of "
+        "samples). "
         f"Raw features: domain {100 * raw['domain_acc']:.1f}%, class "
         f"{100 * raw['class_acc']:.1f}%.",
         "",
