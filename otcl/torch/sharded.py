@@ -216,6 +216,67 @@ def _forward_rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, 
     return phi, gamma
 
 
+def _kernel_rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, ta: float,
+                   tb: float, rounds: int, gamma: torch.Tensor, final_column: bool, group: Any,
+                   tape: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The rounds in the kernel domain, as the single-process forward
+    (:mod:`otcl.solvers.adjoint`): ``K' = exp(Λ_r - M)`` once (``M`` the global maximum of
+    ``Λ`` where ``|M|`` exceeds a quarter of the exponent range, else 0), then one
+    matrix-vector product per half-step (the column ones summed over the ranks). ``tape``
+    receives ``(kind, scaling, normaliser, lse)`` per half-step. Returns ``(phi, gamma, K')``,
+    or ``None`` (on every rank) when a marginal has a zero entry or a normaliser fell below
+    ``max(n, m) tiny / eps_mach`` on some rank: the log domain is then used."""
+    dtype, dev = lk.dtype, lk.device
+    n_r, m = lk.shape
+    local = torch.stack([
+        lk.amax() if n_r else torch.tensor(-math.inf, dtype=dtype, device=dev),
+        -(torch.isfinite(log_a).all() & torch.isfinite(log_b).all()).to(dtype),
+    ])
+    dist.all_reduce(local, op=dist.ReduceOp.MAX, group=group)
+    peak, not_full = float(local[0]), float(local[1]) == 0.0  # -1: finite everywhere
+    if not_full or not math.isfinite(peak):
+        return None
+    tiny, eps_mach = torch.finfo(dtype).tiny, torch.finfo(dtype).eps
+    shift = 0.0 if abs(peak) <= 0.25 * -math.log(tiny) else peak
+    kernel = torch.exp(lk - shift) if shift else torch.exp(lk)
+    low = torch.full((), math.inf, dtype=dtype, device=dev)
+
+    def row(gamma: torch.Tensor) -> torch.Tensor:
+        nonlocal low
+        s = gamma.amax()
+        scaling = torch.exp(gamma - s)
+        norm = kernel @ scaling
+        low = torch.minimum(low, norm.amin()) if n_r else low
+        lse = torch.log(norm) + (s + shift)
+        tape.append(("row", scaling, norm, lse))
+        return _scaled(ta, log_a - lse)
+
+    def col(phi: torch.Tensor) -> torch.Tensor:
+        nonlocal low
+        s = phi.amax() if n_r else torch.tensor(-math.inf, dtype=dtype, device=dev)
+        dist.all_reduce(s, op=dist.ReduceOp.MAX, group=group)
+        scaling = torch.exp(phi - s)
+        norm = _all_sum(scaling @ kernel, group)
+        low = torch.minimum(low, norm.amin())
+        lse = torch.log(norm) + (s + shift)
+        tape.append(("col", scaling, norm, lse))
+        return _scaled(tb, log_b - lse)
+
+    phi = row(gamma)
+    for k in range(rounds + (1 if final_column else 0)):
+        gamma = col(phi)
+        if k == rounds:
+            break
+        phi = row(gamma)
+    floor = torch.full((1,), m * tiny / eps_mach, dtype=dtype, device=dev)  # n = m here
+    ok = (low.reshape(1) >= floor).to(dtype)
+    dist.all_reduce(ok, op=dist.ReduceOp.MIN, group=group)
+    if float(ok) == 0.0:
+        tape.clear()
+        return None
+    return phi, gamma, kernel
+
+
 class _UnrolledRounds(torch.autograd.Function):
     """The rounds on the local rows with their exact (unrolled) derivative, by an adjoint
     recursion on vectors: the forward keeps ``Λ_r`` and two vectors per half-step; the backward
@@ -229,11 +290,18 @@ class _UnrolledRounds(torch.autograd.Function):
                 final_column: bool, group: Any) -> tuple[torch.Tensor, torch.Tensor]:
         ta, tb = _as_float(t_a), _as_float(t_b)
         tape: list[Any] = []
-        phi, gamma = _forward_rounds(lk, log_a, log_b, ta, tb, rounds, gamma0, final_column,
-                                     group, tape)
+        fast = _kernel_rounds(lk, log_a, log_b, ta, tb, rounds, gamma0, final_column, group,
+                              tape)
+        if fast is not None:
+            phi, gamma, kernel = fast
+            ctx.save_for_backward(kernel, log_a, log_b)
+        else:
+            phi, gamma = _forward_rounds(lk, log_a, log_b, ta, tb, rounds, gamma0,
+                                         final_column, group, tape)
+            ctx.save_for_backward(lk, log_a, log_b)
+        ctx.kernel_domain = fast is not None
         ctx.t, ctx.group, ctx.tape = (ta, tb), group, tape
         ctx.t_tensor = (isinstance(t_a, torch.Tensor), isinstance(t_b, torch.Tensor))
-        ctx.save_for_backward(lk, log_a, log_b)
         # copies: the tape may hold the output tensors themselves, and output -> node -> tape
         # -> output would be a reference cycle through the autograd node
         return phi.clone(), gamma.clone()
@@ -242,6 +310,8 @@ class _UnrolledRounds(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, phi_bar: torch.Tensor,  # type: ignore[override]
                  gamma_bar: torch.Tensor) -> tuple[Any, ...]:
+        if ctx.kernel_domain:
+            return _kernel_backward(ctx, phi_bar, gamma_bar)
         lk, log_a, log_b = ctx.saved_tensors
         ta, tb = ctx.t
         buf = torch.empty_like(lk)
@@ -271,6 +341,44 @@ class _UnrolledRounds(torch.autograd.Function):
                 grad_lk.add_(buf)
         return (grad_lk, a_bar, b_bar, ta_bar if ctx.t_tensor[0] else None,
                 tb_bar if ctx.t_tensor[1] else None, None, cot_gamma, None, None)
+
+
+def _kernel_backward(ctx: Any, phi_bar: torch.Tensor, gamma_bar: torch.Tensor) -> tuple[Any, ...]:
+    """The adjoint recursion of the kernel-domain rounds (:mod:`otcl.solvers.adjoint`): per
+    half-step one matrix-vector product, and the gradient of ``Λ_r`` as
+    ``K' ⊙ (A B^T)`` with the stacked rank-one factors of the ``2L + 1`` half-steps (one
+    matrix product at the end)."""
+    kernel, log_a, log_b = ctx.saved_tensors
+    ta, tb = ctx.t
+    cot_phi, cot_gamma = phi_bar.clone(), gamma_bar.clone()
+    a_bar, b_bar = torch.zeros_like(log_a), torch.zeros_like(log_b)
+    ta_bar = torch.zeros((), dtype=kernel.dtype, device=kernel.device)
+    tb_bar = torch.zeros((), dtype=kernel.dtype, device=kernel.device)
+    left: list[torch.Tensor] = []
+    right: list[torch.Tensor] = []
+    for kind, scaling, norm, lse in reversed(ctx.tape):
+        if kind == "row":  # Prow = diag(1 / K'v') K' diag(v')
+            ta_bar += torch.sum(cot_phi * (log_a - lse))
+            a_bar += ta * cot_phi
+            alpha = -ta * cot_phi / norm
+            left.append(alpha)
+            right.append(scaling)
+            cot_gamma = cot_gamma + scaling * (alpha @ kernel)  # this rank's part
+            cot_phi = torch.zeros_like(cot_phi)
+        else:  # Pcol = diag(u') K' diag(1 / K'^T u'), the cotangent of every rank summed
+            tb_bar += torch.sum(cot_gamma * (log_b - lse))
+            b_bar += tb * cot_gamma
+            beta = -tb * _all_sum(cot_gamma, ctx.group) / norm
+            left.append(scaling)
+            right.append(beta)
+            cot_phi = cot_phi + scaling * (kernel @ beta)
+            cot_gamma = torch.zeros_like(cot_gamma)
+    grad_lk = None
+    if ctx.needs_input_grad[0]:
+        grad_lk = torch.stack(left, dim=1) @ torch.stack(right, dim=0)
+        grad_lk.mul_(kernel)
+    return (grad_lk, a_bar, b_bar, ta_bar if ctx.t_tensor[0] else None,
+            tb_bar if ctx.t_tensor[1] else None, None, cot_gamma, None, None)
 
 
 def _rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, t_a: Any, t_b: Any,
