@@ -11,13 +11,18 @@ rank ``r`` forms and keeps only **its own rows** ``I_r`` of it, an ``n_r x m`` b
 2. The embeddings are gathered once with :func:`~otcl.torch.distributed.gather_with_grad`'s
    autograd-aware all-gather (``n x d`` numbers) and put in the global layout of the gather
    mode; rank ``r`` multiplies its rows by all columns: ``Λ_r = -C[I_r, :] / eps``.
-3. The inner rounds in the log domain::
+3. The inner rounds::
 
        phi_i   = t_a (log a_i - LSE_j(Λ_ij + gamma_j))          i in I_r: local
-       gamma_j = t_b (log b_j - LSE_i(Λ_ij + phi_i))            all rows: two all-reduces
+       gamma_j = t_b (log b_j - LSE_i(Λ_ij + phi_i))            all rows: all-reduces
 
-   The column log-sum-exp runs over every rank's rows: an all-reduce ``MAX`` of the column
-   maxima, then an all-reduce ``SUM`` of the shifted sums, ``2 m`` numbers per round.
+   As in the single-process forward (:mod:`otcl.solvers.adjoint`), in the kernel domain where
+   that is exact: ``K' = exp(Λ_r - M)`` once, one matrix-vector product per half-step, the
+   column ones summed over the ranks (an all-reduce of ``m`` numbers after one of a single
+   number, the largest ``phi``). The ranks agree (two small all-reduces) on falling back to the
+   log domain when a marginal has a zero entry or a normaliser fell below
+   ``m tiny / eps_mach`` on some rank; there the column log-sum-exp takes an all-reduce ``MAX``
+   of the column maxima and an all-reduce ``SUM`` of the shifted sums, ``2 m`` numbers.
 4. Each rank evaluates the divergence terms ``ℓ_i`` of its own rows; the value is combined
    across ranks as in the gather mode, ``v_r = stop(L) + (W/n)(S_r - stop(S_r))`` with
    ``S_r = Σ_{i in I_r} ℓ_i``: the value of the global loss on every rank and a gradient that
@@ -27,15 +32,16 @@ rank ``r`` forms and keeps only **its own rows** ``I_r`` of it, an ``n_r x m`` b
 Gradients (``grad=``):
 
 * ``"unroll"``: the exact derivative of the rounds, by an adjoint recursion on vectors (one
-  autograd function for all the rounds): the forward keeps ``Λ_r`` and two vectors per
-  half-step; the backward walks the half-steps in reverse, recomputes each one's softmax
-  weights in one scratch array, adds their products with the cotangents into one gradient
-  array, and all-reduces (``SUM``) the length-``m`` cotangent of every column log-sum-exp
-  (:func:`col_logsumexp` is the same step as a stand-alone differentiable function). Memory per
-  rank: ``Λ_r``, the scratch array and the gradient, ``O(n_r m)`` **independent of the number
-  of rounds** (autograd through ``torch.logsumexp`` would keep an ``n_r x m`` array per
-  half-step, ``O(L n_r m)``). Communication in the backward pass: ``m`` numbers per round,
-  plus the ``n x d`` gradient of the gather.
+  autograd function for all the rounds): the backward walks the half-steps in reverse, one
+  matrix-vector product each, and all-reduces (``SUM``) the length-``m`` cotangent of every
+  column step. Kernel domain: the gradient of ``Λ_r`` is ``K' ⊙ (A B^T)`` with the rank-one
+  factors of the ``2L + 1`` half-steps stacked (one matrix product). Log domain: each
+  half-step's softmax weights are recomputed in one scratch array and added into one gradient
+  array (:func:`col_logsumexp` is that column step as a stand-alone differentiable function).
+  Memory per rank ``O(n_r m)`` **independent of the number of rounds** (autograd through
+  ``torch.logsumexp`` would keep an ``n_r x m`` array per half-step, ``O(L n_r m)``).
+  Communication in the backward pass: ``m`` numbers per round, plus the ``n x d`` gradient of
+  the gather.
 * ``"implicit"``: the implicit-function derivative at the fixed point, the optimality system of
   the single-process ``"implicit"`` mode (:func:`otcl.solvers.adjoint.implicit_cotangents`)
   solved by conjugate gradients on the replicated length-``m`` column variable: every product
@@ -279,10 +285,12 @@ def _kernel_rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, t
 
 class _UnrolledRounds(torch.autograd.Function):
     """The rounds on the local rows with their exact (unrolled) derivative, by an adjoint
-    recursion on vectors: the forward keeps ``Λ_r`` and two vectors per half-step; the backward
-    recomputes each half-step's softmax weights in one scratch array and adds their products
-    with the cotangents into one gradient array, all-reducing the length-``m`` cotangent of
-    every column step. Memory ``O(n_r m)`` whatever the number of rounds."""
+    recursion on vectors, all-reducing the length-``m`` cotangent of every column step: in the
+    kernel domain (:func:`_kernel_rounds`, :func:`_kernel_backward`) or, where that is not
+    exact, in the log domain (the forward keeps ``Λ_r`` and two vectors per half-step; the
+    backward recomputes each half-step's softmax weights in one scratch array and adds their
+    products with the cotangents into one gradient array). Memory ``O(n_r m)`` whatever the
+    number of rounds."""
 
     @staticmethod
     def forward(ctx: Any, lk: torch.Tensor, log_a: torch.Tensor,  # type: ignore[override]
