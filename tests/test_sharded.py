@@ -78,6 +78,8 @@ def _make_cases(world: int) -> list[dict[str, Any]]:
     # and the rounds fall back to the log domain on every rank
     pair("cross_log_domain", "cross", "GCAInfoNCE", {"n_iter": 3, "eps": 0.0005}, noise=5.0)
     pair("two_iot_log_domain", "two", "IOT", {"n_iter": 3, "eps": 0.0005}, noise=5.0)
+    pair("cross_log_domain_detach", "cross", "GCAUOT",
+         {"n_iter": 3, "eps": 0.0005, "grad": "detach", "r2": 0.0}, noise=5.0)
     none = dict(n_iter=4, reduction="none")
     pair("two_gca_ince_none", "two", "GCAInfoNCE", none,
          weights=[torch.rand(2 * s, generator=g, dtype=DT) for s in sizes])

@@ -283,6 +283,16 @@ def _kernel_rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, t
     return phi, gamma, kernel
 
 
+def _plain_rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, ta: float,
+                  tb: float, rounds: int, gamma: torch.Tensor, final_column: bool,
+                  group: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rounds without a graph: kernel domain where exact, else log domain."""
+    fast = _kernel_rounds(lk, log_a, log_b, ta, tb, rounds, gamma, final_column, group, [])
+    if fast is not None:
+        return fast[0], fast[1]
+    return _forward_rounds(lk, log_a, log_b, ta, tb, rounds, gamma, final_column, group)
+
+
 class _UnrolledRounds(torch.autograd.Function):
     """The rounds on the local rows with their exact (unrolled) derivative, by an adjoint
     recursion on vectors, all-reducing the length-``m`` cotangent of every column step: in the
@@ -414,7 +424,7 @@ class _ImplicitRounds(torch.autograd.Function):
                 log_b: torch.Tensor, t_a: Any, t_b: Any, rounds: int, gamma0: torch.Tensor,
                 group: Any) -> tuple[torch.Tensor, torch.Tensor]:
         ta, tb = _as_float(t_a), _as_float(t_b)
-        phi, gamma = _forward_rounds(lk, log_a, log_b, ta, tb, rounds, gamma0, False, group)
+        phi, gamma = _plain_rounds(lk, log_a, log_b, ta, tb, rounds, gamma0, False, group)
         ctx.t, ctx.group = (ta, tb), group
         ctx.t_tensor = (isinstance(t_a, torch.Tensor), isinstance(t_b, torch.Tensor))
         ctx.save_for_backward(lk, log_a, log_b, phi, gamma)
@@ -884,8 +894,8 @@ def _loss_rows(spec: dict[str, Any], r: _Rows, kwargs: dict[str, Any], label_kin
         # the rounds' potentials are constants; a final column step (IOT) is differentiated,
         # as in the single-process loss
         with torch.no_grad():
-            phi, gamma = _forward_rounds(lk.detach(), log_a, log_b, _as_float(t_a),
-                                         _as_float(t_b), spec["rounds"], gamma0, False, None)
+            phi, gamma = _plain_rounds(lk.detach(), log_a, log_b, _as_float(t_a),
+                                       _as_float(t_b), spec["rounds"], gamma0, False, None)
         if column:
             gamma = _scaled(t_b, log_b - _ColLSE.apply(lk, phi, None))
     elif grad == "implicit" and spec["rounds"] > 0:
