@@ -386,7 +386,7 @@ class _Loss(nn.Module):
         if self.layout is not None:
             parts.append(f"layout={self.layout!r}")
         if self.distributed:
-            parts.append("distributed=True")
+            parts.append(f"distributed={self.distributed!r}")
         return ", ".join(parts)
 
 
