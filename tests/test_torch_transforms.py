@@ -78,3 +78,20 @@ def test_compile_has_no_graph_break_and_matches_eager(cls):
     torch.testing.assert_close(value, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(a.grad, a0.grad, rtol=1e-8, atol=1e-11)
     torch.testing.assert_close(b.grad, b0.grad, rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("eps", [1e-3, 0.1])
+def test_torch_log_domain_at_small_eps_equals_numpy(eps):
+    """The clamped exponent of the torch log-sum-exp (an underflowing term is 0 either way)
+    gives NumPy's potentials, at a small eps where most terms underflow."""
+    import numpy as np
+
+    import otcl
+
+    rng = np.random.default_rng(4)
+    C = np.asarray(otcl.cost_matrix(rng.standard_normal((40, 6)), rng.standard_normal((30, 6)),
+                                    "cosine"))
+    ref = otcl.sinkhorn(C, eps=eps, domain="log", max_iter=25, tol=None)
+    got = otcl.sinkhorn(torch.tensor(C), eps=eps, domain="log", max_iter=25, tol=None)
+    np.testing.assert_allclose(got.f.numpy(), ref.f, rtol=1e-12, atol=1e-12 * eps)
+    np.testing.assert_allclose(got.g.numpy(), ref.g, rtol=1e-12, atol=1e-12 * eps)
