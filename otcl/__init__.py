@@ -2,18 +2,25 @@
 
 The same algorithms run on NumPy, CuPy, PyTorch (CPU and CUDA) and any array-API library.
 
-* Solvers: :func:`sinkhorn` (balanced, semi-relaxed, unbalanced; kernel / stabilized / log
-  domain), :func:`row_projection` (the one-step projection behind InfoNCE).
-* Geometry: :func:`cost_matrix`, :func:`view_batch`, :func:`partner_index`.
-* Losses: :func:`info_nce`, :func:`gca_ince`, :func:`rince`, :func:`gca_rince`, :func:`gca_uot`,
-  :func:`iot`, :func:`iot_uni`, and the generic :func:`alignment_loss`; the paper's official
-  configurations by name: :func:`official_config`; beyond InfoNCE: :func:`swav_codes` (SwAV's
-  Sinkhorn–Knopp codes), :func:`byol`, :func:`gca_capacity`.
-* Targets: :func:`pair_target`, :func:`label_target`, :func:`domain_prior`.
-* Constraint sets: :func:`bregman_projection` with :class:`RowMarginal`, :class:`ColumnMarginal`,
-  :class:`UpperBound`, :class:`LowerBound`, :class:`TotalMass` (Bregman–Dykstra).
-* Gradients without autograd: :func:`value_and_grad` (NumPy, CuPy, array-API).
-* PyTorch modules live in :mod:`otcl.torch` (imported on demand).
+* Solvers: [`sinkhorn`][otcl.solvers.sinkhorn.sinkhorn] (balanced, semi-relaxed, unbalanced; kernel
+  / stabilized / log domain), [`row_projection`][otcl.row_projection] (the one-step projection
+  behind InfoNCE).
+* Geometry: [`cost_matrix`][otcl.cost_matrix], [`view_batch`][otcl.view_batch],
+  [`partner_index`][otcl.partner_index].
+* Losses: [`info_nce`][otcl.info_nce], [`gca_ince`][otcl.gca_ince], [`rince`][otcl.rince],
+  [`gca_rince`][otcl.gca_rince], [`gca_uot`][otcl.gca_uot], [`iot`][otcl.iot],
+  [`iot_uni`][otcl.iot_uni], and the generic [`alignment_loss`][otcl.alignment_loss]; the paper's
+  official configurations by name: [`official_config`][otcl.official_config]; beyond InfoNCE:
+  [`swav_codes`][otcl.swav_codes] (SwAV's Sinkhorn–Knopp codes), [`byol`][otcl.byol],
+  [`gca_capacity`][otcl.gca_capacity].
+* Targets: [`pair_target`][otcl.pair_target], [`label_target`][otcl.label_target],
+  [`domain_prior`][otcl.domain_prior].
+* Constraint sets: [`bregman_projection`][otcl.bregman_projection] with
+  [`RowMarginal`][otcl.RowMarginal], [`ColumnMarginal`][otcl.ColumnMarginal],
+  [`UpperBound`][otcl.UpperBound], [`LowerBound`][otcl.LowerBound], [`TotalMass`][otcl.TotalMass]
+  (Bregman–Dykstra).
+* Gradients without autograd: [`value_and_grad`][otcl.value_and_grad] (NumPy, CuPy, array-API).
+* PyTorch modules live in [`otcl.torch`][otcl.torch] (imported on demand).
 """
 
 from otcl._version import __version__

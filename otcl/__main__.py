@@ -1,4 +1,4 @@
-"""``python -m otcl``: the ``otcl`` command (see :mod:`otcl.cli`)."""
+"""``python -m otcl``: the ``otcl`` command (see [`otcl.cli`][otcl.cli])."""
 
 import sys
 

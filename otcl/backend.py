@@ -1,15 +1,15 @@
 """Array-library dispatch: the one place that knows which array library is in use.
 
 Every algorithm in otcl is written once against the Python array API standard and receives its
-namespace ``xp`` from :func:`namespace`. The handful of operations the standard lacks
-(``logsumexp``, a log that maps 0 to ``-inf`` without a warning, the dtype's ``tiny``, conversion
-to NumPy) live here and nowhere else. Fast paths for a particular library (for instance PyTorch's
-fused ``logsumexp``) are chosen here by namespace, never by importing that library.
+namespace ``xp`` from [`namespace`][otcl.backend.namespace]. The handful of operations the standard
+lacks (``logsumexp``, a log that maps 0 to ``-inf`` without a warning, the dtype's ``tiny``,
+conversion to NumPy) live here and nowhere else. Fast paths for a particular library (for instance
+PyTorch's fused ``logsumexp``) are chosen here by namespace, never by importing that library.
 
-:func:`array_ops` gives solver loops their dense primitives (matrix-vector products, shifted
-exponentials and log-sum-exps): for NumPy and PyTorch CPU tensors that no autograd graph
-records they write into preallocated buffers and work on large matrices block by block in cache;
-for everything else they allocate and stay differentiable. The loops are written once against
+[`array_ops`][otcl.backend.array_ops] gives solver loops their dense primitives (matrix-vector
+products, shifted exponentials and log-sum-exps): for NumPy and PyTorch CPU tensors that no autograd
+graph records they write into preallocated buffers and work on large matrices block by block in
+cache; for everything else they allocate and stay differentiable. The loops are written once against
 that interface.
 """
 
@@ -89,9 +89,9 @@ def check_compatible(
 
     The first non-``None`` argument is the reference. A mismatch raises ``TypeError`` (library,
     dtype) or ``ValueError`` (device) naming the offending argument, so that nothing is ever
-    silently converted. With ``floating=True`` the reference dtype must be real floating of at
-    least 32 bits (float32 or float64: the solvers' ranges and tolerances are those of these two;
-    float16 and bfloat16 raise ``TypeError``, see :data:`ACCEPTED_FLOATS`); with
+    silently converted. With ``floating=True`` the reference dtype must be real floating of at least
+    32 bits (float32 or float64: the solvers' ranges and tolerances are those of these two; float16
+    and bfloat16 raise ``TypeError``, see [`ACCEPTED_FLOATS`][otcl.backend.ACCEPTED_FLOATS]); with
     ``same_dtype=False`` only the library and device are compared (e.g. a boolean mask).
     """
     named = [(name, x) for name, x in arrays.items() if x is not None]
@@ -161,8 +161,9 @@ class NamespaceRef:
 
 
 def picklable_state(obj: Any) -> dict[str, Any]:
-    """``obj.__dict__`` with every module (array namespace) replaced by a :class:`NamespaceRef`
-    (for ``__getstate__``; undone by :func:`restore_state`)."""
+    """``obj.__dict__`` with every module (array namespace) replaced by a
+    [`NamespaceRef`][otcl.backend.NamespaceRef] (for ``__getstate__``; undone by
+    [`restore_state`][otcl.backend.restore_state])."""
     import types
 
     return {k: NamespaceRef(v) if isinstance(v, types.ModuleType) else v
@@ -170,7 +171,7 @@ def picklable_state(obj: Any) -> dict[str, Any]:
 
 
 def restore_state(obj: Any, state: dict[str, Any]) -> None:
-    """Inverse of :func:`picklable_state` (for ``__setstate__``)."""
+    """Inverse of [`picklable_state`][otcl.backend.picklable_state] (for ``__setstate__``)."""
     obj.__dict__.update({k: v.resolve() if isinstance(v, NamespaceRef) else v
                          for k, v in state.items()})
 
@@ -244,7 +245,8 @@ def host_matmul(x: Array, y: Array, xp: Any, out: Array | None = None) -> Array:
     BLAS on the same memory (zero copy): on the reference machine (one thread) its
     matrix-vector products take 0.75 ms where PyTorch's take 1.0-1.2 ms at ``2048 x 2048``, and
     its thin products (``(2048, 21) @ (21, 2048)``, ``(2048, 128) @ (128, 2048)``) half the time
-    or less. NumPy's BLAS then runs under :func:`torch_blas_limit` (one thread pool); without
+    or less. NumPy's BLAS then runs under
+    [`torch_blas_limit`][otcl.backend.torch_blas_limit] (one thread pool); without
     ``threadpoolctl`` to limit it, torch computes the product. Everything else: ``xp.matmul``
     (NumPy: with ``out``).
     """
@@ -322,10 +324,10 @@ def _torch_cpu_floats(*tensors: Array) -> bool:
 def product_t(x: Array, y: Array, xp: Any) -> Array:
     """``x @ y^T`` for ``x (n, d)``, ``y (m, d)``: a fresh ``(n, m)`` array the caller owns.
 
-    NumPy arrays and PyTorch CPU float tensors (recorded by autograd or not: the product is then
-    a ``torch.autograd.Function`` with the gradient of ``x @ y.T``) get it in a buffer of
-    :data:`otcl.buffers.BUFFER_POOL`, so a loss called again faults in no fresh pages; other
-    libraries, ``xp.matmul``.
+    NumPy arrays and PyTorch CPU float tensors (recorded by autograd or not: the product is then a
+    ``torch.autograd.Function`` with the gradient of ``x @ y.T``) get it in a buffer of
+    [`otcl.buffers.BUFFER_POOL`][otcl.buffers.BUFFER_POOL], so a loss called again faults in no
+    fresh pages; other libraries, ``xp.matmul``.
     """
     if array_api_compat.is_numpy_namespace(xp):
         out = BUFFER_POOL.empty((x.shape[0], y.shape[0]), np.result_type(x, y))
@@ -338,12 +340,12 @@ def product_t(x: Array, y: Array, xp: Any) -> Array:
 
 @functools.cache
 def _torch_product_function() -> Any:
-    """The ``torch.autograd.Function`` behind :func:`product_t` (built on first use, so that
-    importing this module never imports torch).
+    """The ``torch.autograd.Function`` behind [`product_t`][otcl.backend.product_t] (built on first
+    use, so that importing this module never imports torch).
 
     Forward: ``x @ y^T`` into a pooled buffer. Backward: ``x̄ = Ḡ y``, ``ȳ = Ḡ^T x`` through
-    :func:`host_matmul`, which keeps them differentiable torch products when a graph records
-    them (``create_graph=True``), so double backward works too.
+    [`host_matmul`][otcl.backend.host_matmul], which keeps them differentiable torch products when a
+    graph records them (``create_graph=True``), so double backward works too.
     """
     import torch
 
@@ -453,16 +455,18 @@ def to_numpy(x: Array) -> np.ndarray:
 # Buffered operations for solver loops
 
 FUSE_MIN_BYTES = 24 * 2**20
-"""Kernels larger than this (bytes) are swept in cache-sized blocks by :meth:`ArrayOps.blocks`.
+"""Kernels larger than this (bytes) are swept in cache-sized blocks by
+[`ArrayOps.blocks`][otcl.backend.ArrayOps.blocks].
 
 Below it the matrix stays in the last-level cache between the two products of a round anyway
 (measured on a 32 MiB L3: fusing is 5-10 % slower at 16 MiB, 20-40 % faster from 32 MiB).
 """
 
 PASSES_MIN_BYTES = 8 * 2**20
-"""Matrices larger than this (bytes) are processed in blocks of rows by the multi-pass
-operations (:meth:`ArrayOps.logsumexp_shifted`, :meth:`ArrayOps.exp_shifted`), whose
-intermediate passes then stay in cache (10-15 % faster at 16 MiB, 30 % at 64 MiB)."""
+"""Matrices larger than this (bytes) are processed in blocks of rows by the multi-pass operations
+([`ArrayOps.logsumexp_shifted`][otcl.backend.ArrayOps.logsumexp_shifted],
+[`ArrayOps.exp_shifted`][otcl.backend.ArrayOps.exp_shifted]), whose intermediate passes then stay in
+cache (10-15 % faster at 16 MiB, 30 % at 64 MiB)."""
 
 BLOCK_BYTES = 4 * 2**20
 """Target size of one block of a fused sweep: a few rows that stay in cache between the row
@@ -478,14 +482,14 @@ batched product costs several microseconds per matrix at this size."""
 class ArrayOps:
     """The dense primitives of a solver loop, with optional preallocated outputs.
 
-    Every method returns its result. This base class, used for any array-API library and for
-    arrays that an autograd engine is recording, allocates each result and ignores ``out``:
-    :attr:`inplace` is False and :meth:`buffer` returns ``None``, so a loop written against this
-    interface runs unchanged and stays differentiable. The NumPy and PyTorch (CPU) versions
-    (:func:`array_ops`) write into ``out`` instead, so that a loop reuses a fixed set of buffers
-    and touches no fresh memory per iteration. Shapes are batch-first: kernels ``(B, n, m)``,
-    row vectors ``(B, n)``, column vectors ``(B, m)``; the products also take one matrix
-    ``(n, m)`` with vectors ``(n,)``, ``(m,)`` (the blocks of a sweep).
+    Every method returns its result. This base class, used for any array-API library and for arrays
+    that an autograd engine is recording, allocates each result and ignores ``out``: `inplace` is
+    False and [`buffer`][otcl.backend.ArrayOps.buffer] returns ``None``, so a loop written against
+    this interface runs unchanged and stays differentiable. The NumPy and PyTorch (CPU) versions
+    ([`array_ops`][otcl.backend.array_ops]) write into ``out`` instead, so that a loop reuses a
+    fixed set of buffers and touches no fresh memory per iteration. Shapes are batch-first: kernels
+    ``(B, n, m)``, row vectors ``(B, n)``, column vectors ``(B, m)``; the products also take one
+    matrix ``(n, m)`` with vectors ``(n,)``, ``(m,)`` (the blocks of a sweep).
     """
 
     inplace = False
@@ -656,13 +660,13 @@ class _BufferOps(ArrayOps):
         return self.add(acc, self.rmatvec(kernel, u, out=tmp), out=acc)
 
     clamps = False
-    """Whether :meth:`_exp_terms` raises arguments below the underflow point to it (so that its
+    """Whether `_exp_terms` raises arguments below the underflow point to it (so that its
     exp of ``-inf`` is about the smallest normal number, not 0)."""
 
     def _exp_terms(self, x: Array, out: Array) -> Array:
         """``exp(x)`` into ``out`` for the terms of a log-sum-exp after its maximum was
         subtracted: an entry whose exp is below the smallest normal number may come out as that
-        number instead (:attr:`clamps`), invisible in a sum that holds a term of 1."""
+        number instead (`clamps`), invisible in a sum that holds a term of 1."""
         return self.lib.exp(x, out=out)
 
     def _max(self, x: Array, axis: int) -> Array:
@@ -730,8 +734,8 @@ class _BufferOps(ArrayOps):
         return out
 
     def _pieces(self, x: Array) -> list[tuple[slice, slice]]:
-        """``(problems, rows)`` pieces of ``x`` ``(B, n, m)`` in the order of :meth:`blocks`
-        (the whole array when it is small)."""
+        """``(problems, rows)`` pieces of ``x`` ``(B, n, m)`` in the order of
+        [`blocks`][otcl.backend.ArrayOps.blocks] (the whole array when it is small)."""
         plan = self._plan(x, PASSES_MIN_BYTES)
         if plan is None:
             return [(slice(None), slice(None))]
@@ -767,11 +771,11 @@ class _NumpyOps(_BufferOps):
 class _TorchOps(_BufferOps):
     """PyTorch CPU tensors that no autograd graph records.
 
-    Large buffers are NumPy arrays from :data:`otcl.buffers.BUFFER_POOL` (reused across calls
-    once unreferenced; NumPy also asks the kernel for transparent huge pages), so that a solve or
-    a loss touches no fresh ``n x m`` memory in a long-lived process.
-    Small stacked matrix-vector products go through NumPy on the same memory (zero copy), under
-    :func:`torch_blas_limit`.
+    Large buffers are NumPy arrays from [`otcl.buffers.BUFFER_POOL`][otcl.buffers.BUFFER_POOL]
+    (reused across calls once unreferenced; NumPy also asks the kernel for transparent huge pages),
+    so that a solve or a loss touches no fresh ``n x m`` memory in a long-lived process. Small
+    stacked matrix-vector products go through NumPy on the same memory (zero copy), under
+    [`torch_blas_limit`][otcl.backend.torch_blas_limit].
     """
 
     def __init__(self, xp: Any, torch: Any) -> None:
@@ -857,12 +861,12 @@ class _TorchOps(_BufferOps):
 
 
 def array_ops(xp: Any, *arrays: Any) -> ArrayOps:
-    """The :class:`ArrayOps` for a solver loop on ``arrays`` (the loop's inputs).
+    """The [`ArrayOps`][otcl.backend.ArrayOps] for a solver loop on ``arrays`` (the loop's inputs).
 
-    Buffered operations for NumPy and for PyTorch CPU tensors when no autograd graph records
-    any of the arrays (no ``requires_grad``, or grad mode off); the allocating, differentiable
-    :class:`ArrayOps` for everything else (array-api-strict, CuPy, GPU tensors, recorded
-    tensors).
+    Buffered operations for NumPy and for PyTorch CPU tensors when no autograd graph records any of
+    the arrays (no ``requires_grad``, or grad mode off); the allocating, differentiable
+    [`ArrayOps`][otcl.backend.ArrayOps] for everything else (array-api-strict, CuPy, GPU tensors,
+    recorded tensors).
     """
     if array_api_compat.is_numpy_namespace(xp):
         return _NumpyOps(xp)

@@ -4,8 +4,8 @@ A fresh ``n x m`` array is not free: the operating system maps its pages on firs
 page fault per 4 KiB page (``n m / 1024`` faults in float32), and on some machines that costs
 more than the arithmetic the array is for (a 16 MiB ``exp`` took 7 ms into a reused buffer and
 up to 20 ms into a fresh one on the 2-core reference machine). The buffered operations of
-:mod:`otcl.backend` therefore take their large buffers (the kernel of a solve, the kernel
-gradient of a loss, the solver's work arrays) from :data:`BUFFER_POOL`.
+[`otcl.backend`][otcl.backend] therefore take their large buffers (the kernel of a solve, the kernel
+gradient of a loss, the solver's work arrays) from [`BUFFER_POOL`][otcl.buffers.BUFFER_POOL].
 
 A pooled NumPy array is handed out again only when nothing else refers to it: the pool reads
 its reference count, which every NumPy view and every PyTorch tensor made with
@@ -13,10 +13,11 @@ its reference count, which every NumPy view and every PyTorch tensor made with
 buffer returned to the caller, kept in an autograd graph or stored as a ``.grad`` is never
 overwritten; it returns to service once the last of them is gone.
 
-The pool holds at most :attr:`BufferPool.limit_bytes` (default 512 MiB; when a new buffer
-would exceed it, unused buffers go, least recently used first), pools only arrays of at least
-:data:`POOL_MIN_BYTES` (smaller ones come from the allocator's heap, which reuses them anyway),
-and :meth:`BufferPool.clear` drops every buffer not in use.
+The pool holds at most `BufferPool.limit_bytes` (default 512 MiB; when a new buffer would exceed it,
+unused buffers go, least recently used first), pools only arrays of at least
+[`POOL_MIN_BYTES`][otcl.buffers.POOL_MIN_BYTES] (smaller ones come from the allocator's heap, which
+reuses them anyway), and [`BufferPool.clear`][otcl.buffers.BufferPool.clear] drops every buffer not
+in use.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class BufferPool:
 
     @property
     def free_nbytes(self) -> int:
-        """Bytes of pooled buffers that nothing refers to (what :meth:`clear` releases)."""
+        """Bytes of pooled buffers that nothing refers to (what
+        [`clear`][otcl.buffers.BufferPool.clear] releases)."""
         with self._lock:
             return sum(self._arrays[i].nbytes for i in range(len(self._arrays)) if self._free(i))
 
@@ -109,5 +111,6 @@ class BufferPool:
 
 
 BUFFER_POOL = BufferPool()
-"""The pool the buffered operations of :mod:`otcl.backend` use (``BUFFER_POOL.limit_bytes``
-bounds the unused buffers it keeps; ``BUFFER_POOL.clear()`` releases them)."""
+"""The pool the buffered operations of [`otcl.backend`][otcl.backend] use
+(``BUFFER_POOL.limit_bytes`` bounds the unused buffers it keeps; ``BUFFER_POOL.clear()`` releases
+them)."""

@@ -112,7 +112,8 @@ def index_dtype(xp: Any) -> Any:
 
 
 def sample_index(n_rows: int, n_views: int, layout: str, xp: Any, device: Any = None) -> Array:
-    """Sample id of each row of an all-views batch, shape ``(n_rows,)`` (:func:`index_dtype`).
+    """Sample id of each row of an all-views batch, shape ``(n_rows,)``
+    ([`index_dtype`][otcl.geometry.index_dtype]).
 
     ``"blocked"``: row ``r`` holds sample ``r mod N``; ``"interleaved"``: sample ``r // V``.
     """
@@ -263,13 +264,14 @@ class ViewBatch:
     def log_kernel_at(self, eps: Any, rows: Array | None, cols: Array | None) -> Array | None:
         """``Λ[rows[k], cols[k]]`` for each ``k``, shape ``(k,)``, computed from the embeddings in
         ``O(k d)``, or ``None`` for a batch built on a cost matrix (gather from
-        :meth:`log_kernel` there). ``rows=None`` means every row in order, ``cols=None`` every
-        column in order (``rows=cols=None``: the diagonal of a square batch).
+        [`log_kernel`][otcl.geometry.ViewBatch.log_kernel] there). ``rows=None`` means every row in
+        order, ``cols=None`` every column in order (``rows=cols=None``: the diagonal of a square
+        batch).
 
         A cross-view batch's own ``partner`` as ``cols`` (with ``rows=None``) is read as the
         diagonal, without a gather. Used for the entries of a pair target: the value equals the
-        entry of :meth:`log_kernel` (up to rounding), and its gradient never forms an ``n x m``
-        array. Self-pairs of a self-masked batch are ``-inf``.
+        entry of [`log_kernel`][otcl.geometry.ViewBatch.log_kernel] (up to rounding), and its
+        gradient never forms an ``n x m`` array. Self-pairs of a self-masked batch are ``-inf``.
         """
         if self.embeddings is None:
             return None

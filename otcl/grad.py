@@ -1,9 +1,10 @@
 """Loss values and gradients for frameworks without autograd (NumPy, CuPy, any array-API library).
 
-:func:`value_and_grad` returns a GCA loss and its gradient with respect to the embeddings,
-computed in backend-agnostic code: the outer divergence and the cost are differentiated by hand,
-and the inner solve by the same adjoint as the PyTorch adapter (:mod:`otcl.solvers.adjoint`), in
-``"unroll"`` (exact derivative of the rounds) or ``"implicit"`` (fixed-point) mode.
+[`value_and_grad`][otcl.value_and_grad] returns a GCA loss and its gradient with respect to the
+embeddings, computed in backend-agnostic code: the outer divergence and the cost are differentiated
+by hand, and the inner solve by the same adjoint as the PyTorch adapter
+([`otcl.solvers.adjoint`][otcl.solvers.adjoint]), in ``"unroll"`` (exact derivative of the rounds)
+or ``"implicit"`` (fixed-point) mode.
 
 The chain, for ``Λ = -C / eps`` and the scaled potentials ``(phi, gamma)`` of the inner solve:
 
@@ -73,7 +74,7 @@ def value_and_grad(
     loss:
         ``"info_nce"``, ``"gca_ince"``, ``"rince"``, ``"gca_rince"`` or ``"gca_uot"``; the
         hyper-parameters, call forms and defaults are those of the functions of the same name
-        in :mod:`otcl` (``rho``, ``r1``, ``r2``, ``kl`` apply to ``gca_uot``; ``q``, ``lam`` to
+        in [`otcl`][otcl] (``rho``, ``r1``, ``r2``, ``kl`` apply to ``gca_uot``; ``q``, ``lam`` to
         the RINCE terms; ``metric=None`` is the loss's default, ``"cosine"`` for ``gca_uot`` and
         ``"neg_cosine"`` otherwise; ``temperature`` is another name for ``eps``).
     z1, z2:

@@ -3,8 +3,8 @@
 Under ``jax.jit``, ``jax.grad`` and ``jax.vmap`` arrays are tracers; under ``torch.compile`` and
 ``torch.func.vmap`` torch tensors are symbolic or batched. Reading a value of such an array
 (``bool(x.any())``, ``float(x)``) fails or breaks the graph, so otcl's input checks ask
-:func:`concrete` first: shapes and dtypes are always checked, values only when they are concrete
-(DESIGN.md, "input checks never branch on values that a tracer hides").
+[`concrete`][otcl.tracing.concrete] first: shapes and dtypes are always checked, values only when
+they are concrete (DESIGN.md, "input checks never branch on values that a tracer hides").
 """
 
 from __future__ import annotations

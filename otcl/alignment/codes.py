@@ -6,9 +6,10 @@ uniform marginals, mass ``1/B`` per sample and ``1/K`` per prototype, for the ke
 entropic OT problem with cost ``C = -scores``. Its reference code runs a fixed 3 rounds of
 Sinkhorn–Knopp in the kernel domain, prototype side first, and returns ``B P`` (rows sum to 1).
 
-:func:`swav_codes` computes the same plan with the solver behind :func:`otcl.sinkhorn` on the
-transposed problem (prototypes as rows, so that each round normalises the prototypes first, then
-the samples), and forms the codes from the potentials in one pass over the scores:
+[`swav_codes`][otcl.swav_codes] computes the same plan with the solver behind
+[`otcl.sinkhorn`][otcl.solvers.sinkhorn.sinkhorn] on the transposed problem (prototypes as rows, so
+that each round normalises the prototypes first, then the samples), and forms the codes from the
+potentials in one pass over the scores:
 
 * with the default ``n_iter = 3`` it equals the reference to rounding;
 * ``tol`` runs to a marginal error instead of a fixed count (``max_iter`` rounds at most);
@@ -16,7 +17,7 @@ the samples), and forms the codes from the potentials in one pass over the score
   the reference's ``exp(scores / eps)`` overflows or turns to NaN;
 * ``rho`` relaxes the prototype marginal (KL penalty, ``inf`` = hard), for data whose clusters are
   not of equal size;
-* ``return_details=True`` also returns the solver's :class:`~otcl.solvers.result.Transport`
+* ``return_details=True`` also returns the solver's [`Transport`][otcl.Transport]
   (iterations, marginal errors, ``converged``).
 """
 
@@ -54,14 +55,15 @@ def swav_codes(scores: Array, *, eps: float = 0.05, n_iter: int = 3, tol: float 
     n_iter:
         Rounds when ``tol`` is ``None`` (SwAV's ``sinkhorn_iterations``, default 3).
     tol, max_iter:
-        Stop when the relative marginal error is ``<= tol`` (see :func:`otcl.sinkhorn`).
+        Stop when the relative marginal error is ``<= tol`` (see
+        [`otcl.sinkhorn`][otcl.solvers.sinkhorn.sinkhorn]).
     rho:
         KL penalty on the prototype marginal (``inf``: every prototype receives ``1/K``).
     domain:
         ``"auto"`` (kernel domain while ``exp`` of the scores' range fits the dtype, else log
         domain), ``"kernel"``, ``"stabilized"`` or ``"log"``.
     return_details:
-        Also return the :class:`~otcl.solvers.result.Transport` of the transposed problem
+        Also return the [`Transport`][otcl.Transport] of the transposed problem
         (prototypes as rows).
     """
     from otcl.alignment.losses import as_count
@@ -100,7 +102,7 @@ def swav_codes(scores: Array, *, eps: float = 0.05, n_iter: int = 3, tol: float 
 
 
 TILE = 512
-"""Side of the square tiles in which :func:`_negated_transpose` writes the transposed cost
+"""Side of the square tiles in which `_negated_transpose` writes the transposed cost
 (1 MiB in float32: source and destination tiles stay in cache; a row-by-row transposed write of
 a 4096 x 3000 float32 matrix took 2-3x longer on the reference machine)."""
 

@@ -4,7 +4,7 @@ Each check computes the two sides by independent routes (a direct formula on one
 construction on the other) and reports the gap:
 
 * ``infonce_is_row_projection``: InfoNCE by log-sum-exp equals ``(1/N) KL(I || Proj_rows(K))``
-  with the plan formed explicitly by :func:`otcl.row_projection`;
+  with the plan formed explicitly by [`otcl.row_projection`][otcl.row_projection];
 * ``pythagorean_identity``: ``KL(T || P^(k)) = KL(T || P^(k+1)) + KL(P^(k+1) || P^(k))`` for every
   half-step ``k`` (matched marginals), the largest violation;
 * ``kl_monotone``: the largest increase of ``KL(T || P^(k))`` over half-steps (should be <= 0);
@@ -17,10 +17,10 @@ construction on the other) and reports the gap:
   ``2N`` views written by log-sum-exp;
 * ``byol_is_l2_regression``: BYOL's ``2 - 2 cos(p, z')`` equals the squared distance of the unit
   vectors (the family's member with ``d_Γ`` = L2 and no constraint);
-* ``swav_codes_are_sinkhorn_knopp``: :func:`otcl.swav_codes` equals SwAV's three prototype-first
-  normalisation rounds written out (the largest entry difference);
-* ``capacity_bound_holds``: the plan of :func:`otcl.gca_capacity` keeps every negative pair at
-  most ``kappa`` (largest excess over the bound).
+* ``swav_codes_are_sinkhorn_knopp``: [`otcl.swav_codes`][otcl.swav_codes] equals SwAV's three
+  prototype-first normalisation rounds written out (the largest entry difference);
+* ``capacity_bound_holds``: the plan of [`otcl.gca_capacity`][otcl.gca_capacity] keeps every
+  negative pair at most ``kappa`` (largest excess over the bound).
 """
 
 from __future__ import annotations
@@ -222,8 +222,9 @@ def _family_records(z1: Array, z2: Array, eps: float, tol: float,
 def run_all(library: str = "numpy", *, n: int = 64, d: int = 16, eps: float = 0.5,
             seed: int = 0, dtype: str = "float64", device: Any = None
             ) -> list[EquivalenceRecord]:
-    """:func:`check_equivalences` on random Gaussian embeddings made in ``library``
-    (``"numpy"``, ``"torch"``, ``"cupy"``, ``"array_api_strict"``)."""
+    """[`check_equivalences`][otcl.alignment.equivalences.check_equivalences] on random Gaussian
+    embeddings made in ``library`` (``"numpy"``, ``"torch"``, ``"cupy"``,
+    ``"array_api_strict"``)."""
     rng = np.random.default_rng(seed)
     z1 = rng.standard_normal((n, d)).astype(dtype)
     z2 = (z1 + 0.5 * rng.standard_normal((n, d))).astype(dtype)

@@ -1,11 +1,11 @@
 """Members of the alignment family beyond the InfoNCE branch (GCA-NOTES §2.2, the paper's Table 1).
 
-* :func:`byol`: BYOL / SimSiam's regression loss, the member with ``d_Γ`` = squared L2 and no
+* [`byol`][otcl.byol]: BYOL / SimSiam's regression loss, the member with ``d_Γ`` = squared L2 and no
   constraint set (the plan is the kernel itself, no iteration): ``2 - 2 cos(p, z')`` per pair,
   summed over the two directions as in BYOL.
-* :func:`gca_capacity`: GCA-INCE with an upper bound on the plan mass of every negative pair,
-  ``P_ij <= kappa`` for ``T_ij = 0``, solved by Bregman–Dykstra projections onto
-  rows ∩ columns ∩ bound: a row's mass cannot be absorbed by a few false negatives.
+* [`gca_capacity`][otcl.gca_capacity]: GCA-INCE with an upper bound on the plan mass of every
+  negative pair, ``P_ij <= kappa`` for ``T_ij = 0``, solved by Bregman–Dykstra projections onto rows
+  ∩ columns ∩ bound: a row's mass cannot be absorbed by a few false negatives.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def byol(p1: Array, z2: Array, p2: Array | None = None, z1: Array | None = None,
     ``p`` are the online network's predictions, ``z`` the target network's projections of the
     other view, all ``(N, d)``. ``2 - 2 cos = ||p̂ - ẑ||^2`` for unit vectors. SimSiam's loss
     ``-(cos(p1, z2) + cos(p2, z1)) / 2`` is ``byol / 4 - 1``. The target side carries no gradient
-    in BYOL and SimSiam: detach ``z`` (:class:`otcl.torch.BYOL` does).
+    in BYOL and SimSiam: detach ``z`` ([`otcl.torch.BYOL`][otcl.torch.losses.BYOL] does).
     ``reduction``: ``"mean"`` over samples, ``"sum"`` or ``"none"``.
     """
     xp = check_compatible(p1=p1, z2=z2, p2=p2, z1=z1)
@@ -72,7 +72,7 @@ def gca_capacity(z1: Array, z2: Array | None = None, *, eps: float | Array | Non
     cannot absorb a row; ``kappa >= 1`` leaves GCA-INCE. The positives are not bounded. The
     gradient is the array library's own autodiff through the projections (the cycles are
     written with array-API operations). Call forms and the other arguments as
-    :func:`otcl.gca_ince`; default ``eps = 0.5``, ``kappa = 0.1``.
+    [`otcl.gca_ince`][otcl.gca_ince]; default ``eps = 0.5``, ``kappa = 0.1``.
     """
     from otcl.alignment.losses import (
         _constrained_loss,

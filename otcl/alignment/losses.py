@@ -15,12 +15,12 @@ loss            inner constraints          rounds ``n_iter``     outer divergenc
 ``iot_uni``     as ``iot``                 as ``iot``            iot + lam_p KL(Q || P)
 ==============  =========================  ====================  ==================================
 
-A two-view call ``f(z1, z2)`` is the SimCLR problem: all ``2N`` views, self-pairs excluded,
-each view's partner as its positive, averaged over the ``2N`` rows (:func:`otcl.view_batch`);
-``layout="cross"`` selects the one-direction ``N x M`` problem. Each function accepts NumPy,
-CuPy, PyTorch or array-API arrays and returns that library's 0-d array (``reduction="mean"`` /
-``"sum"``) or the per-row values (``reduction="none"``); with ``return_details=True`` it returns
-``(value, LossDetails)``.
+A two-view call ``f(z1, z2)`` is the SimCLR problem: all ``2N`` views, self-pairs excluded, each
+view's partner as its positive, averaged over the ``2N`` rows
+([`otcl.view_batch`][otcl.view_batch]); ``layout="cross"`` selects the one-direction ``N x M``
+problem. Each function accepts NumPy, CuPy, PyTorch or array-API arrays and returns that library's
+0-d array (``reduction="mean"`` / ``"sum"``) or the per-row values (``reduction="none"``); with
+``return_details=True`` it returns ``(value, LossDetails)``.
 """
 
 from __future__ import annotations
@@ -104,10 +104,12 @@ class UnrolledInner:
 
 
 class FastInner:
-    """The fast forward of :func:`otcl.solvers.adjoint.fixed_round_potentials` (kernel domain
-    where exact), for arrays that carry no autograd record. Arrays that do (a torch tensor with
-    ``requires_grad``) go through :class:`UnrolledInner`, so the framework's autograd sees every
-    operation; :mod:`otcl.torch` provides the faster custom backward."""
+    """The fast forward of
+    [`otcl.solvers.adjoint.fixed_round_potentials`][otcl.solvers.adjoint.fixed_round_potentials]
+    (kernel domain where exact), for arrays that carry no autograd record. Arrays that do (a torch
+    tensor with ``requires_grad``) go through
+    [`UnrolledInner`][otcl.alignment.losses.UnrolledInner], so the framework's autograd sees every
+    operation; [`otcl.torch`][otcl.torch] provides the faster custom backward."""
 
     detached = False
 
@@ -248,7 +250,7 @@ def alignment_loss(
     cost:
         ``C`` of shape ``(n, m)``.
     target:
-        ``P_tgt``: an ``(n, m)`` non-negative array, a :class:`Target`, or ``None`` for the
+        ``P_tgt``: an ``(n, m)`` non-negative array, a [`Target`][otcl.Target], or ``None`` for the
         identity (``n == m``).
     eps:
         Entropic strength = temperature (float or 0-d array).
@@ -275,15 +277,15 @@ def alignment_loss(
     reduction:
         ``"mean"`` over rows, ``"sum"``, or ``"none"``.
     return_details:
-        Also return a :class:`LossDetails`.
+        Also return a [`LossDetails`][otcl.LossDetails].
     inner:
         The inner solve (gradient mode); default: fast fixed rounds with the unrolled derivative.
     constraints:
         Instead of ``rho_a``/``rho_b``: any sequence of constraint sets of
-        :func:`otcl.bregman_projection` (e.g. ``[RowMarginal(), ColumnMarginal(),
-        UpperBound(kappa)]``); ``P_θ`` is then the Bregman–Dykstra projection of ``K`` after
-        ``n_iter`` cycles (differentiated by the array library's own autograd). A marginal set
-        given without its marginal uses the target's. Divergences: ``"kl"``,
+        [`otcl.bregman_projection`][otcl.bregman_projection] (e.g. ``[RowMarginal(),
+        ColumnMarginal(), UpperBound(kappa)]``); ``P_θ`` is then the Bregman–Dykstra projection of
+        ``K`` after ``n_iter`` cycles (differentiated by the array library's own autograd). A
+        marginal set given without its marginal uses the target's. Divergences: ``"kl"``,
         ``"cross_entropy"`` or a mapping of them.
     """
     from otcl.backend import check_compatible
@@ -596,19 +598,19 @@ def _embedding_loss(z1: Array, z2: Array | None, *, layout: str | None, n_views:
 
 _COMMON_DOC = """
     Call forms: ``f(z1, z2)`` is the SimCLR problem (all ``2N`` views of ``z = [z1; z2]``,
-    self-pairs excluded, each view's partner its positive, mean over the ``2N`` rows; lightly's
-    and pytorch-metric-learning's ``NTXentLoss`` for InfoNCE); ``f(z1, z2, layout="cross")``
-    the one-direction cross-view ``N x M`` problem (CLIP-style; ``z2`` may have ``M > N`` rows,
-    the extra ones negatives only: a memory bank or MoCo queue; for the OT losses the columns
-    then carry uniform marginals of the rows' total mass); ``layout="queue"`` the same with
-    the extra rows as the only negatives (MoCo, lightly's memory bank); ``f(z, layout="blocked" |
-    "interleaved", n_views=V)`` a batch of ``V`` views; ``f(z, labels=y)`` supervised
-    contrastive on one batch (every row an anchor, positives the other rows with its label).
-    ``labels`` (one per sample, or one per row) gives the supervised target; ``target`` an
-    explicit ``P_tgt`` (e.g. :func:`otcl.domain_prior`). ``temperature`` is another name for
-    ``eps`` (give one). ``reduction`` is ``"mean"`` (default), ``"sum"`` or ``"none"``;
-    ``return_details=True`` returns ``(value, LossDetails)``. ``inner`` selects the gradient
-    mode (see :mod:`otcl.torch`).
+    self-pairs excluded, each view's partner its positive, mean over the ``2N`` rows; lightly's and
+    pytorch-metric-learning's ``NTXentLoss`` for InfoNCE); ``f(z1, z2, layout="cross")`` the
+    one-direction cross-view ``N x M`` problem (CLIP-style; ``z2`` may have ``M > N`` rows, the
+    extra ones negatives only: a memory bank or MoCo queue; for the OT losses the columns then carry
+    uniform marginals of the rows' total mass); ``layout="queue"`` the same with the extra rows as
+    the only negatives (MoCo, lightly's memory bank); ``f(z, layout="blocked" | "interleaved",
+    n_views=V)`` a batch of ``V`` views; ``f(z, labels=y)`` supervised contrastive on one batch
+    (every row an anchor, positives the other rows with its label). ``labels`` (one per sample, or
+    one per row) gives the supervised target; ``target`` an explicit ``P_tgt`` (e.g.
+    [`otcl.domain_prior`][otcl.domain_prior]). ``temperature`` is another name for ``eps`` (give
+    one). ``reduction`` is ``"mean"`` (default), ``"sum"`` or ``"none"``; ``return_details=True``
+    returns ``(value, LossDetails)``. ``inner`` selects the gradient mode (see
+    [`otcl.torch`][otcl.torch]).
 """
 
 
@@ -650,11 +652,11 @@ def gca_ince(z1: Array, z2: Array | None = None, *, eps: float | Array | None = 
     ``L = n_iter`` rounds and a row step (GCA-NOTES §2.4). Defaults ``eps = 0.5``, ``n_iter = 10``
     (the official configuration files).
 
-    With matched marginals the value is ``<= info_nce`` and decreases with ``n_iter``. The
-    official ``gca_ince`` (marginals 1, ``F.cross_entropy(P.log(), targets)``) gives the same
-    number (minus its clamped cosine and soft self-mask, GCA-NOTES D1 / D2). ``divergence`` as
-    in :func:`info_nce`. Metric ``"neg_cosine"``: the balanced plan is unchanged by a constant
-    offset of the cost.
+    With matched marginals the value is ``<= info_nce`` and decreases with ``n_iter``. The official
+    ``gca_ince`` (marginals 1, ``F.cross_entropy(P.log(), targets)``) gives the same number (minus
+    its clamped cosine and soft self-mask, GCA-NOTES D1 / D2). ``divergence`` as in
+    [`info_nce`][otcl.info_nce]. Metric ``"neg_cosine"``: the balanced plan is unchanged by a
+    constant offset of the cost.
     """
     if divergence not in ("kl", "cross_entropy"):
         raise ValueError(f"divergence must be 'kl' or 'cross_entropy', got {divergence!r}")
@@ -697,8 +699,8 @@ def gca_rince(z1: Array, z2: Array | None = None, *, eps: float | Array | None =
     column-reweighted kernel. ``n_iter = 0`` is RINCE. Defaults ``eps = 0.5``, ``n_iter = 10``,
     ``q = 0.6``, ``lam = 0.01``.
 
-    Metric ``"neg_cosine"`` (``K = exp(cos / eps)``), as :func:`rince`, whose value it equals at
-    ``n_iter = 0``.
+    Metric ``"neg_cosine"`` (``K = exp(cos / eps)``), as [`rince`][otcl.rince], whose value it
+    equals at ``n_iter = 0``.
     """
     return _embedding_loss(z1, z2, layout=layout, n_views=n_views, metric=metric, labels=labels,
                            target=target, eps=resolve_temperature(eps, temperature),
@@ -738,7 +740,7 @@ def gca_uot(z1: Array, z2: Array | None = None, *, eps: float | Array | None = N
     ``config/simclr_cifar10.yaml``): ``eps = 0.5``, ``n_iter = 10``, ``rho = 0.2``, ``r1 = 1``,
     ``r2 = 0.2``, ``q = 0.6``, ``lam = 0.01``. Other official configurations:
     ``gca_uot(z1, z2, **otcl.official_config("gca_uot", "cifar100-config"))``
-    (:data:`otcl.alignment.official.OFFICIAL_CONFIGS`).
+    ([`otcl.alignment.official.OFFICIAL_CONFIGS`][otcl.alignment.official.OFFICIAL_CONFIGS]).
 
     Metric ``"cosine"`` (``C = 1 - cos``), as the official code: for unbalanced OT the offset
     does not cancel, it sets how much mass the plan keeps. Differences from the official code:
@@ -767,7 +769,7 @@ def _iot_steps(n_iter: Any) -> tuple[int, str]:
     """The official ``iot`` loop of ``iterations = L`` rounds (row normalisation, then column
     normalisation and a transpose) makes ``L + 1`` distinct projections, rows first (after the
     first round each round's first normalisation is a no-op): ``(rounds, final_step)`` of
-    :func:`_gca_loss` with that many half-steps."""
+    `_gca_loss` with that many half-steps."""
     L = as_count("n_iter", n_iter)
     if L % 2 == 0:
         return L // 2, "row"
@@ -803,7 +805,7 @@ def iot_uni(z1: Array, z2: Array | None = None, *, eps: float | Array | None = N
             layout: str | None = None, n_views: int = 2, metric: str = "neg_cosine",
             labels: Array | None = None, target: Any = None, reduction: str = "mean",
             return_details: bool = False, inner: InnerSolve | None = None) -> Any:
-    """IOT-uni: :func:`iot` plus ``lam_p KL(Q || P)`` with ``Q`` the uniformity prior of the
+    """IOT-uni: [`iot`][otcl.iot] plus ``lam_p KL(Q || P)`` with ``Q`` the uniformity prior of the
     official ``iot_uni``: every allowed (off-diagonal) entry of ``P``, positives included,
     replaced by the mean of ``P`` over the allowed entries. Per row
     ``lam_p sum_j [Q_ij log(Q_ij / P_ij) - Q_ij + P_ij]``; the mass terms cancel in the sum over
@@ -837,10 +839,11 @@ def iot_uni(z1: Array, z2: Array | None = None, *, eps: float | Array | None = N
 
 
 hs_ince = info_nce
-"""The paper's "INCE" (half-step INCE): one row projection, identical to :func:`info_nce`."""
+"""The paper's "INCE" (half-step INCE): one row projection, identical to
+[`info_nce`][otcl.info_nce]."""
 
 hs_rince = rince
-"""Half-step RINCE: GCA-RINCE after one row step, identical to :func:`rince`."""
+"""Half-step RINCE: GCA-RINCE after one row step, identical to [`rince`][otcl.rince]."""
 
 for _f in (info_nce, gca_ince, rince, gca_rince, gca_uot, iot, iot_uni):
     _f.__doc__ = (_f.__doc__ or "") + _COMMON_DOC

@@ -1,10 +1,10 @@
 """Target plans ``P_tgt``: what the alignment should look like.
 
-A :class:`Target` is a non-negative ``(n, m)`` matrix, stored sparsely when every row has exactly
-one positive of weight 1 (pairs of views) and densely otherwise (labels, domain priors, user
-matrices). The inner OT problem uses the target's own marginals by default (``a = T 1``,
-``b = T^T 1``), which is the matched case in which ``KL(T || P^(k))`` decreases at every
-half-step (GCA-NOTES §3.3).
+A [`Target`][otcl.Target] is a non-negative ``(n, m)`` matrix, stored sparsely when every row has
+exactly one positive of weight 1 (pairs of views) and densely otherwise (labels, domain priors, user
+matrices). The inner OT problem uses the target's own marginals by default (``a = T 1``, ``b = T^T
+1``), which is the matched case in which ``KL(T || P^(k))`` decreases at every half-step (GCA-NOTES
+§3.3).
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ class Target:
 
     def log_weighted_mass(self, log_M: Array, col_shift: Array | None = None) -> Array:
         """``log sum_j T_ij exp(log_M_ij + s_j)`` per row, shape ``(n,)`` (``s = col_shift``,
-        default 0). For pairs this gathers ``n`` entries and never forms ``log_M + s``
-        (``log_M`` may then be the gathered ``(n,)`` entries, as in :meth:`contract_rows`)."""
+        default 0). For pairs this gathers ``n`` entries and never forms ``log_M + s`` (``log_M``
+        may then be the gathered ``(n,)`` entries, as in
+        [`contract_rows`][otcl.alignment.targets.Target.contract_rows])."""
         xp = self.xp
         if self.dense is None:
             out = self.contract_rows(log_M)
@@ -228,7 +229,7 @@ def _check_same_library(name: str, arr: Array, batch: ViewBatch) -> None:
 
 
 def as_target(target: Any, batch: ViewBatch) -> Target:
-    """Validate a user-given target matrix (or :class:`Target`) against a batch."""
+    """Validate a user-given target matrix (or [`Target`][otcl.Target]) against a batch."""
     if isinstance(target, Target):
         if tuple(target.shape) != batch.shape:
             raise ValueError(f"target has shape {target.shape}, cost has {batch.shape}")

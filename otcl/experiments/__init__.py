@@ -1,11 +1,13 @@
 """The main job, ``otcl study``: the paper's claims tested on paired seeds at small scale.
 
-Sections: equivalences on random embeddings on every backend (:mod:`.equivalence_section`),
-contrastive training on MNIST-1D, a latent-recovery testbed or sklearn digits
-(:mod:`.contrastive`, :mod:`.datasets`), a domain-aware target plan on synthetic multi-domain data
-(:mod:`.domain`); paired effects, confidence intervals and the verdict rule (:mod:`.stats`),
-verdicts on the claims (:mod:`.claims`), figures and ``report.md`` (:mod:`.report`);
-``otcl check`` (:mod:`.selfcheck`). This package needs torch, scikit-learn, matplotlib and
+Sections: equivalences on random embeddings on every backend
+([`equivalence_section`][otcl.experiments.equivalence_section]), contrastive training on MNIST-1D, a
+latent-recovery testbed or sklearn digits ([`contrastive`][otcl.experiments.contrastive],
+[`datasets`][otcl.experiments.datasets]), a domain-aware target plan on synthetic multi-domain data
+([`domain`][otcl.experiments.domain]); paired effects, confidence intervals and the verdict rule
+([`stats`][otcl.experiments.stats]), verdicts on the claims ([`claims`][otcl.experiments.claims]),
+figures and ``report.md`` ([`report`][otcl.experiments.report]); ``otcl check``
+([`selfcheck`][otcl.experiments.selfcheck]). This package needs torch, scikit-learn, matplotlib and
 mnist1d (the ``study`` extra); importing it imports only the configuration.
 """
 

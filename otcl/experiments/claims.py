@@ -1,9 +1,10 @@
 """Verdicts on the paper's claims, computed from the measured numbers by a rule fixed in advance.
 
-Each claim is reduced to one paired effect per seed (e.g. GCA-INCE's probe accuracy minus
-INCE's, both trained from the same initial weights on the same views), summarised by its mean and
-Student-t confidence interval (:func:`otcl.experiments.stats.paired_effect`), and judged by the
-configuration's :class:`~otcl.experiments.stats.VerdictRule` against the claim's margin
+Each claim is reduced to one paired effect per seed (e.g. GCA-INCE's probe accuracy minus INCE's,
+both trained from the same initial weights on the same views), summarised by its mean and Student-t
+confidence interval
+([`otcl.experiments.stats.paired_effect`][otcl.experiments.stats.paired_effect]), and judged by the
+configuration's [`VerdictRule`][otcl.experiments.stats.VerdictRule] against the claim's margin
 (``StudyConfig.margins``). The exact identities of section 1 are judged against their numerical
 tolerances instead. Nothing is worded as a success unless the interval says so.
 """

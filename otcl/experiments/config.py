@@ -54,7 +54,8 @@ class LossSettings:
 
 @dataclass(frozen=True)
 class Margins:
-    """The ``X`` of "no effect above X" for each kind of effect (see :mod:`.stats`).
+    """The ``X`` of "no effect above X" for each kind of effect (see
+    [`stats`][otcl.experiments.stats]).
 
     ``score``: probe accuracy (fraction; 0.01 = 1 point) or R^2 of latent recovery;
     ``uniformity``: Wang-Isola uniformity; ``auc``: detection AUC; ``overhead``: relative time

@@ -4,7 +4,7 @@ For every setting (share of false-positive pairs), seed and loss, a fresh encode
 evaluated with frozen features:
 
 * ``probe``: the dataset's probe metric (linear-probe accuracy, or R^2 of latent recovery, see
-  :mod:`.datasets`);
+  [`datasets`][otcl.experiments.datasets]);
 * ``alignment`` / ``uniformity``: Wang–Isola metrics of the test embeddings (alignment on clean
   pairs of views, so that settings are comparable);
 * ``auc_row_mass``: on a held-out batch of test samples in which a known share of second views

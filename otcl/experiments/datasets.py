@@ -1,13 +1,14 @@
-"""The datasets of the contrastive section behind one interface (:class:`StudyData`).
+"""The datasets of the contrastive section behind one interface
+([`StudyData`][otcl.experiments.datasets.StudyData]).
 
 * ``mnist1d`` (default): MNIST-1D drawn from the ``mnist1d`` package's templates, with the view
-  recipe and false positives of :mod:`.mnist1d_views`; a 1-D CNN encoder; metric: linear-probe
-  accuracy of the backbone features (chance 10%).
-* ``latents``: the latent-recovery testbed of :mod:`.latents`; an MLP encoder whose output
-  dimension is the latent dimension; metric: R^2 of the linear recovery of the latents from the
-  embedding ``z``.
-* ``digits``: scikit-learn's 8x8 digits with the pixel augmentations of :mod:`.data` (kept for
-  comparison: every loss reaches the ceiling there).
+  recipe and false positives of [`mnist1d_views`][otcl.experiments.mnist1d_views]; a 1-D CNN
+  encoder; metric: linear-probe accuracy of the backbone features (chance 10%).
+* ``latents``: the latent-recovery testbed of [`latents`][otcl.experiments.latents]; an MLP encoder
+  whose output dimension is the latent dimension; metric: R^2 of the linear recovery of the latents
+  from the embedding ``z``.
+* ``digits``: scikit-learn's 8x8 digits with the pixel augmentations of
+  [`data`][otcl.experiments.data] (kept for comparison: every loss reaches the ceiling there).
 
 Linear probes on class labels are ridge-regression classifiers on standardised features
 (one-hot targets, ``alpha = 1``): one linear solve, where a logistic regression needs tens of
@@ -119,7 +120,8 @@ class StudyData:
 
 
 class _TestLatents:
-    """The test latents seen through :meth:`otcl.experiments.latents.Latents.pairs`."""
+    """The test latents seen through
+    [`otcl.experiments.latents.Latents.pairs`][otcl.experiments.latents.Latents.pairs]."""
 
     def __init__(self, lat: Any) -> None:
         self.lat = lat

@@ -1,15 +1,15 @@
 """Section 3: a domain-aware target plan on synthetic multi-domain data.
 
 Samples come from 4 domains (class signal + domain offset + per-domain linear distortion, see
-:func:`otcl.experiments.data.make_domain_data`); batches mix the domains. Views add Gaussian
-jitter, feature dropout and a random "style" shift along the domain offsets, so that, as with
-colour jitter on image domains, the views do not preserve the domain and a plain ``T = I``
-target tends to discard it. GCA-INCE is trained
-towards the target ``T = I + alpha * 1[same domain, i != j] + beta * 1[other domain]`` of
-:func:`otcl.alignment.targets.domain_prior` (the loss uses ``T``'s own marginals, so they are
-matched). The sweep varies ``alpha - beta`` around a fixed ``alpha + beta``; for each value the
-embeddings ``z`` (where the target acts) and the backbone features ``h`` are probed
-(logistic regression) for the domain and for the class.
+[`otcl.experiments.data.make_domain_data`][otcl.experiments.data.make_domain_data]); batches mix the
+domains. Views add Gaussian jitter, feature dropout and a random "style" shift along the domain
+offsets, so that, as with colour jitter on image domains, the views do not preserve the domain and a
+plain ``T = I`` target tends to discard it. GCA-INCE is trained towards the target ``T = I + alpha *
+1[same domain, i != j] + beta * 1[other domain]`` of
+[`otcl.alignment.targets.domain_prior`][otcl.domain_prior] (the loss uses ``T``'s own marginals, so
+they are matched). The sweep varies ``alpha - beta`` around a fixed ``alpha + beta``; for each value
+the embeddings ``z`` (where the target acts) and the backbone features ``h`` are probed (logistic
+regression) for the domain and for the class.
 
 Scale of alpha and beta: ``T``'s off-diagonal row mass grows with the batch (a row has about
 ``N / 4`` same-domain entries), so the swept ``alpha``, ``beta`` are the *row totals* given to

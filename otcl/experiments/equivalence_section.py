@@ -1,10 +1,10 @@
 """Section 1: the paper's equivalences, measured on random embeddings on every backend.
 
-Runs :func:`otcl.alignment.equivalences.run_all` (each identity computed by two independent
-routes; the record holds both sides and their gap) on NumPy, PyTorch-CPU and, where a GPU is
-present, PyTorch-CUDA and CuPy, and records the half-step curve ``KL(I || P^(k)) / N`` of
-:func:`otcl.alignment.equivalences.kl_curve`, whose first point is InfoNCE and whose later points
-are GCA-INCE after more and more Sinkhorn half-steps.
+Runs [`otcl.alignment.equivalences.run_all`][otcl.alignment.equivalences.run_all] (each identity
+computed by two independent routes; the record holds both sides and their gap) on NumPy, PyTorch-CPU
+and, where a GPU is present, PyTorch-CUDA and CuPy, and records the half-step curve ``KL(I || P^(k))
+/ N`` of [`otcl.alignment.equivalences.kl_curve`][otcl.alignment.equivalences.kl_curve], whose first
+point is InfoNCE and whose later points are GCA-INCE after more and more Sinkhorn half-steps.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """MNIST-1D with controlled positive views, generated from the templates of the ``mnist1d`` package.
 
-MNIST-1D (Greydanus & Kobak, 2024) draws each sample from one of ten 12-point digit templates by
-a chain of random transforms (:func:`mnist1d.transform.transform`): pad with ``p`` zeros and
-dilate to 72 points, scale the amplitude, translate (cyclically) by ``k`` points, fill the
-background with correlated noise, add i.i.d. noise, shear, and subsample to 40 points. The package
-draws every parameter from NumPy's global generator inside that function; here the parameters
-are drawn explicitly, so that a sample's parameters can be kept and only part of its randomness
-redrawn. :func:`render` applies the same chain to explicit parameters (a test checks it against
-``mnist1d.transform.transform`` draw for draw); nothing is downloaded.
+MNIST-1D (Greydanus & Kobak, 2024) draws each sample from one of ten 12-point digit templates by a
+chain of random transforms (`mnist1d.transform.transform`): pad with ``p`` zeros and dilate to 72
+points, scale the amplitude, translate (cyclically) by ``k`` points, fill the background with
+correlated noise, add i.i.d. noise, shear, and subsample to 40 points. The package draws every
+parameter from NumPy's global generator inside that function; here the parameters are drawn
+explicitly, so that a sample's parameters can be kept and only part of its randomness redrawn.
+[`render`][otcl.experiments.mnist1d_views.render] applies the same chain to explicit parameters (a
+test checks it against ``mnist1d.transform.transform`` draw for draw); nothing is downloaded.
 
 **View recipe.** A sample is a template with drawn parameters ``(p, amplitude, k, shear)`` and
 its own noise. Each of its views keeps ``p`` and ``shear``, moves the translation by an extra
@@ -16,8 +16,9 @@ amplitude by a factor uniform in ``[1 - max_scale, 1 + max_scale]``, and redraws
 (correlated background noise and i.i.d. noise) at the dataset's scales. Views of one sample are
 therefore close, but no view is a copy of the sample or of another member of its class.
 
-**False positives.** :func:`view_pairs` replaces, for a chosen share of rows, the second view by
-a view of a sample of another class (a known false-positive pair) and returns which rows.
+**False positives.** [`view_pairs`][otcl.experiments.mnist1d_views.view_pairs] replaces, for a
+chosen share of rows, the second view by a view of a sample of another class (a known false-positive
+pair) and returns which rows.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class MNIST1D:
 
     ``x_*``: ``(n, 40)`` float32, standardised by the training set's mean and standard deviation
     (``mean``, ``std``), as ``mnist1d.data.make_dataset`` does for its whole set; ``y_*`` labels;
-    ``p_*`` the samples' :class:`SampleParams`.
+    ``p_*`` the samples' [`SampleParams`][otcl.experiments.mnist1d_views.SampleParams].
     """
 
     x_train: np.ndarray

@@ -1,6 +1,6 @@
 """The study's view of the library: the losses of ``otcl.torch`` and the alignment helpers.
 
-The study never re-implements a loss: it builds the modules of :mod:`otcl.torch` by name.
+The study never re-implements a loss: it builds the modules of [`otcl.torch`][otcl.torch] by name.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def _loss_kwargs(name: str, s: LossSettings) -> dict[str, Any]:
 
 
 def build_loss(name: str, settings: LossSettings, layout: str | None = None) -> nn.Module:
-    """The ``otcl.torch`` module for loss ``name`` (one of :data:`LOSS_NAMES`).
+    """The ``otcl.torch`` module for loss ``name`` (one of
+    [`LOSS_NAMES`][otcl.experiments.config.LOSS_NAMES]).
 
     ``layout=None`` keeps the library's two-view default (the all-views ``2N x 2N`` problem);
     ``"cross"`` selects the one-direction ``N x N`` problem.

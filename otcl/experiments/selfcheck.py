@@ -7,7 +7,8 @@ runs, in float64:
 * ``POT balanced`` / ``POT unbalanced``: the plan equals POT's (``ot.sinkhorn`` and
   ``ot.unbalanced.sinkhorn_unbalanced`` with ``reg_type="entropy"``), when POT is installed;
 * ``kernel vs log``: the kernel-domain and log-domain iterations give the same plan;
-* the loss equivalences of :func:`otcl.alignment.equivalences.run_all` (InfoNCE as a KL
+* the loss equivalences of
+  [`otcl.alignment.equivalences.run_all`][otcl.alignment.equivalences.run_all] (InfoNCE as a KL
   projection, GCA-INCE below INCE, ...), when that module is available.
 
 Every check compares against an independent computation, never against stored numbers.
@@ -165,7 +166,8 @@ def _equivalence_checks(be: Backend, seed: int) -> list[CheckRecord]:
 
 
 def equivalence_device(be: Backend) -> Any:
-    """The ``device`` argument of :func:`otcl.alignment.equivalences.run_all` for a backend."""
+    """The ``device`` argument of
+    [`otcl.alignment.equivalences.run_all`][otcl.alignment.equivalences.run_all] for a backend."""
     return None if be.library in ("numpy", "cupy") else be.device
 
 

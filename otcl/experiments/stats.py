@@ -5,9 +5,9 @@ views and initial weights, so the per-seed difference ``A - B`` removes the vari
 seed causes in both. The effect is the mean of these differences and its confidence interval the
 Student-t interval ``mean ± t_{(1 + level) / 2, n - 1} · sd / sqrt(n)``.
 
-The verdict rule (:class:`VerdictRule`) is fixed in the configuration before anything runs and
-printed at the top of the report. For a claim that the effect has a sign (``direction`` +1 or
--1):
+The verdict rule ([`VerdictRule`][otcl.experiments.stats.VerdictRule]) is fixed in the configuration
+before anything runs and printed at the top of the report. For a claim that the effect has a sign
+(``direction`` +1 or -1):
 
 * **supported** if the interval excludes 0 on the claimed side;
 * **contradicted** if it excludes 0 on the other side;

@@ -114,8 +114,9 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
     numbers do not depend on it).
 
     Returns the results dict (as written to ``results.json``, plus ``claims``). Raises
-    :class:`MissingFeatureError` before doing any work if a section needs a part of the library
-    that is not importable, and ``ValueError`` for an unusable device.
+    [`MissingFeatureError`][otcl.experiments.study.MissingFeatureError] before doing any work if a
+    section needs a part of the library that is not importable, and ``ValueError`` for an unusable
+    device.
     """
     from otcl import __version__
     from otcl.experiments import contrastive, domain, report

@@ -58,7 +58,8 @@ def train_encoder(
     weight_decay: float = 1e-5,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train a fresh :class:`Encoder` on ``x`` (``(n, D)``, already on the target device).
+    """Train a fresh [`Encoder`][otcl.experiments.models.Encoder] on ``x`` (``(n, D)``, already on
+    the target device).
 
     Each epoch visits a random permutation of ``x`` in batches of ``batch_size`` (the last
     incomplete batch is dropped so that every loss sees the same batch size), forms two views

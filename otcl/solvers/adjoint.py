@@ -12,7 +12,7 @@ entries), log-marginals ``log a`` ``(B, n)``, ``log b`` ``(B, m)`` and update ex
 
 ``L = 0`` is the InfoNCE row projection. A row with ``a_i = 0`` gets ``phi_i = -inf`` (likewise
 columns); a row whose every allowed entry meets a ``-inf`` potential has ``r_i = -inf`` and is
-treated as ``r_i = 0`` (a constant), exactly as in :mod:`otcl.solvers.sinkhorn`.
+treated as ``r_i = 0`` (a constant), exactly as in [`otcl.solvers.sinkhorn`][otcl.solvers.sinkhorn].
 
 In scaling form (``K = exp(Λ)``, ``u = exp(phi)``, ``v = exp(gamma)``) a round is
 ``u = (a / (K v))^t_a``, ``v = (b / (K^T u))^t_b``.
@@ -239,13 +239,15 @@ def fixed_round_potentials(
     init:
         ``gamma_0`` of shape ``(B, m)`` (default zeros).
     record:
-        Keep the per-step records needed by :func:`unrolled_vjp` (``O(L (n + m))`` memory).
+        Keep the per-step records needed by [`unrolled_vjp`][otcl.solvers.adjoint.unrolled_vjp]
+        (``O(L (n + m))`` memory).
 
     Returns
     -------
     phi, gamma, tape
-        ``phi = phi_{L+1}`` ``(B, n)``, ``gamma = gamma_L`` ``(B, m)`` (scaled potentials, the
-        plan is ``exp(phi_i + gamma_j + Λ_ij)``) and the :class:`Tape` for the backward pass.
+        ``phi = phi_{L+1}`` ``(B, n)``, ``gamma = gamma_L`` ``(B, m)`` (scaled potentials, the plan
+        is ``exp(phi_i + gamma_j + Λ_ij)``) and the [`Tape`][otcl.solvers.adjoint.Tape] for the
+        backward pass.
     """
     xp, t_a, t_b, n_iter, init = _validate(
         log_kernel, log_a, log_b, t_a, t_b, n_iter, domain, init
@@ -370,7 +372,7 @@ def unrolled_vjp(tape: Tape, phi_bar: Array | None, gamma_bar: Array | None) -> 
 
 def unrolled_cotangents(tape: Tape, phi_bar: Array | None, gamma_bar: Array | None) -> Cotangents:
     """All vector-Jacobian products of the unrolled solve (``Λ``, ``log a``, ``log b``, ``t``,
-    ``gamma_0``); see :func:`unrolled_vjp`."""
+    ``gamma_0``); see [`unrolled_vjp`][otcl.solvers.adjoint.unrolled_vjp]."""
     if not isinstance(tape, Tape):
         raise TypeError(f"tape must be a Tape, got {type(tape).__name__}")
     if not tape.recorded:
@@ -511,10 +513,10 @@ def implicit_vjp(
 ) -> Array:
     """``Λ̄`` ``(B, n, m)``: the implicit-function derivative at the fixed point ``(phi, gamma)``.
 
-    Solves the adjoint system by conjugate gradients on the Jacobi-scaled Schur complement
-    (module docstring), with matrix-vector products only. ``tol`` is the relative residual
-    (default ``0.01 sqrt(eps_mach)``: 1.5e-10 in float64, 3.5e-6 in float32); a problem that
-    does not reach it in ``max_iter`` iterations emits a :class:`ConvergenceWarning`.
+    Solves the adjoint system by conjugate gradients on the Jacobi-scaled Schur complement (module
+    docstring), with matrix-vector products only. ``tol`` is the relative residual (default ``0.01
+    sqrt(eps_mach)``: 1.5e-10 in float64, 3.5e-6 in float32); a problem that does not reach it in
+    ``max_iter`` iterations emits a [`ConvergenceWarning`][otcl.ConvergenceWarning].
     """
     return implicit_cotangents(
         log_kernel, phi, gamma, log_a, log_b, t_a, t_b, phi_bar, gamma_bar, tol=tol,
@@ -538,7 +540,8 @@ def implicit_cotangents(
     check_every: int = 10,
 ) -> Cotangents:
     """All implicit vector-Jacobian products (``Λ``, ``log a``, ``log b``, ``t``); see
-    :func:`implicit_vjp`. ``init`` is ``None``: the fixed point does not depend on it."""
+    [`implicit_vjp`][otcl.solvers.adjoint.implicit_vjp]. ``init`` is ``None``: the fixed point does
+    not depend on it."""
     xp, t_a, t_b, _, _ = _validate(log_kernel, log_a, log_b, t_a, t_b, 0, "auto", None)
     B, n, m = log_kernel.shape
     check_compatible(log_kernel=log_kernel, phi=phi, gamma=gamma)
@@ -662,7 +665,7 @@ def _finite_max(x: Array, xp: Any, axis: Any) -> Array:
 def _matvec(xp: Any, kernel: Array, v: Array) -> Array:
     """``K v`` for ``K (B, n, m)``, ``v (B, m)``; a plain matrix-vector product when ``B = 1``
     (a batched product of one matrix with an ``(m, 1)`` column is slower in several libraries),
-    through :func:`otcl.backend.host_matmul`."""
+    through [`otcl.backend.host_matmul`][otcl.backend.host_matmul]."""
     if kernel.shape[0] == 1:
         return host_matmul(kernel[0, ...], v[0, ...], xp)[None, ...]
     return host_matmul(kernel, v[:, :, None], xp)[:, :, 0]

@@ -1,15 +1,15 @@
 r"""KL (Bregman) projections onto intersections of constraint sets, by Dykstra's algorithm.
 
 For a cost ``C`` (``n x m``) and entropic strength ``eps`` the kernel is ``K = exp(-C / eps)``.
-:func:`bregman_projection` computes
+[`bregman_projection`][otcl.bregman_projection] computes
 
     P* = argmin_P  KL(P || K) + sum_k F_k(P),       KL(P || Q) = sum P log(P / Q) - P + Q,
 
-where each ``F_k`` is either the indicator of a closed convex set (``0`` on the set, ``+inf``
-off it; then ``P*`` is the KL projection of ``K`` onto the intersection of the sets) or a
-relaxed marginal penalty ``(rho / eps) KL(P 1 || a)``. Since
-``eps KL(P || K) = <C, P> + eps KL(P || 1) + const``, a row and a column marginal give back
-entropic OT (:func:`otcl.sinkhorn`), and relaxed marginals give unbalanced OT.
+where each ``F_k`` is either the indicator of a closed convex set (``0`` on the set, ``+inf`` off
+it; then ``P*`` is the KL projection of ``K`` onto the intersection of the sets) or a relaxed
+marginal penalty ``(rho / eps) KL(P 1 || a)``. Since ``eps KL(P || K) = <C, P> + eps KL(P || 1) +
+const``, a row and a column marginal give back entropic OT
+([`otcl.sinkhorn`][otcl.solvers.sinkhorn.sinkhorn]), and relaxed marginals give unbalanced OT.
 
 Every constraint has a closed-form KL proximal step ``prox_k(Q) = argmin_P KL(P || Q) + F_k(P)``
 (see each class). Dykstra's algorithm visits the constraints cyclically and keeps, for each one,
@@ -29,8 +29,9 @@ projections reach a point of the intersection that is not the KL projection of `
 relaxed marginals collapse to hard ones.
 
 Everything runs in the log domain (``log P`` and log-corrections; sums by
-:func:`otcl.backend.logsumexp`), so any ``eps`` is safe. Zero entries (masked, or ``kappa = 0``)
-are ``-inf`` and stay so. Solvers accept ``(n, m)`` or batched ``(B, n, m)`` input.
+[`otcl.backend.logsumexp`][otcl.backend.logsumexp]), so any ``eps`` is safe. Zero entries (masked,
+or ``kappa = 0``) are ``-inf`` and stay so. Solvers accept ``(n, m)`` or batched ``(B, n, m)``
+input.
 """
 
 from __future__ import annotations
@@ -187,8 +188,10 @@ class _BoundStep(_Step):
 class Constraint(ABC):
     """A convex constraint (or relaxed penalty) on the plan, with its KL prox in closed form.
 
-    Subclasses are small frozen dataclasses. :meth:`log_project` applies the KL proximal step
-    ``argmin_P KL(P || Q) + F(P)`` to ``log Q``; :func:`bregman_projection` combines several.
+    Subclasses are small frozen dataclasses.
+    [`log_project`][otcl.solvers.bregman.Constraint.log_project] applies the KL proximal step
+    ``argmin_P KL(P || Q) + F(P)`` to ``log Q``; [`bregman_projection`][otcl.bregman_projection]
+    combines several.
     """
 
     #: Whether ``F`` is the indicator of an affine set (its Dykstra correction can be dropped).
@@ -272,9 +275,9 @@ class RowMarginal(Constraint):
 class ColumnMarginal(Constraint):
     r"""Column marginal ``P^T 1 = b`` (``rho = inf``), or its KL relaxation (finite ``rho``).
 
-    The column counterpart of :class:`RowMarginal`: ``Proj(Q) = Q diag(b / (Q^T 1))``, and for
-    finite ``rho`` the prox of ``(rho / eps) KL(P^T 1 || b)`` is ``Q diag((b / (Q^T 1))^t)``,
-    ``t = rho / (rho + eps)``. ``b`` has shape ``(m,)`` or ``(B, m)``; ``None`` = uniform.
+    The column counterpart of [`RowMarginal`][otcl.RowMarginal]: ``Proj(Q) = Q diag(b / (Q^T 1))``,
+    and for finite ``rho`` the prox of ``(rho / eps) KL(P^T 1 || b)`` is ``Q diag((b / (Q^T
+    1))^t)``, ``t = rho / (rho + eps)``. ``b`` has shape ``(m,)`` or ``(B, m)``; ``None`` = uniform.
     """
 
     b: Array | None = None
@@ -419,7 +422,7 @@ def _log_bound(name: str, x: Any, ref: Array, xp: Any, *, finite: bool = False) 
 
 @dataclass(eq=False)
 class BregmanResult:
-    r"""Result of :func:`bregman_projection`.
+    r"""Result of [`bregman_projection`][otcl.bregman_projection].
 
     Shapes follow the input: ``(n, m)`` for one problem, ``(B, n, m)`` for a batch (per-problem
     scalars become arrays of shape ``(B,)``).
@@ -429,15 +432,16 @@ class BregmanResult:
     log_plan:
         ``log P`` (``-inf`` on zero entries).
     duals:
-        One array per constraint (same order), such that ``log P = -C / eps + sum_k
-        duals[k]`` with broadcasting: ``(n,)`` for a row constraint (``= f / eps`` in the
-        potential convention of :func:`otcl.sinkhorn`), ``(m,)`` for a column constraint,
-        ``()`` for a total mass, ``(n, m)`` for a bound (``<= 0`` for :class:`UpperBound`,
-        ``>= 0`` for :class:`LowerBound`; zero where the bound is inactive).
+        One array per constraint (same order), such that ``log P = -C / eps + sum_k duals[k]`` with
+        broadcasting: ``(n,)`` for a row constraint (``= f / eps`` in the potential convention of
+        [`otcl.sinkhorn`][otcl.solvers.sinkhorn.sinkhorn]), ``(m,)`` for a column constraint, ``()``
+        for a total mass, ``(n, m)`` for a bound (``<= 0`` for [`UpperBound`][otcl.UpperBound], ``>=
+        0`` for [`LowerBound`][otcl.LowerBound]; zero where the bound is inactive).
     n_iter:
         Cycles (one proximal step per constraint) until the problem first met ``tol``.
     error:
-        Largest per-constraint residual (see :attr:`violations`) at the check where the
+        Largest per-constraint residual (see
+        [`violations`][otcl.solvers.bregman.BregmanResult.violations]) at the check where the
         problem met ``tol``, or at the end. ``None`` when ``tol`` is ``None``.
     converged:
         ``error <= tol``; ``None`` when ``tol`` is ``None``.
@@ -539,11 +543,12 @@ def bregman_projection(
     cost:
         ``C`` of shape ``(n, m)`` or ``(B, n, m)``, finite, real floating.
     constraints:
-        Non-empty sequence of :class:`Constraint` (:class:`RowMarginal`,
-        :class:`ColumnMarginal`, :class:`TotalMass`, :class:`UpperBound`,
-        :class:`LowerBound`), visited in this order in every cycle; at most one of each
-        marginal kind and one :class:`TotalMass`. ``[RowMarginal(a), ColumnMarginal(b)]`` is
-        Sinkhorn.
+        Non-empty sequence of [`Constraint`][otcl.solvers.bregman.Constraint]
+        ([`RowMarginal`][otcl.RowMarginal], [`ColumnMarginal`][otcl.ColumnMarginal],
+        [`TotalMass`][otcl.TotalMass], [`UpperBound`][otcl.UpperBound],
+        [`LowerBound`][otcl.LowerBound]), visited in this order in every cycle; at most one of each
+        marginal kind and one [`TotalMass`][otcl.TotalMass]. ``[RowMarginal(a), ColumnMarginal(b)]``
+        is Sinkhorn.
     eps:
         Entropic strength ``> 0`` (float or 0-d array).
     mask:
@@ -553,13 +558,14 @@ def bregman_projection(
     max_iter:
         Maximum number of cycles.
     tol:
-        Stop when every constraint's residual (:attr:`BregmanResult.violations`, in log units,
-        i.e. relative) is ``<= tol`` for every problem. ``None``: run exactly ``max_iter``
-        cycles without checks.
+        Stop when every constraint's residual
+        ([`BregmanResult.violations`][otcl.solvers.bregman.BregmanResult.violations], in log units,
+        i.e. relative) is ``<= tol`` for every problem. ``None``: run exactly ``max_iter`` cycles
+        without checks.
     check_every:
         Cycles between checks (each check costs about one cycle and one host synchronisation).
     warn:
-        Emit a :class:`~otcl.solvers.result.ConvergenceWarning` when a problem does not converge.
+        Emit a [`ConvergenceWarning`][otcl.ConvergenceWarning] when a problem does not converge.
 
     Returns
     -------
@@ -568,14 +574,14 @@ def bregman_projection(
     Raises
     ------
     TypeError, ValueError
-        Bad input, naming the argument (as :func:`otcl.sinkhorn`; for constraint parameters
-        ``a``, ``b``, ``rho``, ``kappa``, ``ell``, ``mass``), and constraints that are
-        infeasible together: hard marginals of different masses, an upper bound too small to
-        carry a row, a column or the total mass (for a scalar ``kappa`` with two hard marginals
-        and no mask, the exact transport-with-capacities condition ``sum of the k largest a_i <=
-        sum of the l smallest b_j + kappa k (m - l)`` for all ``k, l``), a lower bound above an
-        upper bound or above a marginal. With array bounds the check is necessary only; an
-        undetected infeasible problem does not converge and says so.
+        Bad input, naming the argument (as [`otcl.sinkhorn`][otcl.solvers.sinkhorn.sinkhorn]; for
+        constraint parameters ``a``, ``b``, ``rho``, ``kappa``, ``ell``, ``mass``), and constraints
+        that are infeasible together: hard marginals of different masses, an upper bound too small
+        to carry a row, a column or the total mass (for a scalar ``kappa`` with two hard marginals
+        and no mask, the exact transport-with-capacities condition ``sum of the k largest a_i <= sum
+        of the l smallest b_j + kappa k (m - l)`` for all ``k, l``), a lower bound above an upper
+        bound or above a marginal. With array bounds the check is necessary only; an undetected
+        infeasible problem does not converge and says so.
     """
     steps_in = _check_constraints(constraints)
     row = next((c for c in steps_in if isinstance(c, RowMarginal)), None)

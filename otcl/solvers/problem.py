@@ -1,13 +1,13 @@
 """The canonical entropic / unbalanced OT problem: validated, batched, ready for a solver.
 
-A :class:`Problem` holds, for ``B`` problems at once,
+A [`Problem`][otcl.solvers.problem.Problem] holds, for ``B`` problems at once,
 
 * ``log_kernel`` of shape ``(B, n, m)``: ``-C / eps`` with ``-inf`` where ``mask`` is False,
 * ``log_a``, ``log_b`` of shapes ``(B, n)``, ``(B, m)``: the marginals' logarithms,
 * ``t_a = rho_a / (rho_a + eps)``, ``t_b`` likewise (``1`` for a hard constraint, ``rho = inf``).
 
-It is built once by :func:`make_problem`, which performs every input check, so that solvers
-never compute on bad input silently.
+It is built once by [`make_problem`][otcl.solvers.problem.make_problem], which performs every input
+check, so that solvers never compute on bad input silently.
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def make_problem(
     mask: Array | None = None,
     mass_rtol: float | None = None,
 ) -> Problem:
-    """Validate inputs and build a batch-first :class:`Problem`.
+    """Validate inputs and build a batch-first [`Problem`][otcl.solvers.problem.Problem].
 
     Raises ``TypeError``/``ValueError`` naming the argument for: non-arrays, integer or complex
     dtypes, mixed libraries/dtypes/devices, NaN or inf in ``cost``/``a``/``b``, negative or

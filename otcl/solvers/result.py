@@ -27,8 +27,9 @@ class NonFiniteGradientWarning(RuntimeWarning):
 
 
 def warn_nonfinite_gradient(where: str, dtype: Any, eps: Any = None) -> None:
-    """Warn (:class:`NonFiniteGradientWarning`) that the gradient computed by ``where`` is not
-    finite, with the likely cause; the caller has already found a non-finite entry."""
+    """Warn ([`NonFiniteGradientWarning`][otcl.NonFiniteGradientWarning]) that the gradient computed
+    by ``where`` is not finite, with the likely cause; the caller has already found a non-finite
+    entry."""
     at = "" if eps is None else f" at eps = {eps:.3g}"
     warnings.warn(
         f"{where}: the gradient has NaN or inf entries ({dtype}{at}). Likely cause: eps too "
@@ -63,7 +64,7 @@ class Transport:
     domain:
         ``"kernel"``, ``"stabilized"`` or ``"log"``: the iteration actually used.
     problem:
-        The validated :class:`~otcl.solvers.problem.Problem` (batch-first copies of the inputs).
+        The validated [`Problem`][otcl.solvers.problem.Problem] (batch-first copies of the inputs).
     """
 
     f: Array

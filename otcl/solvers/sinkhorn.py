@@ -64,9 +64,9 @@ TOL_EPS_FACTOR = 8
 
 
 def default_tol(xp: Any, dtype: Any) -> float:
-    """The default ``tol`` of :func:`sinkhorn` for ``dtype``: ``1e-9`` for float64, ``1e-6`` for
-    float32, i.e. ``max(1e-9, 8 eps)`` rounded up to a power of ten (``eps`` the machine
-    epsilon), a level a converged problem reaches in that precision."""
+    """The default ``tol`` of [`sinkhorn`][otcl.solvers.sinkhorn.sinkhorn] for ``dtype``: ``1e-9``
+    for float64, ``1e-6`` for float32, i.e. ``max(1e-9, 8 eps)`` rounded up to a power of ten
+    (``eps`` the machine epsilon), a level a converged problem reaches in that precision."""
     level = max(TOL_FLOAT64, TOL_EPS_FACTOR * dtype_eps(xp, dtype))
     return float(10.0 ** math.ceil(math.log10(level) - 1e-12))
 
@@ -111,10 +111,10 @@ def sinkhorn(
         Stop when the relative row-marginal error ``||P1 - a||_1 / ||a||_1`` (balanced) or the
         fixed-point residual ``max |log u_new - log u_old|`` (unbalanced) is ``<= tol`` for every
         problem. ``"auto"`` (default): a tolerance reachable in the cost's dtype,
-        :func:`default_tol` — ``1e-9`` for float64 and ``1e-6`` for float32 (a converged float32
-        problem plateaus at an error of one to two machine epsilons, ``1.2e-7``–``2.4e-7``, so
-        ``1e-9`` would run every float32 call to ``max_iter``). ``None`` runs exactly
-        ``max_iter`` rounds with no check (for use inside losses).
+        [`default_tol`][otcl.solvers.sinkhorn.default_tol] — ``1e-9`` for float64 and ``1e-6`` for
+        float32 (a converged float32 problem plateaus at an error of one to two machine epsilons,
+        ``1.2e-7``–``2.4e-7``, so ``1e-9`` would run every float32 call to ``max_iter``). ``None``
+        runs exactly ``max_iter`` rounds with no check (for use inside losses).
     domain:
         ``"auto"``, ``"kernel"``, ``"stabilized"`` or ``"log"`` (see the module docstring).
     check_every:
@@ -122,7 +122,8 @@ def sinkhorn(
     init:
         Warm start ``(f, g)`` from an earlier solve.
     warn:
-        Emit a :class:`ConvergenceWarning` when a problem does not reach ``tol``.
+        Emit a [`ConvergenceWarning`][otcl.ConvergenceWarning] when a problem does not reach
+        ``tol``.
 
     Returns
     -------
@@ -227,12 +228,13 @@ def solve(
     init: tuple[Array, Array] | None = None,
     warn: bool = True,
 ) -> Transport:
-    """Run Sinkhorn on an already validated :class:`Problem` (no input checks).
+    """Run Sinkhorn on an already validated [`Problem`][otcl.solvers.problem.Problem] (no input
+    checks).
 
-    The loops reuse preallocated buffers (one or two ``n x m`` matrices and a few vectors)
-    when the library allows it and no autograd engine records the inputs
-    (:func:`otcl.backend.array_ops`); otherwise every step allocates its result and stays
-    differentiable. Both compute the same iteration.
+    The loops reuse preallocated buffers (one or two ``n x m`` matrices and a few vectors) when the
+    library allows it and no autograd engine records the inputs
+    ([`otcl.backend.array_ops`][otcl.backend.array_ops]); otherwise every step allocates its result
+    and stays differentiable. Both compute the same iteration.
     """
     xp = problem.xp
     B, n, m = problem.shape
@@ -302,7 +304,8 @@ def choose_domain(problem: Problem, *, warm: bool = False) -> str:
 
 
 def _choose_domain(problem: Problem, *, warm: bool) -> tuple[str, Array | None]:
-    """:func:`choose_domain`, and the per-problem ``min C`` ``(B,)`` when it was computed."""
+    """[`choose_domain`][otcl.solvers.sinkhorn.choose_domain], and the per-problem ``min C``
+    ``(B,)`` when it was computed."""
     if warm:
         return "stabilized", None
     xp = problem.xp
@@ -391,13 +394,13 @@ class _ScalingLoop:
     it, so the potentials are ``phi + log u`` and ``gamma + log v``. In the unbalanced update the
     absorbed part contributes a fixed factor: ``u = (a / (Kt v))^t * exp(-(1 - t) phi)``.
 
-    With buffered operations a round that needs no convergence check is one fused sweep when
-    the kernel is large (:meth:`ArrayOps.blocks`): for each block of rows, ``Kt v``, the new
-    ``u`` on those rows and their contribution ``Kt[rows]^T u[rows]`` to the column product,
-    while the block is still in cache, so the kernel is read from memory once per round instead
-    of twice. Successive sweeps run in opposite directions, so that the blocks read last are
-    still cached when the next sweep starts. A round computes the same quantities in the same
-    order as the unfused one; only the summation order of ``Kt^T u`` differs.
+    With buffered operations a round that needs no convergence check is one fused sweep when the
+    kernel is large ([`ArrayOps.blocks`][otcl.backend.ArrayOps.blocks]): for each block of rows,
+    ``Kt v``, the new ``u`` on those rows and their contribution ``Kt[rows]^T u[rows]`` to the
+    column product, while the block is still in cache, so the kernel is read from memory once per
+    round instead of twice. Successive sweeps run in opposite directions, so that the blocks read
+    last are still cached when the next sweep starts. A round computes the same quantities in the
+    same order as the unfused one; only the summation order of ``Kt^T u`` differs.
     """
 
     def __init__(self, problem: Problem, phi: Array, gamma: Array, tol: float | None,

@@ -1,19 +1,22 @@
 """The inner solve of the GCA losses as a ``torch.autograd.Function``.
 
-:func:`inner_potentials` runs ``L`` fixed Sinkhorn rounds and a final row step on a log-kernel
-``Λ = -C / eps`` (:func:`otcl.solvers.adjoint.fixed_round_potentials`) and returns the scaled
-potentials ``(phi, gamma)``, differentiable with respect to ``Λ``, ``log a``, ``log b`` and the
-exponents ``t_a``, ``t_b`` (when they are tensors, e.g. ``rho / (rho + eps)`` with a learnable
-``eps``). Gradients to ``C`` and ``eps`` then flow through ``Λ = -C / eps`` by ordinary autograd.
+[`inner_potentials`][otcl.torch.autograd.inner_potentials] runs ``L`` fixed Sinkhorn rounds and a
+final row step on a log-kernel ``Λ = -C / eps``
+([`otcl.solvers.adjoint.fixed_round_potentials`][otcl.solvers.adjoint.fixed_round_potentials]) and
+returns the scaled potentials ``(phi, gamma)``, differentiable with respect to ``Λ``, ``log a``,
+``log b`` and the exponents ``t_a``, ``t_b`` (when they are tensors, e.g. ``rho / (rho + eps)`` with
+a learnable ``eps``). Gradients to ``C`` and ``eps`` then flow through ``Λ = -C / eps`` by ordinary
+autograd.
 
 Gradient modes:
 
-* ``"unroll"``: the exact derivative of the rounds (:func:`~otcl.solvers.adjoint.unrolled_vjp`);
-  the forward keeps the kernel plus ``3 (n + m)`` numbers per round, and the backward costs
-  about one forward (``2L + 1`` matrix-vector products and one low-rank product).
+* ``"unroll"``: the exact derivative of the rounds
+  ([`unrolled_vjp`][otcl.solvers.adjoint.unrolled_vjp]); the forward keeps the kernel plus ``3 (n +
+  m)`` numbers per round, and the backward costs about one forward (``2L + 1`` matrix-vector
+  products and one low-rank product).
 * ``"implicit"``: the implicit-function derivative at the fixed point
-  (:func:`~otcl.solvers.adjoint.implicit_vjp`, conjugate gradients); the forward keeps nothing
-  per round. It equals ``"unroll"`` once the rounds have converged.
+  ([`implicit_vjp`][otcl.solvers.adjoint.implicit_vjp], conjugate gradients); the forward keeps
+  nothing per round. It equals ``"unroll"`` once the rounds have converged.
 * ``"detach"``: the potentials are returned as constants (no graph through the solve).
 
 The forward runs under ``torch.no_grad`` with no host synchronisation inside the loop (one before
@@ -28,7 +31,7 @@ built around them would give a second derivative that misses the solve's own sec
 
 The backward pass checks its result once, at its end (one reduction and one host
 synchronisation, none inside its loops): non-finite cotangents emit a
-:class:`~otcl.solvers.result.NonFiniteGradientWarning` (a ``RuntimeWarning``) that names the
+[`NonFiniteGradientWarning`][otcl.NonFiniteGradientWarning] (a ``RuntimeWarning``) that names the
 solve and the likely cause.
 
 Memory: the one ``(B, n, m)`` array the backward pass needs (the kernel of ``"unroll"``, the
@@ -74,10 +77,11 @@ INNER_GRAD_MODES = ("unroll", "implicit", "detach")
 
 
 class InnerSolve(torch.autograd.Function):
-    """``(phi, gamma) = InnerSolve.apply(log_kernel, log_a, log_b, t_a, t_b, n_iter, grad,
-    domain, init, tol, max_iter)`` with batch-first shapes ``(B, n, m)``, ``(B, n)``,
-    ``(B, m)``; ``grad`` is ``"unroll"`` or ``"implicit"``. Prefer :func:`inner_potentials`,
-    which validates its input and also accepts unbatched shapes and ``grad="detach"``."""
+    """``(phi, gamma) = InnerSolve.apply(log_kernel, log_a, log_b, t_a, t_b, n_iter, grad, domain,
+    init, tol, max_iter)`` with batch-first shapes ``(B, n, m)``, ``(B, n)``, ``(B, m)``; ``grad``
+    is ``"unroll"`` or ``"implicit"``. Prefer
+    [`inner_potentials`][otcl.torch.autograd.inner_potentials], which validates its input and also
+    accepts unbatched shapes and ``grad="detach"``."""
 
     @staticmethod
     def forward(  # type: ignore[override]

@@ -1,14 +1,14 @@
 """Multi-process training: losses over the samples of every rank (``torch.distributed``).
 
-A contrastive loss couples every sample of the batch with every other one (they are each
-other's negatives, and the Sinkhorn rounds couple rows and columns globally). Under data
-parallelism each rank holds only its own ``N_r`` samples; with ``distributed=False`` the loss is
-computed on them alone (each rank sees only its local negatives). With ``distributed=True``
-(on every loss module and functional form of :mod:`otcl.torch.losses`) the loss is the one of the
-**global batch**, the concatenation of all ranks' samples in rank order, and is trained exactly as
-a single process would train it on that batch.
+A contrastive loss couples every sample of the batch with every other one (they are each other's
+negatives, and the Sinkhorn rounds couple rows and columns globally). Under data parallelism each
+rank holds only its own ``N_r`` samples; with ``distributed=False`` the loss is computed on them
+alone (each rank sees only its local negatives). With ``distributed=True`` (on every loss module and
+functional form of [`otcl.torch.losses`][otcl.torch.losses]) the loss is the one of the **global
+batch**, the concatenation of all ranks' samples in rank order, and is trained exactly as a single
+process would train it on that batch.
 
-How (:func:`global_loss`):
+How ([`global_loss`][otcl.torch.distributed.global_loss]):
 
 1. One small collective exchanges every rank's batch size, embedding width, dtype, the kind of
    ``labels``, a checksum of the hyper-parameters and a 128-bit hash of ``target``'s bytes (so
@@ -16,12 +16,12 @@ How (:func:`global_loss`):
    inconsistent calls, and input that one rank rejects, raise ``ValueError`` on every rank
    (never a hang in a later collective, never different losses on different ranks).
    Unequal per-rank batch sizes are supported.
-2. The embeddings are gathered with :func:`gather_with_grad` (one all-gather) and re-assembled
-   into the global layout: cross-view ``(z1, z2)`` becomes ``(Z1, Z2)`` with
-   ``Z1 = [z1_0; z1_1; ...]``; an all-views ``"blocked"`` batch ``[v1_r; v2_r; ...]`` per rank
-   becomes the global blocked batch ``[v1_0; v1_1; ...; v2_0; v2_1; ...]``; ``"interleaved"``
-   stays interleaved (rank blocks of whole samples are concatenated). ``labels`` (one per
-   sample or one per row) are gathered the same way.
+2. The embeddings are gathered with [`gather_with_grad`][otcl.torch.distributed.gather_with_grad]
+   (one all-gather) and re-assembled into the global layout: cross-view ``(z1, z2)`` becomes ``(Z1,
+   Z2)`` with ``Z1 = [z1_0; z1_1; ...]``; an all-views ``"blocked"`` batch ``[v1_r; v2_r; ...]`` per
+   rank becomes the global blocked batch ``[v1_0; v1_1; ...; v2_0; v2_1; ...]``; ``"interleaved"``
+   stays interleaved (rank blocks of whole samples are concatenated). ``labels`` (one per sample or
+   one per row) are gathered the same way.
 3. Every rank computes the per-row losses ``ℓ_1..ℓ_n`` of the whole global problem (identical
    input and the fixed ``n_iter`` rounds, hence identical work and values on every rank, and no
    collective inside the solver).
@@ -52,7 +52,7 @@ what rank ``r`` back-propagates, exactly as for any per-sample loss under DDP, w
 coupling counted: ``rows.mean()`` gives the global mean when the ranks hold equally many rows,
 ``rows.sum() * W / n`` does so for any sizes.
 
-``return_details=True``: the :class:`~otcl.alignment.losses.LossDetails` describe the global
+``return_details=True``: the [`LossDetails`][otcl.LossDetails] describe the global
 problem (``n x n`` potentials, masses and per-row values over all ranks' rows), identical on
 every rank.
 
@@ -61,7 +61,8 @@ the global target is accepted: the same ``(n, n)`` tensor on every rank (``n`` =
 number of rows, in the global layout above); a per-rank ``(n_r, n_r)`` target raises
 ``ValueError`` (it does not define the off-diagonal rank blocks).
 
-:func:`sharded_log_sinkhorn` is a solver in which each rank holds only its rows of the kernel.
+[`sharded_log_sinkhorn`][otcl.torch.distributed.sharded_log_sinkhorn] is a solver in which each rank
+holds only its rows of the kernel.
 """
 
 from __future__ import annotations

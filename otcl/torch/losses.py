@@ -1,8 +1,9 @@
 """PyTorch losses of the GCA family: functional forms and thin ``nn.Module`` classes.
 
-Every loss is the backend-agnostic composition of :mod:`otcl.alignment.losses`; this module adds
-what a PyTorch user expects: ``nn.Module`` classes with keyword-only hyper-parameters and the
-paper's defaults, a choice of gradient mode, a learnable temperature, and mixed precision.
+Every loss is the backend-agnostic composition of [`otcl.alignment.losses`][otcl.alignment.losses];
+this module adds what a PyTorch user expects: ``nn.Module`` classes with keyword-only
+hyper-parameters and the paper's defaults, a choice of gradient mode, a learnable temperature, and
+mixed precision.
 
 Gradient modes (``grad=``):
 
@@ -19,11 +20,12 @@ Gradient modes (``grad=``):
 Mixed precision: float16 / bfloat16 embeddings are computed in float32 (autocast is disabled
 inside the loss), and the loss is returned in float32; gradients flow back in the inputs' dtype.
 
-Data parallelism: ``distributed=True`` (module constructor or functional keyword) computes the
-loss of the global batch of all ``torch.distributed`` ranks, with a gradient that DDP's averaging
-turns into the single-process gradient on the concatenated batch (:mod:`otcl.torch.distributed`).
-``distributed="sharded"`` computes the same loss with each rank holding only its rows of the
-global kernel (:mod:`otcl.torch.sharded`; the losses of ``SHARDED_LOSSES``, every ``grad`` mode).
+Data parallelism: ``distributed=True`` (module constructor or functional keyword) computes the loss
+of the global batch of all ``torch.distributed`` ranks, with a gradient that DDP's averaging turns
+into the single-process gradient on the concatenated batch
+([`otcl.torch.distributed`][otcl.torch.distributed]). ``distributed="sharded"`` computes the same
+loss with each rank holding only its rows of the global kernel
+([`otcl.torch.sharded`][otcl.torch.sharded]; the losses of ``SHARDED_LOSSES``, every ``grad`` mode).
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def _compute_dtype(*tensors: Any) -> torch.dtype | None:
 def _call(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any],
           distributed: bool = False) -> Any:
     """Run a backend-agnostic loss on torch tensors: gradient mode, precision, autocast;
-    ``distributed=True``: the loss of all ranks' samples (:mod:`otcl.torch.distributed`)."""
+    ``distributed=True``: the loss of all ranks' samples
+    ([`otcl.torch.distributed`][otcl.torch.distributed])."""
     if "temperature" in kwargs:
         kwargs["eps"] = _alg.resolve_temperature(kwargs.get("eps"), kwargs.pop("temperature"))
     if distributed is not False:
@@ -185,8 +188,8 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
              labels: torch.Tensor | None = None, target: torch.Tensor | None = None,
              reduction: str = "mean", return_details: bool = False, grad: str = "unroll",
              distributed: bool = False) -> Any:
-    """InfoNCE / NT-Xent on torch tensors (:func:`otcl.info_nce`); ``loss(z1, z2)`` equals
-    lightly's and pytorch-metric-learning's ``NTXentLoss`` at the same temperature."""
+    """InfoNCE / NT-Xent on torch tensors ([`otcl.info_nce`][otcl.info_nce]); ``loss(z1, z2)``
+    equals lightly's and pytorch-metric-learning's ``NTXentLoss`` at the same temperature."""
     return _functional(_alg.info_nce, z1, z2, grad, distributed,
                        _functional_kwargs(locals(), "divergence"))
 
@@ -200,7 +203,7 @@ def gca_ince(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
              target: torch.Tensor | None = None, reduction: str = "mean",
              return_details: bool = False, grad: str = "unroll",
              distributed: bool = False) -> Any:
-    """GCA-INCE on torch tensors (:func:`otcl.gca_ince`)."""
+    """GCA-INCE on torch tensors ([`otcl.gca_ince`][otcl.gca_ince])."""
     return _functional(_alg.gca_ince, z1, z2, grad, distributed,
                        _functional_kwargs(locals(), "n_iter", "divergence"))
 
@@ -213,7 +216,7 @@ def rince(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
           labels: torch.Tensor | None = None, target: torch.Tensor | None = None,
           reduction: str = "mean", return_details: bool = False, grad: str = "unroll",
           distributed: bool = False) -> Any:
-    """RINCE on torch tensors (:func:`otcl.rince`)."""
+    """RINCE on torch tensors ([`otcl.rince`][otcl.rince])."""
     return _functional(_alg.rince, z1, z2, grad, distributed,
                        _functional_kwargs(locals(), "q", "lam"))
 
@@ -227,7 +230,7 @@ def gca_rince(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
               target: torch.Tensor | None = None, reduction: str = "mean",
               return_details: bool = False, grad: str = "unroll",
               distributed: bool = False) -> Any:
-    """GCA-RINCE on torch tensors (:func:`otcl.gca_rince`)."""
+    """GCA-RINCE on torch tensors ([`otcl.gca_rince`][otcl.gca_rince])."""
     return _functional(_alg.gca_rince, z1, z2, grad, distributed,
                        _functional_kwargs(locals(), "n_iter", "q", "lam"))
 
@@ -243,7 +246,7 @@ def gca_uot(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
             target: torch.Tensor | None = None, reduction: str = "mean",
             return_details: bool = False, grad: str = "unroll",
             distributed: bool = False) -> Any:
-    """GCA-UOT on torch tensors (:func:`otcl.gca_uot`, the official loss and defaults)."""
+    """GCA-UOT on torch tensors ([`otcl.gca_uot`][otcl.gca_uot], the official loss and defaults)."""
     return _functional(_alg.gca_uot, z1, z2, grad, distributed,
                        _functional_kwargs(locals(), "rho", "rho_a", "rho_b", "n_iter", "r1",
                                           "r2", "q", "lam", "kl"))
@@ -257,7 +260,7 @@ def iot(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
         labels: torch.Tensor | None = None, target: torch.Tensor | None = None,
         reduction: str = "mean", return_details: bool = False, grad: str = "unroll",
         distributed: bool = False) -> Any:
-    """IOT on torch tensors (:func:`otcl.iot`)."""
+    """IOT on torch tensors ([`otcl.iot`][otcl.iot])."""
     return _functional(_alg.iot, z1, z2, grad, distributed,
                        _functional_kwargs(locals(), "n_iter"))
 
@@ -271,7 +274,7 @@ def iot_uni(z1: torch.Tensor, z2: torch.Tensor | None = None, *,
             target: torch.Tensor | None = None, reduction: str = "mean",
             return_details: bool = False, grad: str = "unroll",
             distributed: bool = False) -> Any:
-    """IOT-uni on torch tensors (:func:`otcl.iot_uni`)."""
+    """IOT-uni on torch tensors ([`otcl.iot_uni`][otcl.iot_uni])."""
     return _functional(_alg.iot_uni, z1, z2, grad, distributed,
                        _functional_kwargs(locals(), "n_iter", "lam_p"))
 
@@ -314,14 +317,15 @@ class _Loss(nn.Module):
     the caller's tensor: a learnable temperature kept outside the module); or a tensor that
     does not (copied into a buffer).
 
-    ``distributed=True``: under ``torch.distributed`` the loss is the one of the global batch
-    (all ranks' samples are each other's negatives), with a gradient that DDP's averaging turns
-    into the single-process gradient on the concatenated batch (:mod:`otcl.torch.distributed`).
-    ``distributed="sharded"``: the same loss and gradient, each rank forming only its rows of
-    the global kernel and exchanging length-``n`` vectors per round (:mod:`otcl.torch.sharded`;
-    InfoNCE, GCA-INCE, RINCE, GCA-RINCE, GCA-UOT and IOT, every ``grad`` mode).
-    With ``distributed=False`` and a process group of world size > 1, the first call warns once
-    per module that each rank sees only its local negatives.
+    ``distributed=True``: under ``torch.distributed`` the loss is the one of the global batch (all
+    ranks' samples are each other's negatives), with a gradient that DDP's averaging turns into the
+    single-process gradient on the concatenated batch
+    ([`otcl.torch.distributed`][otcl.torch.distributed]). ``distributed="sharded"``: the same loss
+    and gradient, each rank forming only its rows of the global kernel and exchanging length-``n``
+    vectors per round ([`otcl.torch.sharded`][otcl.torch.sharded]; InfoNCE, GCA-INCE, RINCE,
+    GCA-RINCE, GCA-UOT and IOT, every ``grad`` mode). With ``distributed=False`` and a process group
+    of world size > 1, the first call warns once per module that each rank sees only its local
+    negatives.
     """
 
     _fn: Any = None
@@ -400,7 +404,7 @@ def _check_eps_tensor(eps: torch.Tensor) -> None:
 
 
 class InfoNCE(_Loss):
-    """InfoNCE / NT-Xent (``eps = temperature = 0.5``). See :func:`otcl.info_nce`.
+    """InfoNCE / NT-Xent (``eps = temperature = 0.5``). See [`otcl.info_nce`][otcl.info_nce].
 
     ``InfoNCE(temperature=t)(z0, z1)`` equals lightly's and pytorch-metric-learning's
     ``NTXentLoss(temperature=t)(...)`` on the same two views; ``InfoNCE(temperature=t,
@@ -423,7 +427,7 @@ class InfoNCE(_Loss):
 
 
 class GCAInfoNCE(_Loss):
-    """GCA-INCE (``eps = 0.5``, ``n_iter = 10``). See :func:`otcl.gca_ince`."""
+    """GCA-INCE (``eps = 0.5``, ``n_iter = 10``). See [`otcl.gca_ince`][otcl.gca_ince]."""
 
     _fn = staticmethod(_alg.gca_ince)
 
@@ -444,7 +448,7 @@ class GCAInfoNCE(_Loss):
 
 
 class RINCE(_Loss):
-    """RINCE (``eps = 0.5``, ``q = 0.6``, ``lam = 0.01``). See :func:`otcl.rince`."""
+    """RINCE (``eps = 0.5``, ``q = 0.6``, ``lam = 0.01``). See [`otcl.rince`][otcl.rince]."""
 
     _fn = staticmethod(_alg.rince)
 
@@ -462,7 +466,7 @@ class RINCE(_Loss):
 
 class GCARINCE(_Loss):
     """GCA-RINCE (``eps = 0.5``, ``n_iter = 10``, ``q = 0.6``, ``lam = 0.01``).
-    See :func:`otcl.gca_rince`."""
+    See [`otcl.gca_rince`][otcl.gca_rince]."""
 
     _fn = staticmethod(_alg.gca_rince)
 
@@ -485,7 +489,7 @@ class GCAUOT(_Loss):
     """GCA-UOT, the official loss and defaults (``eps = 0.5``, ``rho = 0.2``, ``n_iter = 10``,
     ``r1 = 1``, ``r2 = 0.2``, ``q = 0.6``, ``lam = 0.01``, metric ``"cosine"``: the paper's
     CIFAR-10 README run). ``details.row_mass`` flags noisy pairs. Other official configurations:
-    ``GCAUOT(**otcl.official_config("gca_uot", name))``. See :func:`otcl.gca_uot`."""
+    ``GCAUOT(**otcl.official_config("gca_uot", name))``. See [`otcl.gca_uot`][otcl.gca_uot]."""
 
     _fn = staticmethod(_alg.gca_uot)
 
@@ -517,7 +521,7 @@ class GCAUOT(_Loss):
 
 class IOT(_Loss):
     """IOT (``eps = 0.5``, ``n_iter = 10``: the official loop's 11 projections).
-    See :func:`otcl.iot`."""
+    See [`otcl.iot`][otcl.iot]."""
 
     _fn = staticmethod(_alg.iot)
 
@@ -535,7 +539,7 @@ class IOT(_Loss):
 
 
 class IOTUni(_Loss):
-    """IOT with the uniformity prior (``lam_p = 0.2``). See :func:`otcl.iot_uni`."""
+    """IOT with the uniformity prior (``lam_p = 0.2``). See [`otcl.iot_uni`][otcl.iot_uni]."""
 
     _fn = staticmethod(_alg.iot_uni)
 
@@ -556,8 +560,8 @@ class IOTUni(_Loss):
 
 
 class AlignmentLoss(_Loss):
-    """The generic GCA loss: choose the inner constraints (``rho_a``, ``rho_b``, ``n_iter``),
-    the target (per call) and the outer divergence. See :func:`otcl.alignment_loss`.
+    """The generic GCA loss: choose the inner constraints (``rho_a``, ``rho_b``, ``n_iter``), the
+    target (per call) and the outer divergence. See [`otcl.alignment_loss`][otcl.alignment_loss].
 
     ``divergence`` is ``"kl"``, ``"row_kl"``, ``"cross_entropy"``, ``"rince"`` or a mapping of
     them to weights; ``marginals`` ``"target"``, ``"uniform"`` or ``"probability"``.
@@ -592,7 +596,8 @@ class AlignmentLoss(_Loss):
 
 
 def _capacity(z1: Any, z2: Any, *, inner: Any, **kw: Any) -> Any:
-    """:func:`otcl.gca_capacity` (differentiated by autograd through the projections)."""
+    """[`otcl.gca_capacity`][otcl.gca_capacity] (differentiated by autograd through the
+    projections)."""
     from otcl.alignment.family import gca_capacity
 
     return gca_capacity(z1, z2, **kw)
@@ -601,7 +606,7 @@ def _capacity(z1: Any, z2: Any, *, inner: Any, **kw: Any) -> Any:
 class GCACapacity(_Loss):
     """GCA-INCE with a capacity bound ``kappa`` on the plan mass of every negative pair
     (``eps = 0.5``, ``kappa = 0.1``, ``n_iter = 10`` Dykstra cycles). See
-    :func:`otcl.gca_capacity`. Its gradient is autograd's through the projections."""
+    [`otcl.gca_capacity`][otcl.gca_capacity]. Its gradient is autograd's through the projections."""
 
     _fn = staticmethod(_capacity)
 
@@ -622,7 +627,7 @@ class GCACapacity(_Loss):
 
 
 class BYOL(nn.Module):
-    """BYOL's loss (:func:`otcl.byol`): ``(2 - 2 cos(p1, z2)) + (2 - 2 cos(p2, z1))`` per
+    """BYOL's loss ([`otcl.byol`][otcl.byol]): ``(2 - 2 cos(p1, z2)) + (2 - 2 cos(p2, z1))`` per
     sample, the targets ``z`` detached (the target network receives no gradient).
 
     ``BYOL()(p1, z2)`` is one direction; ``BYOL()(p1, z2, p2, z1)`` the symmetrised loss.

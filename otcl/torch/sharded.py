@@ -1,28 +1,30 @@
 """Row-sharded losses: ``distributed="sharded"`` (the kernel of the global batch split by rows).
 
-With ``distributed=True`` (:mod:`otcl.torch.distributed`, the *gather* mode) every rank forms
-the whole ``n x m`` log-kernel of the global batch. With ``distributed="sharded"`` (on the loss
-modules and functional forms of :mod:`otcl.torch.losses` that support it, :data:`SHARDED_LOSSES`)
-rank ``r`` forms and keeps only **its own rows** ``I_r`` of it, an ``n_r x m`` block:
+With ``distributed=True`` ([`otcl.torch.distributed`][otcl.torch.distributed], the *gather* mode)
+every rank forms the whole ``n x m`` log-kernel of the global batch. With ``distributed="sharded"``
+(on the loss modules and functional forms of [`otcl.torch.losses`][otcl.torch.losses] that support
+it, [`SHARDED_LOSSES`][otcl.torch.sharded.SHARDED_LOSSES]) rank ``r`` forms and keeps only **its own
+rows** ``I_r`` of it, an ``n_r x m`` block:
 
 1. The same consistency exchange as the gather mode (batch sizes, widths, dtypes, label kinds,
    a checksum of the hyper-parameters, a 128-bit hash of a target): an inconsistent call, or
    input that one rank rejects, raises ``ValueError`` on every rank.
-2. The embeddings are gathered once with :func:`~otcl.torch.distributed.gather_with_grad`'s
-   autograd-aware all-gather (``n x d`` numbers) and put in the global layout of the gather
-   mode; rank ``r`` multiplies its rows by all columns: ``Λ_r = -C[I_r, :] / eps``.
+2. The embeddings are gathered once with
+   [`gather_with_grad`][otcl.torch.distributed.gather_with_grad]'s autograd-aware all-gather (``n x
+   d`` numbers) and put in the global layout of the gather mode; rank ``r`` multiplies its rows by
+   all columns: ``Λ_r = -C[I_r, :] / eps``.
 3. The inner rounds::
 
        phi_i   = t_a (log a_i - LSE_j(Λ_ij + gamma_j))          i in I_r: local
        gamma_j = t_b (log b_j - LSE_i(Λ_ij + phi_i))            all rows: all-reduces
 
-   As in the single-process forward (:mod:`otcl.solvers.adjoint`), in the kernel domain where
-   that is exact: ``K' = exp(Λ_r - M)`` once, one matrix-vector product per half-step, the
-   column ones summed over the ranks (an all-reduce of ``m`` numbers after one of a single
-   number, the largest ``phi``). The ranks agree (two small all-reduces) on falling back to the
-   log domain when a marginal has a zero entry or a normaliser fell below
-   ``m tiny / eps_mach`` on some rank; there the column log-sum-exp takes an all-reduce ``MAX``
-   of the column maxima and an all-reduce ``SUM`` of the shifted sums, ``2 m`` numbers.
+   As in the single-process forward ([`otcl.solvers.adjoint`][otcl.solvers.adjoint]), in the kernel
+   domain where that is exact: ``K' = exp(Λ_r - M)`` once, one matrix-vector product per half-step,
+   the column ones summed over the ranks (an all-reduce of ``m`` numbers after one of a single
+   number, the largest ``phi``). The ranks agree (two small all-reduces) on falling back to the log
+   domain when a marginal has a zero entry or a normaliser fell below ``m tiny / eps_mach`` on some
+   rank; there the column log-sum-exp takes an all-reduce ``MAX`` of the column maxima and an
+   all-reduce ``SUM`` of the shifted sums, ``2 m`` numbers.
 4. Each rank evaluates the divergence terms ``ℓ_i`` of its own rows; the value is combined
    across ranks as in the gather mode, ``v_r = stop(L) + (W/n)(S_r - stop(S_r))`` with
    ``S_r = Σ_{i in I_r} ℓ_i``: the value of the global loss on every rank and a gradient that
@@ -33,21 +35,22 @@ Gradients (``grad=``):
 
 * ``"unroll"``: the exact derivative of the rounds, by an adjoint recursion on vectors (one
   autograd function for all the rounds): the backward walks the half-steps in reverse, one
-  matrix-vector product each, and all-reduces (``SUM``) the length-``m`` cotangent of every
-  column step. Kernel domain: the gradient of ``Λ_r`` is ``K' ⊙ (A B^T)`` with the rank-one
-  factors of the ``2L + 1`` half-steps stacked (one matrix product). Log domain: each
-  half-step's softmax weights are recomputed in one scratch array and added into one gradient
-  array (:func:`col_logsumexp` is that column step as a stand-alone differentiable function).
-  Memory per rank ``O(n_r m)`` **independent of the number of rounds** (autograd through
-  ``torch.logsumexp`` would keep an ``n_r x m`` array per half-step, ``O(L n_r m)``).
-  Communication in the backward pass: ``m`` numbers per round, plus the ``n x d`` gradient of
+  matrix-vector product each, and all-reduces (``SUM``) the length-``m`` cotangent of every column
+  step. Kernel domain: the gradient of ``Λ_r`` is ``K' ⊙ (A B^T)`` with the rank-one factors of the
+  ``2L + 1`` half-steps stacked (one matrix product). Log domain: each half-step's softmax weights
+  are recomputed in one scratch array and added into one gradient array
+  ([`col_logsumexp`][otcl.torch.sharded.col_logsumexp] is that column step as a stand-alone
+  differentiable function). Memory per rank ``O(n_r m)`` **independent of the number of rounds**
+  (autograd through ``torch.logsumexp`` would keep an ``n_r x m`` array per half-step, ``O(L n_r
+  m)``). Communication in the backward pass: ``m`` numbers per round, plus the ``n x d`` gradient of
   the gather.
 * ``"implicit"``: the implicit-function derivative at the fixed point, the optimality system of
-  the single-process ``"implicit"`` mode (:func:`otcl.solvers.adjoint.implicit_cotangents`)
-  solved by conjugate gradients on the replicated length-``m`` column variable: every product
-  with the plan's transpose sums the ranks' ``m``-vectors (one all-reduce per CG iteration, and
-  one every ten iterations to agree on the stop). The forward keeps nothing per round; the
-  backward forms the plan's rows once (``O(n_r m)``).
+  the single-process ``"implicit"`` mode
+  ([`otcl.solvers.adjoint.implicit_cotangents`][otcl.solvers.adjoint.implicit_cotangents]) solved by
+  conjugate gradients on the replicated length-``m`` column variable: every product with the plan's
+  transpose sums the ranks' ``m``-vectors (one all-reduce per CG iteration, and one every ten
+  iterations to agree on the stop). The forward keeps nothing per round; the backward forms the
+  plan's rows once (``O(n_r m)``).
 * ``"detach"``: the potentials are constants (rounds under ``torch.no_grad``); the gradient
   reaches ``Λ_r`` through the divergence terms only, no collective but the gather's.
 
@@ -55,18 +58,18 @@ Every rank must call the loss, and call ``backward``, in the same order: the bac
 holds collectives (the column log-sum-exps and the gather). The custom functions are
 differentiable once (no double backward).
 
-What is supported: :data:`SHARDED_LOSSES` (InfoNCE, GCA-INCE, RINCE, GCA-RINCE, GCA-UOT, IOT,
-modules and functional forms), the two-view SimCLR call ``loss(z1, z2)``, ``layout="cross"``,
-all-views ``z`` with ``layout="blocked"`` or ``"interleaved"`` (any ``n_views``), ``labels``
-(per sample or per row), a global ``target`` (the same ``(n, n)`` tensor on every rank, as in
-the gather mode, of which each rank reads its rows), unequal numbers of samples per rank,
-``reduction`` ``"mean"``, ``"sum"`` and ``"none"``, every metric, a learnable ``eps``, float16 /
-bfloat16 input (computed in float32). A global target is an ``n x n`` tensor on every rank, so
-with a target the memory per rank is again ``O(n^2)``; labels cost ``O(n)``. Not supported
+What is supported: [`SHARDED_LOSSES`][otcl.torch.sharded.SHARDED_LOSSES] (InfoNCE, GCA-INCE, RINCE,
+GCA-RINCE, GCA-UOT, IOT, modules and functional forms), the two-view SimCLR call ``loss(z1, z2)``,
+``layout="cross"``, all-views ``z`` with ``layout="blocked"`` or ``"interleaved"`` (any
+``n_views``), ``labels`` (per sample or per row), a global ``target`` (the same ``(n, n)`` tensor on
+every rank, as in the gather mode, of which each rank reads its rows), unequal numbers of samples
+per rank, ``reduction`` ``"mean"``, ``"sum"`` and ``"none"``, every metric, a learnable ``eps``,
+float16 / bfloat16 input (computed in float32). A global target is an ``n x n`` tensor on every
+rank, so with a target the memory per rank is again ``O(n^2)``; labels cost ``O(n)``. Not supported
 (``ValueError`` on every rank): the other losses (IOT-uni, ``AlignmentLoss``, GCA-capacity; use
 ``distributed=True``) and ``layout="queue"``.
 
-``return_details=True`` returns :class:`~otcl.alignment.losses.LossDetails` of **this rank's
+``return_details=True`` returns [`LossDetails`][otcl.LossDetails] of **this rank's
 rows**: ``per_sample``, ``f``, ``row_mass``, ``a`` of shape ``(n_r,)`` in the local row order,
 ``g`` and ``b`` over all ``m`` columns, ``cost`` and ``mask`` the ``n_r x m`` rows of the rank.
 """
@@ -226,12 +229,12 @@ def _kernel_rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, t
                    tb: float, rounds: int, gamma: torch.Tensor, final_column: bool, group: Any,
                    tape: list[Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """The rounds in the kernel domain, as the single-process forward
-    (:mod:`otcl.solvers.adjoint`): ``K' = exp(Λ_r - M)`` once (``M`` the global maximum of
-    ``Λ`` where ``|M|`` exceeds a quarter of the exponent range, else 0), then one
-    matrix-vector product per half-step (the column ones summed over the ranks). ``tape``
-    receives ``(kind, scaling, normaliser, lse)`` per half-step. Returns ``(phi, gamma, K')``,
-    or ``None`` (on every rank) when a marginal has a zero entry or a normaliser fell below
-    ``max(n, m) tiny / eps_mach`` on some rank: the log domain is then used."""
+    ([`otcl.solvers.adjoint`][otcl.solvers.adjoint]): ``K' = exp(Λ_r - M)`` once (``M`` the global
+    maximum of ``Λ`` where ``|M|`` exceeds a quarter of the exponent range, else 0), then one
+    matrix-vector product per half-step (the column ones summed over the ranks). ``tape`` receives
+    ``(kind, scaling, normaliser, lse)`` per half-step. Returns ``(phi, gamma, K')``, or ``None``
+    (on every rank) when a marginal has a zero entry or a normaliser fell below ``max(n, m) tiny /
+    eps_mach`` on some rank: the log domain is then used."""
     dtype, dev = lk.dtype, lk.device
     n_r, m = lk.shape
     local = torch.stack([
@@ -296,7 +299,7 @@ def _plain_rounds(lk: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor, ta
 class _UnrolledRounds(torch.autograd.Function):
     """The rounds on the local rows with their exact (unrolled) derivative, by an adjoint
     recursion on vectors, all-reducing the length-``m`` cotangent of every column step: in the
-    kernel domain (:func:`_kernel_rounds`, :func:`_kernel_backward`) or, where that is not
+    kernel domain (`_kernel_rounds`, `_kernel_backward`) or, where that is not
     exact, in the log domain (the forward keeps ``Λ_r`` and two vectors per half-step; the
     backward recomputes each half-step's softmax weights in one scratch array and adds their
     products with the cotangents into one gradient array). Memory ``O(n_r m)`` whatever the
@@ -362,10 +365,10 @@ class _UnrolledRounds(torch.autograd.Function):
 
 
 def _kernel_backward(ctx: Any, phi_bar: torch.Tensor, gamma_bar: torch.Tensor) -> tuple[Any, ...]:
-    """The adjoint recursion of the kernel-domain rounds (:mod:`otcl.solvers.adjoint`): per
-    half-step one matrix-vector product, and the gradient of ``Λ_r`` as
-    ``K' ⊙ (A B^T)`` with the stacked rank-one factors of the ``2L + 1`` half-steps (one
-    matrix product at the end)."""
+    """The adjoint recursion of the kernel-domain rounds
+    ([`otcl.solvers.adjoint`][otcl.solvers.adjoint]): per half-step one matrix-vector product, and
+    the gradient of ``Λ_r`` as ``K' ⊙ (A B^T)`` with the stacked rank-one factors of the ``2L + 1``
+    half-steps (one matrix product at the end)."""
     kernel, log_a, log_b = ctx.saved_tensors
     ta, tb = ctx.t
     cot_phi, cot_gamma = phi_bar.clone(), gamma_bar.clone()
@@ -414,10 +417,11 @@ def _all_sum(x: torch.Tensor, group: Any) -> torch.Tensor:
 
 
 class _ImplicitRounds(torch.autograd.Function):
-    """The rounds (and final row step) on the local rows, differentiated implicitly at the
-    fixed point: the optimality system of :func:`otcl.solvers.adjoint.implicit_cotangents`,
-    solved by conjugate gradients on the (replicated) column variable, with every product
-    ``P^T x`` summed over the ranks (an all-reduce of ``m`` numbers per iteration)."""
+    """The rounds (and final row step) on the local rows, differentiated implicitly at the fixed
+    point: the optimality system of
+    [`otcl.solvers.adjoint.implicit_cotangents`][otcl.solvers.adjoint.implicit_cotangents], solved
+    by conjugate gradients on the (replicated) column variable, with every product ``P^T x`` summed
+    over the ranks (an all-reduce of ``m`` numbers per iteration)."""
 
     @staticmethod
     def forward(ctx: Any, lk: torch.Tensor, log_a: torch.Tensor,  # type: ignore[override]
@@ -483,8 +487,9 @@ def _as_float(t: Any) -> float:
 def _cg(op: Any, rhs: torch.Tensor, group: Any, max_iter: int = 1000,
         check_every: int = 10) -> torch.Tensor:
     """Conjugate gradients for ``op(y) = rhs`` on a replicated vector, as
-    :func:`otcl.solvers.adjoint.implicit_cotangents` solves it (relative residual
-    ``0.01 sqrt(eps)`` of the dtype); the ranks agree on when to stop (one all-reduce)."""
+    [`otcl.solvers.adjoint.implicit_cotangents`][otcl.solvers.adjoint.implicit_cotangents] solves it
+    (relative residual ``0.01 sqrt(eps)`` of the dtype); the ranks agree on when to stop (one
+    all-reduce)."""
     from otcl.solvers.result import ConvergenceWarning
 
     tol = 0.01 * math.sqrt(torch.finfo(rhs.dtype).eps)
@@ -529,8 +534,9 @@ def _cg(op: Any, rhs: torch.Tensor, group: Any, max_iter: int = 1000,
 
 
 def _spec(fn: Any, kw: dict[str, Any]) -> dict[str, Any]:
-    """The inner problem and divergence of a supported loss (as :mod:`otcl.alignment.losses`
-    composes it); ``ValueError`` for an unsupported loss or a bad hyper-parameter."""
+    """The inner problem and divergence of a supported loss (as
+    [`otcl.alignment.losses`][otcl.alignment.losses] composes it); ``ValueError`` for an unsupported
+    loss or a bad hyper-parameter."""
     from otcl.alignment.divergences import validate_rince
     from otcl.solvers.problem import validate_positive
 
@@ -684,8 +690,8 @@ def _exchange(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any],
 
 
 def _check_target(T: torch.Tensor, self_masked: bool) -> str | None:
-    """The checks of :func:`otcl.alignment.targets.as_target` on the global target (every rank
-    holds the same one, so every rank reaches the same verdict)."""
+    """The checks of [`otcl.alignment.targets.as_target`][otcl.alignment.targets.as_target] on the
+    global target (every rank holds the same one, so every rank reaches the same verdict)."""
     if not bool(torch.isfinite(T).all()):
         return "target contains NaN or inf"
     if bool((T < 0).any()):
@@ -698,11 +704,11 @@ def _check_target(T: torch.Tensor, self_masked: bool) -> str | None:
 
 
 def sharded_loss(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any]) -> Any:
-    """The loss ``fn`` (a loss of :mod:`otcl.alignment.losses` in :data:`SHARDED_LOSSES`) of the
-    global batch of all ranks, each rank holding only its rows of the kernel (module
-    docstring). ``z1``, ``z2`` and ``kwargs`` as for ``distributed=True``; a two-view call
-    arrives as the all-views blocked batch ``[z1; z2]``. Every rank must call it, on the
-    default process group."""
+    """The loss ``fn`` (a loss of [`otcl.alignment.losses`][otcl.alignment.losses] in
+    [`SHARDED_LOSSES`][otcl.torch.sharded.SHARDED_LOSSES]) of the global batch of all ranks, each
+    rank holding only its rows of the kernel (module docstring). ``z1``, ``z2`` and ``kwargs`` as
+    for ``distributed=True``; a two-view call arrives as the all-views blocked batch ``[z1; z2]``.
+    Every rank must call it, on the default process group."""
     if not is_initialized():
         raise RuntimeError(
             "distributed='sharded' needs an initialised torch.distributed process group; call "
@@ -803,7 +809,7 @@ def _log_kernel_rows(r: _Rows, metric: str, inv: Any,
 
 def _target_rows(r: _Rows, kwargs: dict[str, Any], label_kind: int, dtype: Any,
                  xp: Any) -> tuple[Any, torch.Tensor]:
-    """The target's rows of this rank (a :class:`~otcl.alignment.targets.Target` of shape
+    """The target's rows of this rank (a [`Target`][otcl.Target] of shape
     ``(n_r, m)``) and its column sums ``T^T 1`` over all ranks' rows, ``(m,)``."""
     from otcl.alignment.targets import Target
 

@@ -1,5 +1,5 @@
-"""SwAV on torch tensors: the codes (:func:`otcl.swav_codes`) across ranks, and the swapped
-prediction loss of Caron et al. 2020, called like lightly's ``SwaVLoss``.
+"""SwAV on torch tensors: the codes ([`otcl.swav_codes`][otcl.swav_codes]) across ranks, and the
+swapped prediction loss of Caron et al. 2020, called like lightly's ``SwaVLoss``.
 
 ``SwAVLoss()(high_resolution_outputs, low_resolution_outputs=None, queue_outputs=None)`` takes
 lists of ``(B, K)`` prototype scores, one per crop. For every high-resolution crop ``i`` the codes
@@ -27,8 +27,8 @@ def swav_codes(scores: torch.Tensor, *, eps: float = 0.05, n_iter: int = 3,
                tol: float | None = None, max_iter: int = 1000, rho: float = math.inf,
                domain: str = "auto", distributed: bool = False,
                return_details: bool = False) -> Any:
-    """:func:`otcl.swav_codes` on a torch tensor, without gradient; float16 / bfloat16 scores are
-    solved in float32 and the codes returned in the scores' dtype.
+    """[`otcl.swav_codes`][otcl.swav_codes] on a torch tensor, without gradient; float16 / bfloat16
+    scores are solved in float32 and the codes returned in the scores' dtype.
 
     ``distributed=True``: the samples of every ``torch.distributed`` rank form one problem
     (mass ``1/B_total`` each, as SwAV's distributed Sinkhorn–Knopp), and each rank receives the
