@@ -204,3 +204,14 @@ def test_benchmark_tables_are_generated_from_the_committed_run() -> None:
     readme = (ROOT / "README.md").read_text("utf-8")
     block = readme[readme.index(README_START) + len(README_START) : readme.index(README_END)]
     assert block.strip("\n") == summary.strip("\n"), "README table is stale: run make bench"
+
+
+def test_docstrings_hold_no_sphinx_roles() -> None:
+    """The API pages render docstrings with mkdocstrings, which shows a Sphinx role
+    (``:func:`x```) as raw text: cross-references are written ``[`x`][otcl.x]`` instead."""
+    role = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|exc|obj|const):`")
+    found = [f"{path.relative_to(ROOT)}:{n}"
+             for path in sorted((ROOT / "otcl").rglob("*.py"))
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if role.search(line)]
+    assert not found, found
