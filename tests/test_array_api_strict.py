@@ -18,6 +18,7 @@ import otcl
 
 DEVICE = xs.Device("device1")
 DTYPES = {"float64": xs.float64, "float32": xs.float32}
+DTYPES_NP = {"float64": np.float64, "float32": np.float32}
 StrictArray = type(xs.asarray(0.0))
 
 
@@ -64,8 +65,13 @@ def _compare(Ts: otcl.Transport, Tn: otcl.Transport, dtype: str, rtol: float) ->
         assert xs_val.device == DEVICE, name
         got = _np(xs_val)
         assert got.shape == np.shape(np_val), name
-        # same algorithm, same operations: only summation order may differ
-        np.testing.assert_allclose(got, np_val, rtol=rtol, atol=0, err_msg=name)
+        # same iterates; NumPy's buffered loops reach them by other routes (summation order,
+        # the log domain's column step from the row step's exponentials). The marginal errors
+        # are differences of nearly equal masses: compared to the masses' rounding
+        atol = 0.0
+        if name.startswith("marginal_error"):
+            atol = 100 * float(np.finfo(DTYPES_NP[dtype]).eps)
+        np.testing.assert_allclose(got, np_val, rtol=rtol, atol=atol, err_msg=name)
 
 
 @pytest.mark.parametrize("domain", ["auto", "kernel", "stabilized", "log"])

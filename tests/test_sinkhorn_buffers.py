@@ -1,6 +1,6 @@
 """The buffered fast paths of ``otcl.sinkhorn`` against independent float64 oracles.
 
-``otcl.backend.array_ops`` gives the solver loops preallocated buffers for NumPy and for PyTorch
+``otcl.ops.array_ops`` gives the solver loops preallocated buffers for NumPy and for PyTorch
 CPU tensors that no autograd graph records, and sweeps large kernels in cache-sized blocks
 (one fused pass per round, alternating direction). The block thresholds are lowered here so that
 small problems take every path: several row blocks per problem, several problems per block,
@@ -24,6 +24,8 @@ from scipy.special import logsumexp
 
 import otcl
 from otcl import backend as be
+from otcl import ops
+from otcl.ops import blocking
 
 ROUNDS = 30
 
@@ -76,9 +78,9 @@ def _gauge_free(f, g, balanced):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks of 2 KiB and fusion from 4 KiB on: every sweep path on tiny problems."""
-    monkeypatch.setattr(be, "FUSE_MIN_BYTES", 4096)
-    monkeypatch.setattr(be, "PASSES_MIN_BYTES", 4096)
-    monkeypatch.setattr(be, "BLOCK_BYTES", 2048)
+    monkeypatch.setattr(blocking, "FUSE_MIN_BYTES", 4096)
+    monkeypatch.setattr(blocking, "PASSES_MIN_BYTES", 4096)
+    monkeypatch.setattr(blocking, "BLOCK_BYTES", 2048)
 
 
 def _library(name):
@@ -201,10 +203,10 @@ def test_no_grad_mode_uses_buffers_on_a_requires_grad_cost():
     carries no graph."""
     rng = np.random.default_rng(2)
     C = torch.tensor(_cost(rng, (9, 7)), requires_grad=True)
-    assert isinstance(be.array_ops(be.namespace(C), C), be.ArrayOps)
-    assert not be.array_ops(be.namespace(C), C).inplace
+    assert isinstance(ops.array_ops(be.namespace(C), C), ops.ArrayOps)
+    assert not ops.array_ops(be.namespace(C), C).inplace
     with torch.no_grad():
-        assert be.array_ops(be.namespace(C), C).inplace
+        assert ops.array_ops(be.namespace(C), C).inplace
         res = otcl.sinkhorn(C, eps=0.3, max_iter=ROUNDS, tol=None, domain="kernel")
     assert not res.f.requires_grad
     a = torch.full((9,), 1 / 9, dtype=torch.float64)
@@ -238,8 +240,8 @@ def test_buffered_logsumexp_with_infinities(monkeypatch, library, axis, blocked)
     that is ``-inf`` in the first blocks only, wholly ``-inf`` rows and columns, and maxima
     that move by hundreds between blocks."""
     if blocked:
-        monkeypatch.setattr(be, "PASSES_MIN_BYTES", 4096)
-        monkeypatch.setattr(be, "BLOCK_BYTES", 2048)
+        monkeypatch.setattr(blocking, "PASSES_MIN_BYTES", 4096)
+        monkeypatch.setattr(blocking, "BLOCK_BYTES", 2048)
     rng = np.random.default_rng(4)
     base = 300.0 * rng.standard_normal((3, 41, 33))
     base[rng.random(base.shape) < 0.2] = -math.inf
@@ -249,9 +251,9 @@ def test_buffered_logsumexp_with_infinities(monkeypatch, library, axis, blocked)
     base[0, 35:, 2] += 900.0  # the column maximum jumps in the last block
     shift = 50.0 * rng.standard_normal((3, 33 if axis == 2 else 41))
     to, back = _library(library)
-    ops = be.array_ops(be.namespace(to(base)), to(base))
-    assert ops.inplace
-    got = back(ops.logsumexp_shifted(to(base), to(shift), axis, ops.buffer(base.shape, to(base))))
+    bops = ops.array_ops(be.namespace(to(base)), to(base))
+    assert bops.inplace
+    got = back(bops.logsumexp_shifted(to(base), to(shift), axis, bops.buffer(base.shape, to(base))))
     expand = shift[:, None, :] if axis == 2 else shift[:, :, None]
     with np.errstate(divide="ignore"):
         ref = logsumexp(base + expand, axis=axis)
@@ -261,17 +263,88 @@ def test_buffered_logsumexp_with_infinities(monkeypatch, library, axis, blocked)
 
 
 @pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("axis", [1, 2])
+@pytest.mark.parametrize("blocked", [True, False])
+@pytest.mark.parametrize("hint", ["close", "some-off", "all-off"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_hinted_logsumexp(monkeypatch, library, axis, blocked, hint, dtype):
+    """The log-sum-exp shifted by a hint of ``-LSE`` instead of each slice's maximum, against
+    SciPy: a close hint (the hinted pass alone), one that is off by hundreds on a few slices
+    (those recomputed with their maximum; also the wholly ``-inf`` row and column, whose hinted
+    sums are 0), and one off everywhere (every slice recomputed)."""
+    if blocked:
+        monkeypatch.setattr(blocking, "PASSES_MIN_BYTES", 4096)
+        monkeypatch.setattr(blocking, "BLOCK_BYTES", 2048)
+    rng = np.random.default_rng(5)
+    base = 30.0 * rng.standard_normal((3, 41, 33))
+    base[rng.random(base.shape) < 0.2] = -math.inf
+    base[1, 7, :] = -math.inf  # a whole row
+    base[2, :, 9] = -math.inf  # a whole column
+    shift = 5.0 * rng.standard_normal((3, 33 if axis == 2 else 41))
+    expand = shift[:, None, :] if axis == 2 else shift[:, :, None]
+    with np.errstate(divide="ignore"):
+        ref = logsumexp(base + expand, axis=axis)
+    guess = -np.where(np.isfinite(ref), ref, 0.0) + rng.uniform(-3, 3, ref.shape)
+    if hint == "some-off":
+        guess[0, 3] += 400.0
+        guess[2, 1] -= 400.0
+    elif hint == "all-off":
+        guess += 400.0
+    to, back = _library(library)
+    b, sh, g = (to(x) for x in (base, shift, guess))
+    if library == "torch":
+        b, sh, g = (x.to(getattr(torch, dtype)) for x in (b, sh, g))
+    else:
+        b, sh, g = (x.astype(dtype) for x in (b, sh, g))
+    bops = ops.array_ops(be.namespace(b), b)
+    got = back(bops.logsumexp_shifted(b, sh, axis, bops.buffer(base.shape, b), hint=g))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(ref))
+    fin = np.isfinite(ref)
+    rtol, atol = (1e-13, 1e-12) if dtype == "float64" else (2e-6, 2e-5)
+    np.testing.assert_allclose(got[fin], ref[fin], rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("eps", [0.1, 0.01])
+def test_log_loop_needs_no_maximum_after_its_first_round(monkeypatch, library, eps):
+    """From the second round on, the buffered log domain shifts each log-sum-exp by the previous
+    round's result (one pass fewer than the maximum): on a well-posed problem no slice falls back
+    to its maximum, and the result is the oracle's."""
+    from otcl.ops.logsumexp import BufferedLogSumExp
+
+    calls = []
+    original = BufferedLogSumExp._lse_max_shifted
+
+    def counting(self, *args):
+        calls.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(BufferedLogSumExp, "_lse_max_shifted", counting)
+    original_logsumexp = be.logsumexp
+    monkeypatch.setattr("otcl.ops.logsumexp.logsumexp",
+                        lambda *a, **k: calls.append(1) or original_logsumexp(*a, **k))
+    rng = np.random.default_rng(3)
+    C, a, b = _cost(rng, (2, 30, 25)), _marginal(rng, (2, 30)), _marginal(rng, (2, 25))
+    to, back = _library(library)
+    res = otcl.sinkhorn(to(C), to(a), to(b), eps=eps, max_iter=ROUNDS, tol=None, domain="log")
+    assert len(calls) == 2  # the first round's two log-sum-exps
+    f_ref, g_ref = _oracle_log(C, a, b, eps, math.inf, ROUNDS)
+    P_ref = np.exp((f_ref[..., :, None] + g_ref[..., None, :] - C) / eps)
+    np.testing.assert_allclose(back(res.plan), P_ref, rtol=0, atol=1e-12 * P_ref.max())
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
 def test_blocked_exp_shifted(small_blocks, library):
     rng = np.random.default_rng(6)
     base = rng.standard_normal((2, 41, 33))
     base[0, 3, 4] = -math.inf
     row, col = rng.standard_normal((2, 41)), rng.standard_normal((2, 33))
     to, back = _library(library)
-    ops = be.array_ops(be.namespace(to(base)), to(base))
-    got = back(ops.exp_shifted(to(base), to(row), to(col)))
+    bops = ops.array_ops(be.namespace(to(base)), to(base))
+    got = back(bops.exp_shifted(to(base), to(row), to(col)))
     np.testing.assert_allclose(got, np.exp(base + row[:, :, None] + col[:, None, :]), rtol=1e-15)
     inplace = to(base)
-    ops.exp_shifted(inplace, to(row), None, out=inplace)
+    bops.exp_shifted(inplace, to(row), None, out=inplace)
     np.testing.assert_allclose(back(inplace), np.exp(base + row[:, :, None]), rtol=1e-15)
 
 

@@ -28,7 +28,8 @@ from dataclasses import replace
 from typing import Any
 
 from otcl._api import checked_keywords
-from otcl.backend import Array, ArrayOps, array_ops, check_compatible, device_of
+from otcl.backend import Array, check_compatible, device_of
+from otcl.ops import ArrayOps, array_ops
 from otcl.solvers.problem import make_problem, validate_positive
 from otcl.solvers.sinkhorn import DOMAINS, solve
 

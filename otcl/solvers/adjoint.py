@@ -96,7 +96,6 @@ from typing import Any
 
 from otcl.backend import (
     Array,
-    array_ops,
     check_compatible,
     device_of,
     dtype_eps,
@@ -107,6 +106,7 @@ from otcl.backend import (
     quiet_numerics,
     to_numpy,
 )
+from otcl.ops import array_ops
 from otcl.solvers.result import ConvergenceWarning
 
 __all__ = [

@@ -34,8 +34,6 @@ import numpy as np
 
 from otcl.backend import (
     Array,
-    ArrayOps,
-    array_ops,
     check_compatible,
     dtype_eps,
     dtype_tiny,
@@ -45,6 +43,7 @@ from otcl.backend import (
     to_float,
     to_numpy,
 )
+from otcl.ops import ArrayOps, array_ops
 from otcl.solvers.problem import Problem, make_problem
 from otcl.solvers.result import Transport, finish_diagnostics
 from otcl.tracing import plain_ops
@@ -233,7 +232,7 @@ def solve(
 
     The loops reuse preallocated buffers (one or two ``n x m`` matrices and a few vectors) when the
     library allows it and no autograd engine records the inputs
-    ([`otcl.backend.array_ops`][otcl.backend.array_ops]); otherwise every step allocates its result
+    ([`otcl.ops.array_ops`][otcl.ops.array_ops]); otherwise every step allocates its result
     and stays differentiable. Both compute the same iteration.
     """
     xp = problem.xp
@@ -337,6 +336,10 @@ class _LogLoop:
         self.log_a, self.log_b = problem.log_marginals()
         self.tracker = _Tracker(problem.shape[0], tol, start)
         self.trouble: str | None = None
+        # minus the previous round's log-sum-exps: the buffered log-sum-exp's stabilising shift
+        # (from the second round on), one pass cheaper than each slice's maximum
+        self._row_hint: Array | None = None
+        self._col_hint: Array | None = None
 
     @property
     def n_iter(self) -> np.ndarray:
@@ -351,29 +354,35 @@ class _LogLoop:
         it = tr.start
         while it < max_iter:
             check = tr.tol is not None and tr.due(it, self.check_every)
-            lse = self._lse_rows(self.gamma)
+            lse, rows = self._lse_rows(self.gamma, keep=True)
             if check and p.balanced and tr.record(it, _row_error(xp, self.phi, lse, p.a)):
                 return
             phi_new = _guarded_update(self.log_a, lse, p.t_a, xp)
             if check and not p.balanced:
                 residual = _max_abs_change(xp, phi_new, self.phi)
                 self.phi = phi_new
-                self.gamma = self._col_update(self.phi)
+                self.gamma = self._col_update(self.phi, rows)
                 if tr.record(it + 1, residual):
                     return
             else:
                 self.phi = phi_new
-                self.gamma = self._col_update(self.phi)
+                self.gamma = self._col_update(self.phi, rows)
             it += 1
         tr.finish(max_iter, self._final_error)
 
-    def _lse_rows(self, gamma: Array) -> Array:
-        """``LSE_j(log K_ij + gamma_j)``, ``(B, n)``."""
-        return self.ops.logsumexp_shifted(self.log_k, gamma, 2, self.work)
+    def _lse_rows(self, gamma: Array, keep: bool = False) -> Any:
+        """``LSE_j(log K_ij + gamma_j)``, ``(B, n)``; with ``keep``, also the exponentials
+        that ``_col_update`` can reuse (``None`` if none)."""
+        lse, rows = self.ops.lse_rows_keep(self.log_k, gamma, self.work, self._row_hint)
+        if self.ops.inplace:
+            self._row_hint = -lse
+        return (lse, rows) if keep else lse
 
-    def _col_update(self, phi: Array) -> Array:
+    def _col_update(self, phi: Array, rows: Any = None) -> Array:
         """``gamma_j = t_b (log b_j - LSE_i(log K_ij + phi_i))``."""
-        lse = self.ops.logsumexp_shifted(self.log_k, phi, 1, self.work)
+        lse = self.ops.lse_cols_from_rows(self.log_k, phi, rows, self.work, self._col_hint)
+        if self.ops.inplace:
+            self._col_hint = -lse
         return _guarded_update(self.log_b, lse, self.p.t_b, self.xp)
 
     def _final_error(self) -> np.ndarray:
@@ -395,7 +404,7 @@ class _ScalingLoop:
     absorbed part contributes a fixed factor: ``u = (a / (Kt v))^t * exp(-(1 - t) phi)``.
 
     With buffered operations a round that needs no convergence check is one fused sweep when the
-    kernel is large ([`ArrayOps.blocks`][otcl.backend.ArrayOps.blocks]): for each block of rows,
+    kernel is large ([`ArrayOps.blocks`][otcl.ops.base.ArrayOps.blocks]): for each block of rows,
     ``Kt v``, the new ``u`` on those rows and their contribution ``Kt[rows]^T u[rows]`` to the
     column product, while the block is still in cache, so the kernel is read from memory once per
     round instead of twice. Successive sweeps run in opposite directions, so that the blocks read

@@ -1,0 +1,236 @@
+"""Buffered log-sum-exp over rows or columns of a shifted matrix, in a scratch buffer.
+
+Three ways, from the cheapest:
+
+* **From a row pass's exponentials**
+  ([`lse_cols_from_rows`][otcl.ops.base.ArrayOps.lse_cols_from_rows]): a Sinkhorn round's
+  column log-sum-exp ``LSE_i(Λ_ij + φ_i)`` is a matrix-vector product with the exponentials
+  ``E_ij = exp(Λ_ij + γ_j + h_i)`` its row pass left behind,
+  ``LSE_i = -γ_j + M + log sum_i E_ij exp(φ_i - h_i - M)``: one exponential per entry and
+  round instead of two.
+* **Hinted** (``hint`` ``h``, an estimate of ``-LSE`` such as the previous round's):
+  ``LSE = log(sum exp(x + h)) - h``, one pass fewer than with the maximum.
+* **With each slice's maximum** subtracted first: always in range.
+
+The first two check every slice's sum: one that lies in ``[sqrt(tiny), max]`` (row pass) or
+above ``count * tiny / (1e-3 eps)`` (columns) is exact to rounding, since no term overflowed and
+the terms flushed to zero add at most ``count * tiny``; the other slices (a poor hint, an
+all-``-inf`` slice) are computed again from their maximum, or everything is when more than a
+quarter of them need it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from otcl.backend import Array, logsumexp, safe_log
+from otcl.ops import blocking
+
+__all__ = ["BufferedLogSumExp", "RowExps"]
+
+_REDO_FRACTION = 4
+"""More than one slice in this many needing its maximum: all of them are computed again."""
+
+
+@functools.cache
+def _dtype_info(dtype: str) -> tuple[float, float, float]:
+    """``(tiny, eps, max)`` of a float dtype (NumPy or PyTorch name)."""
+    info = np.finfo(np.dtype(dtype.removeprefix("torch.")))
+    return float(info.smallest_normal), float(info.eps), float(info.max)
+
+
+class RowExps(NamedTuple):
+    """What a row pass leaves for
+    [`lse_cols_from_rows`][otcl.ops.base.ArrayOps.lse_cols_from_rows]: the scratch holding
+    ``E_ij = exp(Λ_ij + γ_j + h_i)`` and its shifts ``γ`` ``(B, m)``, ``h`` ``(B, n)``."""
+
+    work: Array
+    col_shift: Array
+    row_shift: Array
+
+
+class BufferedLogSumExp:
+    """``LSE`` over rows or columns of ``base + shift`` (a mixin for
+    [`BufferedOps`][otcl.ops.buffered.BufferedOps]; see
+    [`ArrayOps.logsumexp_shifted`][otcl.ops.base.ArrayOps.logsumexp_shifted]).
+
+    The library-specific primitives are ``_exp``, ``_max`` and ``_sum``; the rest is written
+    once.
+    """
+
+    xp: Any
+    lib: Any
+
+    def _exp(self, x: Array, out: Array) -> Array:
+        return self.lib.exp(x, out=out)
+
+    def _max(self, x: Array, axis: int) -> Array:
+        return self.lib.max(x, axis=axis)
+
+    def _sum(self, x: Array, axis: int) -> Array:
+        return self.lib.sum(x, axis=axis)
+
+    def _finite_or_zero(self, x: Array) -> Array:
+        lib = self.lib
+        return lib.where(lib.isfinite(x), x, lib.zeros_like(x))
+
+    # -- the public operations
+
+    def logsumexp_shifted(self, base: Array, shift: Array, axis: int,
+                          work: Array | None = None, hint: Array | None = None) -> Array:
+        if work is None:
+            work = self.buffer(tuple(base.shape), base)  # type: ignore[attr-defined]
+        if hint is not None:
+            out = self._lse_hinted(base, shift, axis, work, hint)
+            if out is not None:
+                return out
+        return self._lse_max_shifted(base, shift, axis, work)
+
+    def lse_rows_keep(self, base: Array, shift: Array, work: Array,
+                      hint: Array | None) -> tuple[Array, RowExps | None]:
+        if hint is not None:
+            kept: list[Array] = []
+            out = self._lse_hinted(base, shift, 2, work, hint, kept)
+            if out is not None:
+                return out, (RowExps(work, shift, kept[0]) if kept else None)
+        return self._lse_max_shifted(base, shift, 2, work), None
+
+    def lse_cols_from_rows(self, base: Array, shift: Array, rows: RowExps | None,
+                           work: Array, hint: Array | None = None) -> Array:
+        if rows is None:
+            return self.logsumexp_shifted(base, shift, 1, work, hint)
+        lib = self.lib
+        with np.errstate(all="ignore"):
+            # weights exp(shift_i - h_i - M) <= 1 with M the per-problem maximum of the exponent
+            log_w = lib.subtract(shift, rows.row_shift)
+            top = self._finite_or_zero(self._max(log_w, 1))  # (B,)
+            weights = lib.exp(lib.subtract(log_w, top[:, None], out=log_w), out=log_w)
+            sums = self.rmatvec(rows.work, weights,  # type: ignore[attr-defined]
+                                out=self.buffer(tuple(rows.col_shift.shape), base))  # type: ignore[attr-defined]
+            tiny, eps, high = _dtype_info(str(base.dtype))
+            low = base.shape[1] * tiny / (1e-3 * eps)
+            bad = ~((sums >= low) & (sums <= high))
+            n_bad = int(bad.sum())
+            if _REDO_FRACTION * n_bad > int(sums.shape[0]) * int(sums.shape[1]):
+                return self._lse_max_shifted(base, shift, 1, work)
+            if n_bad:
+                sums[bad] = 1.0
+            out = lib.log(sums, out=sums)
+            out += top[:, None]
+            out -= rows.col_shift
+        if n_bad:
+            self._redo(out, bad, base, shift, 1)
+        return out
+
+    # -- the three ways
+
+    def _lse_hinted(self, base: Array, shift: Array, axis: int, work: Array, hint: Array,
+                    kept: list[Array] | None = None) -> Array | None:
+        """The hinted log-sum-exp; ``None`` when too many slices need their maximum. With
+        ``kept`` (rows only), the finite hint is appended to it when no row needed its
+        maximum, so that ``work`` holds every row's exponentials."""
+        lib = self.lib
+        tiny, _, high = _dtype_info(str(base.dtype))
+        with np.errstate(all="ignore"):  # overflowing or NaN slices are found and redone
+            h = self._finite_or_zero(hint)
+            # a hint that varies by less than half the dtype's exponent range over the slices
+            # of a problem is replaced by its midpoint: folded into the shift, it saves a pass
+            top, bottom = self._max(h, 1), -self._max(-h, 1)
+            folded = bool(lib.all(top - bottom <= 0.5 * -math.log(tiny)))
+            terms = shift
+            if folded:
+                mid = 0.5 * (top + bottom)  # (B,)
+                terms = shift + mid[:, None]
+                h = lib.zeros_like(h) + mid[:, None]
+            sums = self.buffer(tuple(h.shape), base)  # type: ignore[attr-defined]
+            started: set[tuple[int | None, int | None]] = set()
+            for probs, r in blocking.pieces(base):
+                x = base[probs, r]
+                # kept: every block in its place; otherwise the blocks share the first one's
+                w = work[probs, r] if kept is not None else work[probs, : x.shape[1]]
+                if axis == 2:
+                    lib.add(x, terms[probs][:, None, :], out=w)
+                    if not folded:
+                        lib.add(w, h[probs, r][:, :, None], out=w)
+                    self._exp(w, out=w)
+                    sums[probs, r] = self._sum(w, 2)
+                else:
+                    lib.add(x, terms[probs, r][:, :, None], out=w)
+                    if not folded:
+                        lib.add(w, h[probs][:, None, :], out=w)
+                    self._exp(w, out=w)
+                    key = (probs.start, probs.stop)
+                    if key in started:
+                        sums[probs] += self._sum(w, 1)
+                    else:
+                        sums[probs] = self._sum(w, 1)
+                        started.add(key)
+            bad = ~((sums >= math.sqrt(tiny)) & (sums <= high))  # False for NaN
+            n_bad = int(bad.sum())
+            if _REDO_FRACTION * n_bad > int(sums.shape[0]) * int(sums.shape[1]):
+                return None
+            if n_bad:
+                sums[bad] = 1.0
+            out = lib.log(sums, out=sums)
+            out -= h
+        if n_bad:
+            self._redo(out, bad, base, shift, axis)
+        elif kept is not None:
+            kept.append(h)
+        return out
+
+    def _redo(self, out: Array, bad: Array, base: Array, shift: Array, axis: int) -> None:
+        """``out`` on the slices ``bad`` from their maximum (gathered, allocating)."""
+        lib = self.lib
+        probs, idx = np.nonzero(bad) if lib is np else lib.nonzero(bad, as_tuple=True)
+        if axis == 2:
+            x = base[probs, idx, :] + shift[probs, :]
+        else:
+            x = base[probs, :, idx] + shift[probs, :]
+        out[probs, idx] = logsumexp(x, 1, self.xp)
+
+    def _lse_max_shifted(self, base: Array, shift: Array, axis: int, work: Array) -> Array:
+        """Each slice's maximum subtracted first; large matrices block by block (rows), the
+        columns (``axis=1``) combining the blocks' partial sums with a running maximum
+        (``s <- s exp(M_old - M_new) + sum_i exp(x_ij - M_new)``)."""
+        lib = self.lib
+        plan = blocking.plan(base, blocking.PASSES_MIN_BYTES)
+        if plan is None:
+            plan = [(slice(None), [slice(None)])]
+        if axis == 2:
+            out = self.buffer(tuple(base.shape[:2]), base)  # type: ignore[attr-defined]
+            for probs, rows in plan:
+                for r in rows:
+                    x = base[probs, r]
+                    w = work[probs, : x.shape[1]]
+                    lib.add(x, shift[probs][:, None, :], out=w)
+                    m = self._finite_or_zero(self._max(w, 2))
+                    lib.subtract(w, m[:, :, None], out=w)
+                    self._exp(w, out=w)
+                    out[probs, r] = safe_log(self._sum(w, 2), self.xp) + m
+            return out
+        out = self.buffer((base.shape[0], base.shape[2]), base)  # type: ignore[attr-defined]
+        for probs, rows in plan:
+            total = level = top = None
+            for r in rows:
+                x = base[probs, r]
+                w = work[probs, : x.shape[1]]
+                lib.add(x, shift[probs, r][:, :, None], out=w)
+                top = self._max(w, 1) if top is None else lib.maximum(self._max(w, 1), top)
+                m = self._finite_or_zero(top)  # still -inf: all terms so far are 0
+                lib.subtract(w, m[:, None, :], out=w)
+                self._exp(w, out=w)
+                part = self._sum(w, 1)
+                if total is None:
+                    total = part
+                else:
+                    # level <= m wherever total > 0, so the factor is at most 1
+                    factor = lib.exp(level - m)
+                    total = lib.where(total > 0, total * factor, total) + part
+                level = m
+            out[probs] = safe_log(total, self.xp) + level
+        return out

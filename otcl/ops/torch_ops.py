@@ -1,0 +1,112 @@
+"""Buffered operations for PyTorch CPU tensors that no autograd graph records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from otcl.backend import Array, _blas_libraries, torch_blas_limit
+from otcl.buffers import BUFFER_POOL
+from otcl.ops.buffered import BufferedOps
+from otcl.ops.logsumexp import BufferedLogSumExp
+from otcl.ops.products import BufferedProducts
+
+__all__ = ["SMALL_MATVEC", "TorchCpuOps"]
+
+SMALL_MATVEC = 128 * 128
+"""Stacked matrices of at most this many entries are multiplied by NumPy's stacked ``matmul``
+(one BLAS call per matrix, no threading at this size), also for PyTorch CPU tensors, whose
+batched product costs several microseconds per matrix at this size."""
+
+
+class TorchCpuOps(BufferedLogSumExp, BufferedProducts, BufferedOps):
+    """PyTorch CPU tensors that no autograd graph records.
+
+    Large buffers are NumPy arrays from [`otcl.buffers.BUFFER_POOL`][otcl.buffers.BUFFER_POOL]
+    (reused across calls once unreferenced; NumPy also asks the kernel for transparent huge pages),
+    so that a solve or a loss touches no fresh ``n x m`` memory in a long-lived process. Small
+    stacked matrix-vector products go through NumPy on the same memory (zero copy), under
+    [`torch_blas_limit`][otcl.backend.torch_blas_limit].
+    """
+
+    def __init__(self, xp: Any, torch: Any) -> None:
+        super().__init__(xp, torch)
+        self._np_dtypes = {torch.float32: np.float32, torch.float64: np.float64}
+
+    def buffer(self, shape: tuple[int, ...], like: Array) -> Array:
+        np_dtype = self._np_dtypes.get(like.dtype)
+        if np_dtype is None:
+            return self.lib.empty(shape, dtype=like.dtype)
+        return self.lib.from_numpy(BUFFER_POOL.empty(shape, np_dtype))
+
+    def power(self, x: Array, p: Any, out: Array | None = None) -> Array:
+        return self.lib.pow(x, p, out=out)
+
+    def zero(self, x: Array) -> Array:
+        return x.zero_()
+
+    def scaled(self, x: Array, divisor: Any, out: Array | None = None) -> Array:
+        return self.lib.div(x, -divisor, out=out)
+
+    def fill_where(self, x: Array, where: Array, value: float) -> Array:
+        return x.masked_fill_(where, value)
+
+    # -- products: torch's mv for one matrix, NumPy's stacked matmul for many small ones
+
+    def _small(self, kernel: Array) -> bool:
+        B, n, m = kernel.shape
+        return (B > 1 and n * m <= SMALL_MATVEC and kernel.dtype in self._np_dtypes
+                and _blas_libraries() is not None)
+
+    def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:
+        if out is not None and kernel.ndim == 2:
+            return self.lib.mv(kernel, v, out=out)
+        if out is not None and kernel.shape[0] == 1:
+            self.lib.mv(kernel[0], v[0], out=out[0])
+            return out
+        if out is not None and self._small(kernel):
+            with torch_blas_limit():
+                np.matmul(kernel.detach().numpy(), v.detach().numpy()[:, :, None],
+                          out=out.detach().numpy()[:, :, None])
+            return out
+        return super().matvec(kernel, v, out)
+
+    def rmatvec(self, kernel: Array, u: Array, out: Array | None = None) -> Array:
+        if out is not None and kernel.ndim == 2:
+            return self.lib.mv(kernel.T, u, out=out)
+        if out is not None and kernel.shape[0] == 1:
+            self.lib.mv(kernel[0].T, u[0], out=out[0])
+            return out
+        if out is not None and self._small(kernel):
+            with torch_blas_limit():
+                np.matmul(u.detach().numpy()[:, None, :], kernel.detach().numpy(),
+                          out=out.detach().numpy()[:, None, :])
+            return out
+        return super().rmatvec(kernel, u, out)
+
+    def rmatvec_add(self, kernel: Array, u: Array, acc: Array, tmp: Array | None = None) -> Array:
+        if kernel.ndim == 2:
+            acc.addmv_(kernel.T, u)
+        elif kernel.shape[0] == 1:
+            acc[0].addmv_(kernel[0].T, u[0])
+        else:
+            acc[:, None, :].baddbmm_(u[:, None, :], kernel)
+        return acc
+
+    # -- log-sum-exp primitives
+
+    def _exp(self, x: Array, out: Array) -> Array:
+        # NumPy's exp on the same memory: torch's is 2x slower on ordinary arguments and 20x
+        # on arguments whose exp underflows, which small eps makes most of a log-sum-exp's
+        # (NumPy's is single-threaded, so it adds no thread pool)
+        if x.dtype in self._np_dtypes:
+            np.exp(x.numpy(), out=out.numpy())
+            return out
+        return self.lib.exp(x, out=out)
+
+    def _max(self, x: Array, axis: int) -> Array:
+        return self.lib.amax(x, dim=axis)
+
+    def _sum(self, x: Array, axis: int) -> Array:
+        return self.lib.sum(x, dim=axis)
