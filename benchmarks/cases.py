@@ -183,7 +183,7 @@ def solver_method(method: str, params: dict[str, Any]) -> SolverMethod:
         log_kernel = -cost / eps
         zeros = backend_array(np.zeros(n), backend, dtype)
         buf = backend_array(np.empty((n, n)), backend, dtype)
-        return SolverMethod(lambda it: exp_bound(log_kernel, zeros, zeros, buf, it, lib), _no_check)
+        return SolverMethod(lambda it: exp_bound(log_kernel, zeros, buf, it, lib), _no_check)
     raise ValueError(f"unknown solver method {method!r}")
 
 

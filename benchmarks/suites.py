@@ -135,7 +135,7 @@ def _solver_group(
         return cid
 
     floor = {"floor": floors["floor"]}
-    both = {**floor, "exp2": floors["exp2"]}
+    both = {**floor, "exp1": floors["exp1"]}
     kernel = add(SOLVER_EPS, "otcl-kernel", floor)
     add(SOLVER_EPS, "otcl-auto", floor)
     log = add(SOLVER_EPS, "otcl-log", both)
@@ -170,9 +170,9 @@ def _solver_cases(sizes: dict[str, Any]) -> list[Case]:
             for n in sizes["solver_n"]:
                 floors = {
                     "floor": f"solver/floor/{backend}/{dtype}/n={n}/matvec",
-                    "exp2": f"solver/floor/{backend}/{dtype}/n={n}/exp2",
+                    "exp1": f"solver/floor/{backend}/{dtype}/n={n}/exp1",
                 }
-                for label, method in (("floor", "floor-matvec"), ("exp2", "bound-exp")):
+                for label, method in (("floor", "floor-matvec"), ("exp1", "bound-exp")):
                     params = {
                         "backend": backend,
                         "dtype": dtype,
