@@ -54,6 +54,10 @@ class BufferedOps(ArrayOps):
         x[...] = 0
         return x
 
+    def _exp(self, x: Array, out: Array) -> Array:
+        """``exp(x)`` into ``out`` (the one exponential every buffered operation uses)."""
+        return self.lib.exp(x, out=out)
+
     def scaled(self, x: Array, divisor: Any, out: Array | None = None) -> Array:
         # -x / d and x / -d are the same IEEE operation (the sign of a quotient is exact)
         return self.lib.divide(x, -divisor, out=out)
@@ -71,7 +75,7 @@ class BufferedOps(ArrayOps):
                 x = lib.add(x, row[probs, r][:, :, None], out=o)
             if col is not None:
                 x = lib.add(x, col[probs][:, None, :], out=o)
-            lib.exp(x, out=o)
+            self._exp(x, out=o)
         return out
 
     def blocks(self, kernel: Array) -> blocking.Plan | None:

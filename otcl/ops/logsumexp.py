@@ -58,15 +58,13 @@ class BufferedLogSumExp:
     [`BufferedOps`][otcl.ops.buffered.BufferedOps]; see
     [`ArrayOps.logsumexp_shifted`][otcl.ops.base.ArrayOps.logsumexp_shifted]).
 
-    The library-specific primitives are ``_exp``, ``_max`` and ``_sum``; the rest is written
-    once.
+    The library-specific primitives are ``_max`` and ``_sum`` here and the elementwise
+    ``_exp`` of [`BufferedOps`][otcl.ops.buffered.BufferedOps]; the rest is written once.
     """
 
     xp: Any
     lib: Any
-
-    def _exp(self, x: Array, out: Array) -> Array:
-        return self.lib.exp(x, out=out)
+    _exp: Any
 
     def _max(self, x: Array, axis: int) -> Array:
         return self.lib.max(x, axis=axis)

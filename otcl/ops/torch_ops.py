@@ -52,6 +52,15 @@ class TorchCpuOps(BufferedLogSumExp, BufferedProducts, BufferedOps):
     def fill_where(self, x: Array, where: Array, value: float) -> Array:
         return x.masked_fill_(where, value)
 
+    def _exp(self, x: Array, out: Array) -> Array:
+        # NumPy's exp on the same memory: torch's is 2x slower on ordinary arguments and 20x
+        # on arguments whose exp underflows, which small eps makes most of a log-sum-exp's
+        # (NumPy's is single-threaded, so it adds no thread pool)
+        if x.dtype in self._np_dtypes and out.dtype == x.dtype:
+            np.exp(x.numpy(), out=out.numpy())
+            return out
+        return self.lib.exp(x, out=out)
+
     # -- products: torch's mv for one matrix, NumPy's stacked matmul for many small ones
 
     def _small(self, kernel: Array) -> bool:
@@ -95,15 +104,6 @@ class TorchCpuOps(BufferedLogSumExp, BufferedProducts, BufferedOps):
         return acc
 
     # -- log-sum-exp primitives
-
-    def _exp(self, x: Array, out: Array) -> Array:
-        # NumPy's exp on the same memory: torch's is 2x slower on ordinary arguments and 20x
-        # on arguments whose exp underflows, which small eps makes most of a log-sum-exp's
-        # (NumPy's is single-threaded, so it adds no thread pool)
-        if x.dtype in self._np_dtypes:
-            np.exp(x.numpy(), out=out.numpy())
-            return out
-        return self.lib.exp(x, out=out)
 
     def _max(self, x: Array, axis: int) -> Array:
         return self.lib.amax(x, dim=axis)
