@@ -73,8 +73,20 @@ class BufferedLogSumExp:
         return self.lib.sum(x, axis=axis)
 
     def _finite_or_zero(self, x: Array) -> Array:
-        lib = self.lib
-        return lib.where(lib.isfinite(x), x, lib.zeros_like(x))
+        return self.lib.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def _min_max(self, x: Array, axis: int | None = None) -> tuple[Array, Array]:
+        """Minimum and maximum over ``axis`` (all of ``x`` for ``None``); NaN if any is."""
+        return self.lib.min(x, axis=axis), self.lib.max(x, axis=axis)
+
+    def _out_of_range(self, sums: Array, low: float, high: float) -> tuple[Array | None, int]:
+        """The slices whose sum is not in ``[low, high]`` (NaN included) and their number:
+        one reduction and one host synchronisation when all are in range."""
+        smallest, largest = self._min_max(sums)
+        if float(smallest) >= low and float(largest) <= high:  # False for NaN
+            return None, 0
+        bad = ~((sums >= low) & (sums <= high))
+        return bad, int(bad.sum())
 
     # -- the public operations
 
@@ -110,9 +122,7 @@ class BufferedLogSumExp:
             sums = self.rmatvec(rows.work, weights,  # type: ignore[attr-defined]
                                 out=self.buffer(tuple(rows.col_shift.shape), base))  # type: ignore[attr-defined]
             tiny, eps, high = _dtype_info(str(base.dtype))
-            low = base.shape[1] * tiny / (1e-3 * eps)
-            bad = ~((sums >= low) & (sums <= high))
-            n_bad = int(bad.sum())
+            bad, n_bad = self._out_of_range(sums, base.shape[1] * tiny / (1e-3 * eps), high)
             if _REDO_FRACTION * n_bad > int(sums.shape[0]) * int(sums.shape[1]):
                 return self._lse_max_shifted(base, shift, 1, work)
             if n_bad:
@@ -134,17 +144,23 @@ class BufferedLogSumExp:
         lib = self.lib
         tiny, _, high = _dtype_info(str(base.dtype))
         with np.errstate(all="ignore"):  # overflowing or NaN slices are found and redone
-            h = self._finite_or_zero(hint)
             # a hint that varies by less than half the dtype's exponent range over the slices
             # of a problem is replaced by its midpoint: folded into the shift, it saves a pass
-            top, bottom = self._max(h, 1), -self._max(-h, 1)
-            folded = bool(lib.all(top - bottom <= 0.5 * -math.log(tiny)))
+            limit = 0.5 * -math.log(tiny)
+            bottom, top = self._min_max(hint, 1)  # (B,)
+            folded = float(self._max(top - bottom, 0)) <= limit  # False for inf, NaN
+            h = hint
+            if not folded:
+                h = self._finite_or_zero(hint)
+                bottom, top = self._min_max(h, 1)
+                folded = float(self._max(top - bottom, 0)) <= limit
             terms = shift
             if folded:
                 mid = 0.5 * (top + bottom)  # (B,)
                 terms = shift + mid[:, None]
-                h = lib.zeros_like(h) + mid[:, None]
-            sums = self.buffer(tuple(h.shape), base)  # type: ignore[attr-defined]
+                h = mid[:, None]
+            shape = (base.shape[0], base.shape[axis - 1 if axis == 2 else 2])
+            sums = self.buffer(shape, base)  # type: ignore[attr-defined]
             started: set[tuple[int | None, int | None]] = set()
             for probs, r in blocking.pieces(base):
                 x = base[probs, r]
@@ -167,8 +183,7 @@ class BufferedLogSumExp:
                     else:
                         sums[probs] = self._sum(w, 1)
                         started.add(key)
-            bad = ~((sums >= math.sqrt(tiny)) & (sums <= high))  # False for NaN
-            n_bad = int(bad.sum())
+            bad, n_bad = self._out_of_range(sums, math.sqrt(tiny), high)
             if _REDO_FRACTION * n_bad > int(sums.shape[0]) * int(sums.shape[1]):
                 return None
             if n_bad:

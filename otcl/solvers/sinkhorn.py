@@ -336,10 +336,14 @@ class _LogLoop:
         self.log_a, self.log_b = problem.log_marginals()
         self.tracker = _Tracker(problem.shape[0], tol, start)
         self.trouble: str | None = None
-        # minus the previous round's log-sum-exps: the buffered log-sum-exp's stabilising shift
-        # (from the second round on), one pass cheaper than each slice's maximum
+        # minus the previous round's log-sum-exps: the buffered log-sum-exp's stabilising shift,
+        # one pass cheaper than each slice's maximum; for the first row step, minus an upper
+        # bound of every row's maximum term, max log K + max gamma (per problem)
         self._row_hint: Array | None = None
         self._col_hint: Array | None = None
+        if self.ops.inplace:
+            xp = self.xp
+            self._row_hint = -(xp.max(self.log_k, axis=(1, 2)) + xp.max(gamma, axis=1))[:, None]
 
     @property
     def n_iter(self) -> np.ndarray:
