@@ -300,6 +300,60 @@ def _blocked_perm(counts: Sequence[int], n_blocks: int, device: Any) -> torch.Te
     return torch.cat(pieces)
 
 
+def agree_on_inputs(z1: Any, z2: Any, labels: Any, target: Any, error: str | None,
+                    n_samples: int, label_kind: int, signature: str, kwargs: dict[str, Any],
+                    device: Any, mode: str = "") -> list[int]:
+    """The cross-rank consistency exchange of a distributed loss (one all-gather): every rank
+    sends whether its local checks failed (``error``), its sample count, the embedding width and
+    dtype, the labels' kind and dtype, the global target's shape and fingerprint, a fingerprint
+    of the hyper-parameters (``signature``, ``kwargs``) and the call form. Raises on every rank
+    if any rank failed or the ranks disagree; returns the per-rank sample counts. ``mode`` names
+    the distributed mode in the messages (``" (sharded)"``)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    given = error is None and target is not None
+    fp_t = _target_fingerprint(target) if given else [0.0] * TARGET_WORDS
+    t_shape = tuple(target.shape) if given else (0, 0)
+    label_dtype = float(_dtype_code(labels.dtype)) if label_kind else 0.0
+    meta = torch.tensor(
+        [
+            float(error is not None), float(n_samples),
+            float(z1.shape[1]) if error is None else 0.0,
+            float(_dtype_code(z1.dtype)) if error is None else 0.0,
+            float(label_kind), label_dtype,
+            float(target is not None), float(t_shape[0]), float(t_shape[1]), *fp_t,
+            _hyper_fingerprint(signature, kwargs), float(z2 is not None),
+        ],
+        dtype=torch.float64, device=device,
+    )
+    bufs = [torch.empty_like(meta) for _ in range(world)]
+    dist.all_gather(bufs, meta)
+    metas = torch.stack(bufs).cpu()
+    failed = [r for r in range(world) if metas[r, 0] != 0]
+    if error is not None:
+        raise ValueError(f"distributed loss{mode}, rank {rank}: {error}")
+    if failed:
+        raise ValueError(
+            f"distributed loss{mode}: rank(s) {failed} rejected their local input (see the "
+            "error raised there); no rank computed the loss"
+        )
+    names = {2: "embedding dimension", 3: "dtype", 4: "labels (none / per sample / per row)",
+             5: "labels dtype", 6: "target (given or not)", 7: "target shape",
+             8: "target shape"}
+    names.update({9 + k: "target (its values differ)" for k in range(TARGET_WORDS)})
+    names.update({9 + TARGET_WORDS: "hyper-parameters",
+                  10 + TARGET_WORDS: "call form (z1, z2) or z"})
+    for col, what in names.items():
+        # exact comparison: every column holds an integer below 2**32 (exact in float64)
+        if bool((metas[:, col] != metas[0, col]).any()):
+            bad = [r for r in range(world) if metas[r, col] != metas[0, col]]
+            raise ValueError(
+                f"distributed loss: the ranks disagree on the {what} (rank(s) {bad} differ "
+                "from rank 0); every rank must call the same loss with the same "
+                "hyper-parameters (and the same global target)"
+            )
+    return [int(c) for c in metas[:, 1].tolist()]
+
+
 def global_loss(compute: Callable[..., Any], z1: Any, z2: Any, kwargs: dict[str, Any], *,
                 signature: str = "") -> Any:
     """The loss of the global batch with the DDP-exact gradient (module docstring).
@@ -321,56 +375,16 @@ def global_loss(compute: Callable[..., Any], z1: Any, z2: Any, kwargs: dict[str,
     if error is None and reduction not in ("mean", "sum", "none"):
         error = f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
     device = z1.device if isinstance(z1, torch.Tensor) else torch.device("cpu")
-    given = error is None and target is not None
-    fp_t = _target_fingerprint(target) if given else [0.0] * TARGET_WORDS
-    t_shape = tuple(target.shape) if given else (0, 0)
-    label_dtype = float(_dtype_code(labels.dtype)) if label_kind else 0.0
-    meta = torch.tensor(
-        [
-            float(error is not None), float(n_samples),
-            float(z1.shape[1]) if error is None else 0.0,
-            float(_dtype_code(z1.dtype)) if error is None else 0.0,
-            float(label_kind), label_dtype,
-            float(target is not None), float(t_shape[0]), float(t_shape[1]), *fp_t,
-            _hyper_fingerprint(signature, kwargs), float(z2 is not None),
-        ],
-        dtype=torch.float64, device=device,
-    )
-    bufs = [torch.empty_like(meta) for _ in range(world)]
-    dist.all_gather(bufs, meta)
-    metas = torch.stack(bufs).cpu()
-    failed = [r for r in range(world) if metas[r, 0] != 0]
-    if error is not None:
-        raise ValueError(f"distributed loss, rank {rank}: {error}")
-    if failed:
-        raise ValueError(
-            f"distributed loss: rank(s) {failed} rejected their local input (see the error "
-            "raised there); no rank computed the loss"
-        )
-    names = {2: "embedding dimension", 3: "dtype", 4: "labels (none / per sample / per row)",
-             5: "labels dtype", 6: "target (given or not)", 7: "target shape",
-             8: "target shape"}
-    names.update({9 + k: "target (its values differ)" for k in range(TARGET_WORDS)})
-    names.update({9 + TARGET_WORDS: "hyper-parameters",
-                  10 + TARGET_WORDS: "call form (z1, z2) or z"})
-    for col, what in names.items():
-        # exact comparison: every column holds an integer below 2**32 (exact in float64)
-        if bool((metas[:, col] != metas[0, col]).any()):
-            bad = [r for r in range(world) if metas[r, col] != metas[0, col]]
-            raise ValueError(
-                f"distributed loss: the ranks disagree on the {what} (rank(s) {bad} differ "
-                "from rank 0); every rank must call the same loss with the same "
-                "hyper-parameters (and the same global target)"
-            )
-    counts = [int(c) for c in metas[:, 1].tolist()]
+    counts = agree_on_inputs(z1, z2, labels, target, error, n_samples, label_kind, signature,
+                             kwargs, device)
     n_total, offset = sum(counts), sum(counts[:rank])
     cross = z2 is not None
     n_global = n_total if cross else n_views * n_total
-    if target is not None and t_shape != (n_global, n_global):
+    if target is not None and tuple(target.shape) != (n_global, n_global):
         raise ValueError(
             f"with distributed=True, target must be the global target of shape "
-            f"({n_global}, {n_global}) (all ranks' rows), got {t_shape}; a per-rank target "
-            "does not define the pairs across ranks"
+            f"({n_global}, {n_global}) (all ranks' rows), got {tuple(target.shape)}; a "
+            "per-rank target does not define the pairs across ranks"
         )
 
     # gather and re-assemble the global layout

@@ -86,14 +86,11 @@ from torch.autograd.function import once_differentiable
 
 from otcl.alignment import losses as _alg
 from otcl.torch.distributed import (
-    TARGET_WORDS,
     _all_gather_rows,
     _blocked_perm,
-    _dtype_code,
     _GatherRows,
-    _hyper_fingerprint,
     _local_checks,
-    _target_fingerprint,
+    agree_on_inputs,
     is_initialized,
 )
 
@@ -639,54 +636,15 @@ def _exchange(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any],
               device: Any) -> tuple[list[int], int]:
     """The consistency exchange of the gather mode; returns the per-rank sample counts and the
     label kind (0 none, 1 per sample, 2 per row)."""
-    world, rank = dist.get_world_size(), dist.get_rank()
     layout, n_views = kwargs.get("layout"), kwargs.get("n_views", 2)
     labels, target = kwargs.get("labels"), kwargs.get("target")
     error, n_samples, label_kind = _local_checks(z1, z2, layout, n_views, labels, target)
     if error is None:
         error = _input_error(fn, z1, z2, grad, kwargs)
-    given = error is None and target is not None
-    fp_t = _target_fingerprint(target) if given else [0.0] * TARGET_WORDS
-    t_shape = tuple(target.shape) if given else (0, 0)
-    label_dtype = float(_dtype_code(labels.dtype)) if label_kind else 0.0
     signature = f"{getattr(fn, '__qualname__', fn)!s}|grad={grad}|sharded"
-    meta = torch.tensor(
-        [
-            float(error is not None), float(n_samples),
-            float(z1.shape[1]) if error is None else 0.0,
-            float(_dtype_code(z1.dtype)) if error is None else 0.0,
-            float(label_kind), label_dtype,
-            float(target is not None), float(t_shape[0]), float(t_shape[1]), *fp_t,
-            _hyper_fingerprint(signature, kwargs), float(z2 is not None),
-        ],
-        dtype=torch.float64, device=device,
-    )
-    bufs = [torch.empty_like(meta) for _ in range(world)]
-    dist.all_gather(bufs, meta)
-    metas = torch.stack(bufs).cpu()
-    failed = [r for r in range(world) if metas[r, 0] != 0]
-    if error is not None:
-        raise ValueError(f"distributed loss (sharded), rank {rank}: {error}")
-    if failed:
-        raise ValueError(
-            f"distributed loss (sharded): rank(s) {failed} rejected their local input (see the "
-            "error raised there); no rank computed the loss"
-        )
-    names = {2: "embedding dimension", 3: "dtype", 4: "labels (none / per sample / per row)",
-             5: "labels dtype", 6: "target (given or not)", 7: "target shape",
-             8: "target shape"}
-    names.update({9 + k: "target (its values differ)" for k in range(TARGET_WORDS)})
-    names.update({9 + TARGET_WORDS: "hyper-parameters",
-                  10 + TARGET_WORDS: "call form (z1, z2) or z"})
-    for col, what in names.items():
-        if bool((metas[:, col] != metas[0, col]).any()):
-            bad = [r for r in range(world) if metas[r, col] != metas[0, col]]
-            raise ValueError(
-                f"distributed loss: the ranks disagree on the {what} (rank(s) {bad} differ "
-                "from rank 0); every rank must call the same loss with the same "
-                "hyper-parameters (and the same global target)"
-            )
-    return [int(c) for c in metas[:, 1].tolist()], label_kind
+    counts = agree_on_inputs(z1, z2, labels, target, error, n_samples, label_kind, signature,
+                             kwargs, device, mode=" (sharded)")
+    return counts, label_kind
 
 
 def _check_target(T: torch.Tensor, self_masked: bool) -> str | None:
