@@ -177,16 +177,6 @@ def dtype_tiny(xp: Any, dtype: Any) -> float:
     return float(xp.finfo(dtype).smallest_normal)
 
 
-@functools.cache
-def exp_underflow(dtype: Any) -> float:
-    """Half a unit above the log of the smallest normal number of a float dtype (float32:
-    -86.8, float64: -707.9): ``exp`` of it is a normal number; below it ``exp`` returns
-    subnormal numbers or 0, which are slow to produce on some CPUs and which no sum that also
-    holds a term of 1 (a log-sum-exp after subtracting its maximum) can notice."""
-    tiny = float(np.finfo(np.dtype(str(dtype).removeprefix("torch."))).smallest_normal)
-    return math.log(tiny) + 0.5
-
-
 def dtype_eps(xp: Any, dtype: Any) -> float:
     """Machine epsilon of a floating dtype (float32: 1.2e-7, float64: 2.2e-16)."""
     return float(xp.finfo(dtype).eps)

@@ -121,9 +121,10 @@ class ArrayOps:
 
     def lse_cols_from_rows(self, base: Array, shift: Array, rows: Any, work: Array | None,
                            hint: Array | None = None) -> Array:
-        """``LSE_i(base_ij + shift_i)`` ``(B, m)``: from the exponentials ``rows`` of a
-        [`lse_rows_keep`][otcl.ops.base.ArrayOps.lse_rows_keep] on the same ``base`` (one
-        matrix-vector product, no exponential per entry) when there are some, otherwise as
+        """``LSE_i(base_ij + shift_i)`` ``(B, m)``: from the exponentials that a
+        [`lse_rows_keep`][otcl.ops.base.ArrayOps.lse_rows_keep] on the same ``base`` left in
+        ``work`` (``rows``, their shifts; one matrix-vector product, no exponential per entry)
+        when there are some, otherwise as
         [`logsumexp_shifted`][otcl.ops.base.ArrayOps.logsumexp_shifted] with ``axis=1``."""
         return self.logsumexp_shifted(base, shift, 1, work, hint)
 

@@ -45,10 +45,10 @@ def _dtype_info(dtype: str) -> tuple[float, float, float]:
 
 class RowExps(NamedTuple):
     """What a row pass leaves for
-    [`lse_cols_from_rows`][otcl.ops.base.ArrayOps.lse_cols_from_rows]: the scratch holding
-    ``E_ij = exp(Λ_ij + γ_j + h_i)`` and its shifts ``γ`` ``(B, m)``, ``h`` ``(B, n)``."""
+    [`lse_cols_from_rows`][otcl.ops.base.ArrayOps.lse_cols_from_rows] beside the exponentials
+    ``E_ij = exp(Λ_ij + γ_j + h_i)`` in its scratch: their shifts ``γ`` ``(B, m)`` and ``h``
+    ``(B, n)`` (or ``(B, 1)``)."""
 
-    work: Array
     col_shift: Array
     row_shift: Array
 
@@ -95,18 +95,18 @@ class BufferedLogSumExp:
         if work is None:
             work = self.buffer(tuple(base.shape), base)  # type: ignore[attr-defined]
         if hint is not None:
-            out = self._lse_hinted(base, shift, axis, work, hint)
-            if out is not None:
-                return out
+            hinted = self._lse_hinted(base, shift, axis, work, hint)
+            if hinted is not None:
+                return hinted[0]
         return self._lse_max_shifted(base, shift, axis, work)
 
     def lse_rows_keep(self, base: Array, shift: Array, work: Array,
                       hint: Array | None) -> tuple[Array, RowExps | None]:
         if hint is not None:
-            kept: list[Array] = []
-            out = self._lse_hinted(base, shift, 2, work, hint, kept)
-            if out is not None:
-                return out, (RowExps(work, shift, kept[0]) if kept else None)
+            hinted = self._lse_hinted(base, shift, 2, work, hint, keep=True)
+            if hinted is not None:
+                out, row_shift = hinted
+                return out, (None if row_shift is None else RowExps(shift, row_shift))
         return self._lse_max_shifted(base, shift, 2, work), None
 
     def lse_cols_from_rows(self, base: Array, shift: Array, rows: RowExps | None,
@@ -119,7 +119,7 @@ class BufferedLogSumExp:
             log_w = lib.subtract(shift, rows.row_shift)
             top = self._finite_or_zero(self._max(log_w, 1))  # (B,)
             weights = lib.exp(lib.subtract(log_w, top[:, None], out=log_w), out=log_w)
-            sums = self.rmatvec(rows.work, weights,  # type: ignore[attr-defined]
+            sums = self.rmatvec(work, weights,  # type: ignore[attr-defined]
                                 out=self.buffer(tuple(rows.col_shift.shape), base))  # type: ignore[attr-defined]
             tiny, eps, high = _dtype_info(str(base.dtype))
             bad, n_bad = self._out_of_range(sums, base.shape[1] * tiny / (1e-3 * eps), high)
@@ -137,10 +137,11 @@ class BufferedLogSumExp:
     # -- the three ways
 
     def _lse_hinted(self, base: Array, shift: Array, axis: int, work: Array, hint: Array,
-                    kept: list[Array] | None = None) -> Array | None:
-        """The hinted log-sum-exp; ``None`` when too many slices need their maximum. With
-        ``kept`` (rows only), the finite hint is appended to it when no row needed its
-        maximum, so that ``work`` holds every row's exponentials."""
+                    keep: bool = False) -> tuple[Array, Array | None] | None:
+        """The hinted log-sum-exp and the row shift its exponentials used, ``None`` when too
+        many slices need their maximum. With ``keep`` (rows only) every block is written in its
+        place in ``work``, and the shift is returned when no row needed its maximum (so that
+        ``work`` holds every row's exponentials); otherwise it is ``None``."""
         lib = self.lib
         tiny, _, high = _dtype_info(str(base.dtype))
         with np.errstate(all="ignore"):  # overflowing or NaN slices are found and redone
@@ -161,11 +162,12 @@ class BufferedLogSumExp:
                 h = mid[:, None]
             shape = (base.shape[0], base.shape[axis - 1 if axis == 2 else 2])
             sums = self.buffer(shape, base)  # type: ignore[attr-defined]
-            started: set[tuple[int | None, int | None]] = set()
+            if axis == 1:
+                self.zero(sums)  # type: ignore[attr-defined]
             for probs, r in blocking.pieces(base):
                 x = base[probs, r]
                 # kept: every block in its place; otherwise the blocks share the first one's
-                w = work[probs, r] if kept is not None else work[probs, : x.shape[1]]
+                w = work[probs, r] if keep else work[probs, : x.shape[1]]
                 if axis == 2:
                     lib.add(x, terms[probs][:, None, :], out=w)
                     if not folded:
@@ -177,12 +179,7 @@ class BufferedLogSumExp:
                     if not folded:
                         lib.add(w, h[probs][:, None, :], out=w)
                     self._exp(w, out=w)
-                    key = (probs.start, probs.stop)
-                    if key in started:
-                        sums[probs] += self._sum(w, 1)
-                    else:
-                        sums[probs] = self._sum(w, 1)
-                        started.add(key)
+                    sums[probs] += self._sum(w, 1)
             bad, n_bad = self._out_of_range(sums, math.sqrt(tiny), high)
             if _REDO_FRACTION * n_bad > int(sums.shape[0]) * int(sums.shape[1]):
                 return None
@@ -192,9 +189,8 @@ class BufferedLogSumExp:
             out -= h
         if n_bad:
             self._redo(out, bad, base, shift, axis)
-        elif kept is not None:
-            kept.append(h)
-        return out
+            return out, None
+        return out, (h if keep else None)
 
     def _redo(self, out: Array, bad: Array, base: Array, shift: Array, axis: int) -> None:
         """``out`` on the slices ``bad`` from their maximum (gathered, allocating)."""

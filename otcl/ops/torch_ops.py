@@ -65,17 +65,15 @@ class TorchCpuOps(BufferedLogSumExp, BufferedProducts, BufferedOps):
     # -- products: NumPy's BLAS for one matrix and for many small ones (on the same memory,
     # under torch's thread limit), torch's batched product otherwise
 
-    def _small(self, kernel: Array) -> bool:
-        B, n, m = kernel.shape
-        return (B > 1 and n * m <= SMALL_MATVEC and kernel.dtype in self._np_dtypes
-                and _blas_libraries() is not None)
-
-    def _one_on_host(self, kernel: Array) -> bool:
-        """One matrix (or a stack of one) that NumPy's BLAS can multiply: its matrix-vector
+    def _on_host(self, kernel: Array) -> bool:
+        """Products NumPy's BLAS computes: one matrix (or a stack of one; its matrix-vector
         products are 1.3x (n = 1024) to 1.8x (n = 2048) faster than ``torch.mv`` on the
-        reference machine."""
-        return ((kernel.ndim == 2 or kernel.shape[0] == 1) and kernel.dtype in self._np_dtypes
-                and _blas_libraries() is not None)
+        reference machine) or a stack of small ones (``torch.bmm`` costs several microseconds
+        per matrix at that size)."""
+        if kernel.dtype not in self._np_dtypes or _blas_libraries() is None:
+            return False
+        return kernel.ndim == 2 or kernel.shape[0] == 1 or (
+            kernel.shape[1] * kernel.shape[2] <= SMALL_MATVEC)
 
     def _host_product(self, x: Array, y: Array, out: Array) -> Array:
         # torch does not warn about inf or NaN; the loops detect them themselves
@@ -84,38 +82,40 @@ class TorchCpuOps(BufferedLogSumExp, BufferedProducts, BufferedOps):
         return out
 
     def matvec(self, kernel: Array, v: Array, out: Array | None = None) -> Array:
-        if out is not None and self._one_on_host(kernel):
-            if kernel.ndim == 2:
-                return self._host_product(kernel, v, out)
+        if out is None or not self._on_host(kernel):
+            return self._torch_matvec(kernel, v, out)
+        if kernel.ndim == 3 and kernel.shape[0] == 1:  # one matrix: a matrix-vector product
             self._host_product(kernel[0], v[0], out[0])
-            return out
+        elif kernel.ndim == 2:
+            self._host_product(kernel, v, out)
+        else:
+            self._host_product(kernel, v[:, :, None], out[:, :, None])
+        return out
+
+    def rmatvec(self, kernel: Array, u: Array, out: Array | None = None) -> Array:
+        if out is None or not self._on_host(kernel):
+            return self._torch_rmatvec(kernel, u, out)
+        if kernel.ndim == 3 and kernel.shape[0] == 1:
+            self._host_product(u[0], kernel[0], out[0])
+        elif kernel.ndim == 2:
+            self._host_product(u, kernel, out)
+        else:
+            self._host_product(u[:, None, :], kernel, out[:, None, :])
+        return out
+
+    def _torch_matvec(self, kernel: Array, v: Array, out: Array | None) -> Array:
         if out is not None and kernel.ndim == 2:
             return self.lib.mv(kernel, v, out=out)
         if out is not None and kernel.shape[0] == 1:
             self.lib.mv(kernel[0], v[0], out=out[0])
             return out
-        if out is not None and self._small(kernel):
-            with torch_blas_limit():
-                np.matmul(kernel.detach().numpy(), v.detach().numpy()[:, :, None],
-                          out=out.detach().numpy()[:, :, None])
-            return out
         return super().matvec(kernel, v, out)
 
-    def rmatvec(self, kernel: Array, u: Array, out: Array | None = None) -> Array:
-        if out is not None and self._one_on_host(kernel):
-            if kernel.ndim == 2:
-                return self._host_product(u, kernel, out)
-            self._host_product(u[0], kernel[0], out[0])
-            return out
+    def _torch_rmatvec(self, kernel: Array, u: Array, out: Array | None) -> Array:
         if out is not None and kernel.ndim == 2:
             return self.lib.mv(kernel.T, u, out=out)
         if out is not None and kernel.shape[0] == 1:
             self.lib.mv(kernel[0].T, u[0], out=out[0])
-            return out
-        if out is not None and self._small(kernel):
-            with torch_blas_limit():
-                np.matmul(u.detach().numpy()[:, None, :], kernel.detach().numpy(),
-                          out=out.detach().numpy()[:, None, :])
             return out
         return super().rmatvec(kernel, u, out)
 

@@ -358,7 +358,7 @@ class _LogLoop:
         it = tr.start
         while it < max_iter:
             check = tr.tol is not None and tr.due(it, self.check_every)
-            lse, rows = self._lse_rows(self.gamma, keep=True)
+            lse, rows = self._lse_rows(self.gamma)
             if check and p.balanced and tr.record(it, _row_error(xp, self.phi, lse, p.a)):
                 return
             phi_new = _guarded_update(self.log_a, lse, p.t_a, xp)
@@ -374,13 +374,13 @@ class _LogLoop:
             it += 1
         tr.finish(max_iter, self._final_error)
 
-    def _lse_rows(self, gamma: Array, keep: bool = False) -> Any:
-        """``LSE_j(log K_ij + gamma_j)``, ``(B, n)``; with ``keep``, also the exponentials
-        that ``_col_update`` can reuse (``None`` if none)."""
+    def _lse_rows(self, gamma: Array) -> tuple[Array, Any]:
+        """``LSE_j(log K_ij + gamma_j)``, ``(B, n)``, and what of it ``_col_update`` can reuse
+        (``None`` if nothing)."""
         lse, rows = self.ops.lse_rows_keep(self.log_k, gamma, self.work, self._row_hint)
         if self.ops.inplace:
             self._row_hint = -lse
-        return (lse, rows) if keep else lse
+        return lse, rows
 
     def _col_update(self, phi: Array, rows: Any = None) -> Array:
         """``gamma_j = t_b (log b_j - LSE_i(log K_ij + phi_i))``."""
@@ -391,7 +391,7 @@ class _LogLoop:
 
     def _final_error(self) -> np.ndarray:
         p, xp = self.p, self.xp
-        lse = self._lse_rows(self.gamma)
+        lse, _ = self._lse_rows(self.gamma)
         if p.balanced:
             return _row_error(xp, self.phi, lse, p.a)
         return _max_abs_change(xp, _guarded_update(self.log_a, lse, p.t_a, xp), self.phi)
