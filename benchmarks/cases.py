@@ -37,6 +37,7 @@ from benchmarks.common import (
     torch_module,
 )
 from benchmarks.floors import exp_bound, matvec_floor
+from benchmarks.gradient_memory import gradient_memory
 
 __all__ = ["KINDS"]
 
@@ -680,5 +681,6 @@ KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "memory": memory,
     "swav": swav,
     "cputime": cputime,
+    "gradmem": gradient_memory,
 }
 """Case kinds by name, as ``python -m benchmarks.case <kind> <params>`` selects them."""

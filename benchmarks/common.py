@@ -28,6 +28,8 @@ __all__ = [
     "minor_faults",
     "peak_rss_during",
     "require_backend",
+    "reset_peak_rss",
+    "status_kib",
     "swav_scores",
     "synchronizer",
     "thread_report",
@@ -262,7 +264,8 @@ def measure(
     }
 
 
-def _status_kib(field: str) -> int | None:
+def status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), or None off Linux."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
@@ -273,7 +276,7 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     """Reset the kernel's resident-set high-water mark to the current RSS (Linux >= 4.0)."""
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
@@ -303,10 +306,10 @@ def peak_rss_during(fn: Callable[[], Any]) -> dict[str, Any]:
     ``ru_maxrss``, a lower bound when an earlier peak was higher.
     """
     gc.collect()
-    if _reset_peak_rss() and _status_kib("VmHWM") is not None:
-        before = _status_kib("VmRSS") or 0
+    if reset_peak_rss() and status_kib("VmHWM") is not None:
+        before = status_kib("VmRSS") or 0
         fn()
-        peak = _status_kib("VmHWM") or 0
+        peak = status_kib("VmHWM") or 0
         return {"peak_mib": (peak - before) / 1024.0, "method": "VmHWM after reset"}
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fn()

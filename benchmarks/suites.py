@@ -26,6 +26,7 @@ PRIMARY = {
     "swav": "ms",
     "external": "ms_per_iter",
     "threads": "cpu_over_wall",
+    "gradmem": "backward_mib",
 }
 """The metric of each suite that ratios compare."""
 
@@ -41,6 +42,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "swav": (4096, 3000),  # samples, prototypes
         "external_n": (1024, 2048, 4096),
         "threads_batch": 2048,
+        "gradmem_batch": 2048,
     },
     "quick": {
         "solver_n": (48,),
@@ -53,6 +55,7 @@ SIZES: dict[str, dict[str, Any]] = {
         "swav": (64, 24),
         "external_n": (48,),
         "threads_batch": 48,
+        "gradmem_batch": 48,
     },
 }
 """Problem sizes of the full suite and of ``--quick`` (a smoke test of the instrument)."""
@@ -390,6 +393,34 @@ def _thread_cases(sizes: dict[str, Any]) -> list[Case]:
     return cases
 
 
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 2**10)}
+"""glibc's initial mmap threshold, fixed (no dynamic raise): every freed block of 128 KiB or more
+returns to the system, so the resident set follows live memory (the ``gradmem`` rows)."""
+GRADMEM = {"d": 128, "eps": 0.5, "n_iter": 100, "threshold": 1e-6}
+"""The gradient-memory problem: GCA-INCE at eps = 0.5; otcl's rounds and OTT's unrolled rounds,
+OTT's implicit mode to a marginal error of ``threshold``."""
+
+
+def _gradmem_cases(sizes: dict[str, Any]) -> list[Case]:
+    """Peak memory of the backward of one GCA-INCE loss: otcl's implicit and unrolled gradients
+    against OTT-JAX's implicit and unrolled ones (``benchmarks.gradient_memory``), one pinned
+    core, both under :data:`LIVE_MEMORY_ENV`."""
+    group = f"gradmem/cross/B={sizes['gradmem_batch']}/gca-ince"
+    base = {**GRADMEM, "batch": sizes["gradmem_batch"], "pin": True}
+    ott = {mode: f"{group}/ott-{mode}" for mode in ("implicit", "unroll")}
+    cases = [
+        Case(ott[mode], "gradmem", "gradmem", {**base, "impl": "ott", "mode": mode}, {},
+             ("ott",), env=dict(LIVE_MEMORY_ENV))
+        for mode in ("implicit", "unroll")
+    ]
+    for mode in ("implicit", "unroll"):
+        baselines = {"ott-implicit": ott["implicit"], f"ott-{mode}": ott[mode]}
+        cases.append(Case(f"{group}/otcl-{mode}", "gradmem", "gradmem",
+                          {**base, "impl": "otcl", "mode": mode}, baselines,
+                          ("torch", "otcl.torch.GCAInfoNCE"), env=dict(LIVE_MEMORY_ENV)))
+    return cases
+
+
 def build_plan(quick: bool = False) -> list[Case]:
     """Every case of the suite, in running order (baselines before the rows that use them)."""
     sizes = SIZES["quick" if quick else "full"]
@@ -404,6 +435,7 @@ def build_plan(quick: bool = False) -> list[Case]:
         + _swav_cases(sizes)
         + _external_cases(sizes)
         + _thread_cases(sizes)
+        + _gradmem_cases(sizes)
     )
 
 

@@ -377,6 +377,19 @@ def _thread_checks(by_id: dict[str, Record]) -> list[Check]:
     return out
 
 
+def _gradient_memory_checks(by_id: dict[str, Record]) -> list[Check]:
+    group = f"gradmem/cross/B={_FULL['gradmem_batch']}/gca-ince"
+    target = (
+        f"issue 17.6 peak memory of the backward of GCA-INCE (cross-view B = "
+        f"{_FULL['gradmem_batch']}) over OTT-JAX's implicit differentiation"
+    )
+    return [
+        _bound(target, f"otcl {mode}", _ratio(by_id.get(f"{group}/otcl-{mode}"), "ott-implicit"),
+               f"<= {bound:g} (otcl / OTT implicit)", lambda x, b=bound: x <= b)
+        for mode, bound in (("implicit", 1.0), ("unroll", 2.0))
+    ]
+
+
 def _grouped(checks: list[Check]) -> list[Check]:
     """``checks`` with equal targets adjacent, targets in first-seen order (stable)."""
     order = list(dict.fromkeys(c.target for c in checks))
@@ -402,6 +415,7 @@ def evaluate(records: list[Record]) -> list[Check]:
         *_underflow_checks(by_id),
         *_unbalanced_checks(by_id),
         *_thread_checks(by_id),
+        *_gradient_memory_checks(by_id),
         *_gpu_checks(by_id),
     ]
 
@@ -432,6 +446,7 @@ REMEASURE: tuple[tuple[str, str], ...] = (
     ("issue 17.4 ", r"^threads/"),
     ("issue 17.2 ", r"^solver/eps=0\.001/"),
     ("issue 17.3 ", r"^solver/eps=0\.1/unbalanced/(numpy|torch)/float32/.*/pot-unbalanced$"),
+    ("issue 17.6 ", r"^gradmem/"),
     ("7. GPU", r"^solver/eps=0\.1/.*/(torch-cuda|cupy)/float32/n=4096/pot-"),
 )
 """The ``--only`` pattern that re-measures each target's rows (their baselines come along),

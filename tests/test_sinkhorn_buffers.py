@@ -162,6 +162,46 @@ def test_torch_small_stacked_products_go_through_numpy_views():
     np.testing.assert_allclose(g, g_ref, atol=1e-10)
 
 
+@pytest.mark.parametrize("domain", ["kernel", "stabilized"])
+def test_torch_scaling_loop_runs_on_numpy_views_within_torchs_threads(monkeypatch, domain):
+    """The scaling loop of PyTorch CPU tensors runs on NumPy views of their memory, with
+    NumPy's BLAS pool held to ``torch.get_num_threads()``; the potentials come back as tensors
+    of the input's dtype, and the inputs are not written."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from otcl.ops.numpy_ops import NumpyOps
+
+    seen: list[tuple[type, list[int]]] = []
+    original = NumpyOps.matvec
+
+    def recording_matvec(self, kernel, v, out=None):
+        blas = [p["num_threads"] for p in threadpoolctl.threadpool_info()
+                if p["user_api"] == "blas"]
+        seen.append((type(kernel), blas))
+        return original(self, kernel, v, out)
+
+    monkeypatch.setattr(NumpyOps, "matvec", recording_matvec)
+    rng = np.random.default_rng(8)
+    C, a, b = _cost(rng, (30, 20)), _marginal(rng, (30,)), _marginal(rng, (20,))
+    Ct, at, bt = (torch.tensor(x, dtype=torch.float32) for x in (C, a, b))
+    before = [x.clone() for x in (Ct, at, bt)]
+    threads = torch.get_num_threads()
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        try:
+            torch.set_num_threads(1)
+            res = otcl.sinkhorn(Ct, at, bt, eps=0.2, rho_a=0.7, rho_b=0.7, max_iter=ROUNDS,
+                                tol=None, domain=domain)
+        finally:
+            torch.set_num_threads(threads)
+    assert seen and all(kind is np.ndarray and blas and max(blas) == 1 for kind, blas in seen)
+    assert isinstance(res.f, torch.Tensor) and res.f.dtype == torch.float32
+    assert isinstance(res.g, torch.Tensor) and res.g.dtype == torch.float32
+    for x, old in zip((Ct, at, bt), before, strict=True):
+        assert torch.equal(x, old)
+    f_ref, g_ref = _oracle_kernel(C, a, b, 0.2, 0.7, ROUNDS)
+    np.testing.assert_allclose(res.f.numpy(), f_ref, atol=2e-5)
+    np.testing.assert_allclose(res.g.numpy(), g_ref, atol=2e-5)
+
+
 def _plain_torch_loop(C, a, b, eps, rho, rounds):
     """A differentiable reference: the scaling rounds written with out-of-place torch ops."""
     t = 1.0 if math.isinf(rho) else rho / (rho + eps)

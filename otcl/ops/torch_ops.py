@@ -62,6 +62,30 @@ class TorchCpuOps(BufferedLogSumExp, BufferedProducts, BufferedOps):
             return out
         return self.lib.exp(x, out=out)
 
+    # -- the kernel-domain loop on the host
+
+    def host_views(self, *tensors: Array | None) -> list[np.ndarray | None] | None:
+        """NumPy views of ``tensors`` (same memory, no copy; ``None`` stays ``None``), or
+        ``None`` when one of them has no NumPy view (a dtype other than float32/float64/bool,
+        a non-CPU tensor) or threadpoolctl is not installed to keep NumPy's BLAS pool within
+        torch's thread count ([`torch_blas_limit`][otcl.backend.torch_blas_limit])."""
+        if _blas_libraries() is None:
+            return None
+        views: list[np.ndarray | None] = []
+        for t in tensors:
+            if t is None:
+                views.append(None)
+                continue
+            if not isinstance(t, self.lib.Tensor) or t.device.type != "cpu" or not (
+                    t.dtype in self._np_dtypes or t.dtype == self.lib.bool):
+                return None
+            views.append(t.detach().numpy())
+        return views
+
+    def from_host(self, x: np.ndarray) -> Array:
+        """A tensor on the memory of the NumPy array ``x`` (no copy)."""
+        return self.lib.from_numpy(x)
+
     # -- products: NumPy's BLAS for one matrix and for many small ones (on the same memory,
     # under torch's thread limit), torch's batched product otherwise
 

@@ -28,6 +28,7 @@ dtype's exponent range (float32: 43.6, float64: 354), and ``"stabilized"`` other
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -37,13 +38,17 @@ from otcl.backend import (
     check_compatible,
     dtype_eps,
     dtype_tiny,
+    is_array,
     logsumexp,
+    namespace,
     quiet_numerics,
     safe_log,
     to_float,
     to_numpy,
+    torch_blas_limit,
 )
 from otcl.ops import ArrayOps, array_ops
+from otcl.ops.torch_ops import TorchCpuOps
 from otcl.solvers.problem import Problem, make_problem
 from otcl.solvers.result import Transport, finish_diagnostics
 from otcl.tracing import plain_ops
@@ -255,23 +260,54 @@ def solve(
         return _transport(problem, phi, gamma, np.zeros(B, dtype=np.int64), error, tol, domain,
                           warn=warn)
     ops = array_ops(xp, problem.cost, problem.a, problem.b, problem.eps, *(init or ()))
-    with quiet_numerics(xp):
-        if domain == "log":
+    if domain == "log":
+        with quiet_numerics(xp):
             loop: _LogLoop | _ScalingLoop = _LogLoop(problem, phi, gamma, tol, check_every,
                                                      ops=ops)
-        else:
-            cold = domain == "kernel" and init is None
-            if cold:
-                floor = _cost_bounds(problem)[0] if floor is None else floor
-                phi = phi + floor[:, None] / problem.eps
-            loop = _ScalingLoop(problem, phi, gamma, tol, check_every,
-                                stabilized=domain != "kernel", ops=ops, cold=cold)
-        loop.run(max_iter)
-    phi, gamma = loop.potentials()
+            loop.run(max_iter)
+        phi, gamma = loop.potentials()
+    else:
+        cold = domain == "kernel" and init is None
+        if cold:
+            floor = _cost_bounds(problem)[0] if floor is None else floor
+            phi = phi + floor[:, None] / problem.eps
+        loop, (phi, gamma) = _scaling_loop(problem, phi, gamma, tol, check_every, max_iter,
+                                           stabilized=domain != "kernel", ops=ops, cold=cold)
     return _transport(
         problem, phi, gamma, loop.n_iter, loop.error, tol, loop.domain, warn=warn,
         trouble=loop.trouble,
     )
+
+
+def _scaling_loop(problem: Problem, phi: Array, gamma: Array, tol: float | None,
+                  check_every: int, max_iter: int, *, stabilized: bool, ops: ArrayOps,
+                  cold: bool) -> tuple[_ScalingLoop, tuple[Array, Array]]:
+    """Run the scaling loop and return it with its final potentials ``(phi, gamma)``.
+
+    On PyTorch CPU tensors the loop runs on NumPy views of the same memory
+    ([`TorchCpuOps.host_views`][otcl.ops.torch_ops.TorchCpuOps.host_views]), with NumPy's
+    BLAS pool limited to torch's thread count: the loop's work is a few vector operations per
+    matrix-vector product, and a NumPy call on a vector costs a fraction of a torch call's
+    dispatch (a kernel round at n = 1024 took 0.19 ms on torch tensors and 0.14 ms on NumPy
+    arrays, one thread). The potentials come back as tensors on the loop's arrays.
+    """
+    views = None
+    if isinstance(ops, TorchCpuOps) and not is_array(problem.eps):
+        views = ops.host_views(problem.cost, problem.mask, problem.a, problem.b, phi, gamma)
+    if views is None:
+        with quiet_numerics(problem.xp):
+            loop = _ScalingLoop(problem, phi, gamma, tol, check_every, stabilized=stabilized,
+                                ops=ops, cold=cold)
+            loop.run(max_iter)
+        return loop, loop.potentials()
+    cost, mask, a, b, phi_h, gamma_h = views
+    host = replace(problem, xp=namespace(cost), cost=cost, mask=mask, a=a, b=b)
+    with torch_blas_limit(), quiet_numerics(host.xp):
+        loop = _ScalingLoop(host, phi_h, gamma_h, tol, check_every, stabilized=stabilized,
+                            ops=array_ops(host.xp, cost), cold=cold)
+        loop.run(max_iter)
+    phi_h, gamma_h = loop.potentials()
+    return loop, (ops.from_host(phi_h), ops.from_host(gamma_h))
 
 
 def _traced_rounds(problem: Problem, max_iter: int,
