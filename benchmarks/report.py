@@ -467,11 +467,12 @@ def _gradmem_section(records: list[Record]) -> list[str]:
         "with `ImplicitDiff()` to a marginal error of 1e-6 or unrolled through 100 rounds. Each "
         "row checks its loss and gradient against an independent computation. Linux `VmHWM` "
         "reset before each phase, glibc's mmap threshold fixed at 128 KiB on both sides (freed "
-        "blocks return to the system). `backward MiB`: peak the backward adds above what the "
-        "forward holds; `kept`: what the forward holds for the backward; `total`: peak of the "
+        "blocks return to the system). `backward peak MiB`: peak during the backward above the "
+        "memory before the call (what the forward keeps for it plus what it adds); `kept`: "
+        "what the forward keeps; `added`: what the backward adds on top; `total`: peak of the "
         "whole call. otcl is measured on its first call at this size (its buffer pool "
         "counted), OTT on its second (the first compiles). `× ott-implicit`: backward over OTT's "
-        "implicit backward.",
+        "implicit one.",
         "",
     ]
     out += _rows(
@@ -479,8 +480,9 @@ def _gradmem_section(records: list[Record]) -> list[str]:
         [
             ("implementation", lambda r: r["id"].rsplit("/", 1)[-1]),
             ("batch", _p("batch")),
-            ("backward MiB", _m("backward_mib")),
+            ("backward peak MiB", _m("backward_peak_mib")),
             ("kept MiB", _m("kept_mib")),
+            ("added MiB", _m("backward_added_mib")),
             ("total MiB", _m("total_mib")),
             ("one n x n float32, MiB", lambda r: _num(r["info"].get("n_by_n_float32_mib"))),
             ("grad gap", lambda r: _num(r["info"].get("grad_gap"), 2)),

@@ -26,7 +26,7 @@ PRIMARY = {
     "swav": "ms",
     "external": "ms_per_iter",
     "threads": "cpu_over_wall",
-    "gradmem": "backward_mib",
+    "gradmem": "backward_peak_mib",
 }
 """The metric of each suite that ratios compare."""
 
