@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -254,13 +255,32 @@ def host_matmul(x: Array, y: Array, xp: Any, out: Array | None = None) -> Array:
 
 @functools.cache
 def _blas_libraries() -> tuple[Any, ...] | None:
-    """threadpoolctl's controllers of the BLAS libraries loaded in this process (NumPy's), or
-    ``None`` when threadpoolctl is not installed (then nothing can limit them)."""
+    """threadpoolctl's controllers of NumPy's BLAS library (the one that computes the products
+    on torch tensors), or ``None`` when threadpoolctl is not installed (then nothing can limit
+    it).
+
+    NumPy's library is the one loaded from NumPy's own installation (a wheel's ``numpy.libs``);
+    a NumPy linked against a system BLAS has none there, and then every BLAS library loaded so
+    far is controlled. Read once: NumPy's library is loaded with NumPy, so a library loaded later
+    (SciPy's own OpenBLAS, say) is not NumPy's and computes none of these products.
+    """
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
         return None
-    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+    libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    numpy_dir = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    own = [lib for lib in libraries if _under_numpy(lib.filepath, numpy_dir)]
+    return tuple(own or libraries)
+
+
+def _under_numpy(path: str | None, site_dir: str) -> bool:
+    """``path`` is inside NumPy's package or its wheel's ``numpy.libs`` next to it."""
+    if not path:
+        return False
+    path = os.path.abspath(path)
+    return any(path.startswith(os.path.join(site_dir, name) + os.sep)
+               for name in ("numpy", "numpy.libs"))
 
 
 @contextlib.contextmanager

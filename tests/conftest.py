@@ -178,3 +178,25 @@ def _one_torch_thread() -> Any:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _numpy_blas_threads() -> list[int]:
+    """Thread counts of NumPy's BLAS pools, as threadpoolctl reports them: the libraries inside
+    NumPy's installation (a wheel's ``numpy.libs``), or every BLAS library when NumPy has none
+    of its own (a NumPy linked against a system BLAS)."""
+    import os
+
+    import threadpoolctl
+
+    site = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    dirs = tuple(os.path.join(site, name) + os.sep for name in ("numpy.libs", "numpy"))
+    pools = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+    own = [p for p in pools if os.path.abspath(p["filepath"]).startswith(dirs)]
+    return [p["num_threads"] for p in own or pools]
+
+
+@pytest.fixture
+def numpy_blas_threads() -> Any:
+    """:func:`_numpy_blas_threads` (needs threadpoolctl)."""
+    pytest.importorskip("threadpoolctl")
+    return _numpy_blas_threads

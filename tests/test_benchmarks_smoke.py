@@ -462,23 +462,25 @@ def test_merged_runs_replace_rows_keep_the_rest_and_take_ratios_within_one_run()
     assert remeasure("6. 2N = 16384 float32 fwd+bwd: peak memory").endswith("'^scale/'")
 
 
-def test_the_limit_the_threads_rows_measure_holds_numpys_pool_to_torchs_count() -> None:
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    from otcl.backend import torch_blas_limit
+def test_the_limit_the_threads_rows_measure_holds_numpys_pool_to_torchs_count(
+        numpy_blas_threads) -> None:
+    """NumPy's BLAS pool runs on torch's thread count inside the limit, also when another BLAS
+    library (SciPy's own) was loaded after the first limit was taken."""
+    import scipy.linalg  # noqa: F401 (loads SciPy's BLAS library, which is not NumPy's)
+    import threadpoolctl
 
-    def blas_threads() -> list[int]:
-        return [p["num_threads"] for p in threadpoolctl.threadpool_info()
-                if p["user_api"] == "blas"]
+    from otcl.backend import torch_blas_limit
 
     before_torch = torch.get_num_threads()
     with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
-        outside = blas_threads()
+        outside = numpy_blas_threads()
         try:
             torch.set_num_threads(1)
             with torch_blas_limit():
-                inside = blas_threads()
-            after = blas_threads()
+                inside = numpy_blas_threads()
+            after = numpy_blas_threads()
         finally:
             torch.set_num_threads(before_torch)
+    assert outside and all(n == 2 for n in outside)
     assert inside and all(n == 1 for n in inside)
     assert after == outside  # restored on exit

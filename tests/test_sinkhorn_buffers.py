@@ -163,20 +163,20 @@ def test_torch_small_stacked_products_go_through_numpy_views():
 
 
 @pytest.mark.parametrize("domain", ["kernel", "stabilized"])
-def test_torch_scaling_loop_runs_on_numpy_views_within_torchs_threads(monkeypatch, domain):
+def test_torch_scaling_loop_runs_on_numpy_views_within_torchs_threads(
+        monkeypatch, numpy_blas_threads, domain):
     """The scaling loop of PyTorch CPU tensors runs on NumPy views of their memory, with
     NumPy's BLAS pool held to ``torch.get_num_threads()``; the potentials come back as tensors
     of the input's dtype, and the inputs are not written."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import threadpoolctl
+
     from otcl.ops.numpy_ops import NumpyOps
 
     seen: list[tuple[type, list[int]]] = []
     original = NumpyOps.matvec
 
     def recording_matvec(self, kernel, v, out=None):
-        blas = [p["num_threads"] for p in threadpoolctl.threadpool_info()
-                if p["user_api"] == "blas"]
-        seen.append((type(kernel), blas))
+        seen.append((type(kernel), numpy_blas_threads()))
         return original(self, kernel, v, out)
 
     monkeypatch.setattr(NumpyOps, "matvec", recording_matvec)
