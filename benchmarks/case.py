@@ -37,7 +37,9 @@ def run_case(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         return {"status": "error", "reason": f"unknown case kind {kind!r}; known: {sorted(KINDS)}"}
     try:
         cores = pin_cores(int(params.get("threads", 1))) if params.get("pin") else None
-        configure_threads(int(params.get("threads", 1)), blas=params.get("pools") != "torch-only")
+        pools = params.get("pools")
+        if pools != "default":  # "default": every library keeps its own thread count
+            configure_threads(int(params.get("threads", 1)), blas=pools != "torch-only")
         with warnings.catch_warnings():
             # fixed-round solves (tol=None) and POT's stopThr=0 are meant not to converge
             warnings.simplefilter("ignore")

@@ -418,6 +418,8 @@ def solver(params: dict[str, Any]) -> dict[str, Any]:
     )
     info = method.check(timing.pop("last"), iters)
     info.update(runs=timing["runs"], min_ms=1e3 * timing["min_s"], max_ms=1e3 * timing["max_s"])
+    if params.get("pools") == "default":  # the pools the libraries chose themselves
+        info["threadpools"] = thread_report().get("threadpools")
     metrics = {
         "total_ms": 1e3 * timing["median_s"],
         "ms_per_iter": 1e3 * timing["median_s"] / iters,

@@ -455,6 +455,41 @@ def _threads_section(records: list[Record]) -> list[str]:
     return [*out, ""]
 
 
+def _default_threads_section(records: list[Record]) -> list[str]:
+    rows = _ok(records, "default-threads")
+    if not rows:
+        return []
+    out = ["## 8b. The solver at the libraries' default thread counts", ""]
+    out += [
+        "Balanced, eps = 0.1, float32, 100 rounds, in a process with no thread variables, no "
+        "threadpoolctl limit and no `torch.set_num_threads`: NumPy's BLAS and torch keep their "
+        "own pools (`pools`; torch's intra-op threads in `torch threads`). `× numpy` = the Torch "
+        "row over the NumPy row of the same domain.",
+        "",
+    ]
+
+    def pools(r: Record) -> str:
+        info = r.get("info", {}).get("threadpools")
+        if not isinstance(info, list):
+            return str(info)
+        return ", ".join(f"{p.get('internal_api')} x{p.get('num_threads')}" for p in info)
+
+    out += _rows(
+        rows,
+        [
+            ("n", _p("n")),
+            ("backend", _p("backend")),
+            ("method", _p("method")),
+            ("ms/round", _m("ms_per_iter")),
+            ("× numpy", _r("numpy")),
+            ("torch threads", lambda r: r.get("info", {}).get("torch_threads", "–")),
+            ("pools", pools),
+            ("procs", _procs),
+        ],
+    )
+    return [*out, ""]
+
+
 def _gradmem_section(records: list[Record]) -> list[str]:
     rows = _ok(records, "gradmem")
     if not rows:
@@ -575,6 +610,7 @@ def markdown(run: dict[str, Any]) -> str:
         _swav_section,
         _external_section,
         _threads_section,
+        _default_threads_section,
         _gradmem_section,
         _not_run_section,
     ):

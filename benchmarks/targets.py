@@ -377,6 +377,21 @@ def _thread_checks(by_id: dict[str, Record]) -> list[Check]:
     return out
 
 
+def _default_thread_checks(by_id: dict[str, Record]) -> list[Check]:
+    n = _N
+    target = (
+        f"issue 17.4 at the default thread counts: Torch per round over NumPy per round "
+        f"(balanced, n = {n}, float32)"
+    )
+    return [
+        _bound(target, f"{domain} domain",
+               _ratio(by_id.get(f"default-threads/eps=0.1/balanced/float32/n={n}/torch/"
+                                f"otcl-{domain}"), "numpy"),
+               "<= 1 (Torch / NumPy)", lambda x: x <= 1.0)
+        for domain in ("kernel", "log")
+    ]
+
+
 def _gradient_memory_checks(by_id: dict[str, Record]) -> list[Check]:
     group = f"gradmem/cross/B={_FULL['gradmem_batch']}/gca-ince"
     target = (
@@ -415,6 +430,7 @@ def evaluate(records: list[Record]) -> list[Check]:
         *_underflow_checks(by_id),
         *_unbalanced_checks(by_id),
         *_thread_checks(by_id),
+        *_default_thread_checks(by_id),
         *_gradient_memory_checks(by_id),
         *_gpu_checks(by_id),
     ]
@@ -443,6 +459,7 @@ REMEASURE: tuple[tuple[str, str], ...] = (
     ("6. ", r"^scale/"),
     ("issue 19. ", r"^swav/"),
     ("issue 17.1 ", r"^external/eps=0\.1/balanced/.*/otcl-log$"),
+    ("issue 17.4 at the default", r"^default-threads/"),
     ("issue 17.4 ", r"^threads/"),
     ("issue 17.2 ", r"^solver/eps=0\.001/"),
     ("issue 17.3 ", r"^solver/eps=0\.1/unbalanced/(numpy|torch)/float32/.*/pot-unbalanced$"),

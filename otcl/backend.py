@@ -17,6 +17,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -283,15 +284,57 @@ def _under_numpy(path: str | None, site_dir: str) -> bool:
                for name in ("numpy", "numpy.libs"))
 
 
+_POOL = threading.local()  # .threads: torch's thread count while host_thread_pool holds it
+
+
+@contextlib.contextmanager
+def host_thread_pool(*arrays: Any) -> Iterator[None]:
+    """One pool of worker threads for work on PyTorch CPU tensors that mixes torch operations
+    with NumPy's BLAS: for the duration, NumPy's BLAS runs with torch's thread count and torch's
+    own operations run on the calling thread (``torch.set_num_threads(1)``, restored on exit).
+
+    Two pools of the same size on the same cores fight: after each parallel operation torch's
+    OpenMP workers keep spinning on their cores for a while, and NumPy's BLAS threads, started
+    meanwhile, wait for those cores (a solve at n = 2048 on two cores took 3x as long per round
+    in the log domain, 1.5x in the kernel domain). NumPy's BLAS is held to that count for the
+    whole stretch ([`torch_blas_limit`][otcl.backend.torch_blas_limit]). A no-op unless
+    ``arrays`` hold a float32 or float64 PyTorch CPU tensor that no autograd graph records (the
+    only tensors whose products NumPy's BLAS computes), torch runs more than one thread, and
+    threadpoolctl is installed. It sets torch's count for the whole process: other threads that
+    run torch operations meanwhile run them on one thread.
+    Nested uses keep the outermost count.
+    """
+    present = [a for a in arrays if a is not None]
+    torch = None
+    # mixed or non-tensor inputs: nothing to do here (the caller's checks name them)
+    if (present and all(array_api_compat.is_torch_array(a) for a in present)
+            and getattr(_POOL, "threads", None) is None and _blas_libraries() is not None
+            and _torch_on_host(array_api_compat.array_namespace(present[0]), *present)):
+        import torch
+    if torch is None or torch.get_num_threads() == 1:
+        yield
+        return
+    threads = torch.get_num_threads()
+    _POOL.threads = threads
+    torch.set_num_threads(1)
+    try:
+        with torch_blas_limit():
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        _POOL.threads = None
+
+
 @contextlib.contextmanager
 def torch_blas_limit() -> Iterator[None]:
     """NumPy's BLAS pool limited to ``torch.get_num_threads()`` threads for the duration (then
     restored), so that a product on torch tensors computed by NumPy's BLAS uses no more threads
-    than torch itself would: one thread pool, as torch's users configure it. A no-op when the
-    pool is already that small or threadpoolctl is not installed."""
+    than torch itself would: one thread pool, as torch's users configure it (inside
+    [`host_thread_pool`][otcl.backend.host_thread_pool], the count torch had when it started). A
+    no-op when the pool is already that small or threadpoolctl is not installed."""
     import torch
 
-    limit = torch.get_num_threads()
+    limit = getattr(_POOL, "threads", None) or torch.get_num_threads()
     changed = []
     for lib in _blas_libraries() or ():
         before = lib.get_num_threads()

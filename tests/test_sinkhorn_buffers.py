@@ -202,6 +202,51 @@ def test_torch_scaling_loop_runs_on_numpy_views_within_torchs_threads(
     np.testing.assert_allclose(res.g.numpy(), g_ref, atol=2e-5)
 
 
+@pytest.mark.parametrize("domain", ["kernel", "log"])
+def test_torch_solve_keeps_one_thread_pool_at_several_threads(monkeypatch, numpy_blas_threads,
+                                                              domain):
+    """With torch on two threads, a solve on PyTorch CPU tensors runs NumPy's BLAS on two
+    threads and torch's own operations on the calling thread (its OpenMP workers would otherwise
+    spin on the cores NumPy's threads need), and gives torch its two threads back afterwards,
+    also when the solve raises."""
+    import threadpoolctl
+
+    from otcl.ops.numpy_ops import NumpyOps
+    from otcl.ops.torch_ops import TorchCpuOps
+
+    seen: list[tuple[int, list[int]]] = []
+
+    def recorder(original):
+        def record(self, kernel, *args, **kwargs):
+            seen.append((torch.get_num_threads(), numpy_blas_threads()))
+            return original(self, kernel, *args, **kwargs)
+        return record
+
+    monkeypatch.setattr(NumpyOps, "matvec", recorder(NumpyOps.matvec))
+    monkeypatch.setattr(TorchCpuOps, "rmatvec", recorder(TorchCpuOps.rmatvec))
+    rng = np.random.default_rng(9)
+    C, a, b = _cost(rng, (30, 20)), _marginal(rng, (30,)), _marginal(rng, (20,))
+    Ct, at, bt = (torch.tensor(x, dtype=torch.float32) for x in (C, a, b))
+    threads = torch.get_num_threads()
+    # NumPy's pool larger than torch's: inside the solve it is brought down to torch's two
+    with threadpoolctl.threadpool_limits(limits=3, user_api="blas"):
+        try:
+            torch.set_num_threads(2)
+            res = otcl.sinkhorn(Ct, at, bt, eps=0.2, max_iter=ROUNDS, tol=None, domain=domain)
+            after = torch.get_num_threads()
+            with pytest.raises(ValueError, match="domain"):
+                otcl.sinkhorn(Ct, at, bt, eps=0.2, domain="nonsense")
+            after_error = torch.get_num_threads()
+        finally:
+            torch.set_num_threads(threads)
+    assert seen and all(t == 1 and blas and set(blas) == {2} for t, blas in seen)
+    assert after == 2 and after_error == 2
+    f_ref, _ = (_oracle_log if domain == "log" else _oracle_kernel)(C, a, b, 0.2, math.inf,
+                                                                    ROUNDS)
+    f = res.f.numpy().astype(np.float64)
+    np.testing.assert_allclose(f - f.mean(), f_ref - f_ref.mean(), atol=2e-5)
+
+
 def _plain_torch_loop(C, a, b, eps, rho, rounds):
     """A differentiable reference: the scaling rounds written with out-of-place torch ops."""
     t = 1.0 if math.isinf(rho) else rho / (rho + eps)

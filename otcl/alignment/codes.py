@@ -28,7 +28,7 @@ from dataclasses import replace
 from typing import Any
 
 from otcl._api import checked_keywords
-from otcl.backend import Array, check_compatible, device_of
+from otcl.backend import Array, check_compatible, device_of, host_thread_pool
 from otcl.ops import ArrayOps, array_ops
 from otcl.solvers.problem import make_problem, validate_positive
 from otcl.solvers.sinkhorn import DOMAINS, solve
@@ -84,21 +84,24 @@ def swav_codes(scores: Array, *, eps: float = 0.05, n_iter: int = 3, tol: float 
     dev = device_of(scores)
     a = xp.full((K,), 1.0 / K, dtype=scores.dtype, device=dev)
     b = xp.full((B,), 1.0 / B, dtype=scores.dtype, device=dev)
-    ops = array_ops(xp, scores)
-    cost = _negated_transpose(scores, xp, ops)
-    # the cost is otcl's own array: the result keeps it without a second copy
-    problem = make_problem(cost, a, b, eps=eps, rho_a=rho)
-    problem = replace(problem, owned=problem.owned | {"cost"})
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
-    # with a tolerance, check every round: the check reuses the round's product (O(B + K))
-    res = solve(problem, max_iter=rounds, tol=tolerance, domain=domain, check_every=1,
-                warn=tolerance is not None)
-    # codes = B P^T, i.e. B exp((f_k + g_b + scores_bk) / eps), formed in one blocked pass over
-    # the scores in their own layout (no n x m transpose, no log-plan temporary)
-    row = res.g / eps + math.log(B)
-    col = res.f / eps
-    codes = ops.exp_shifted(scores[None, ...], row[None, ...], col[None, ...], divisor=-eps)[0, ...]
+    # one pool of worker threads on PyTorch CPU tensors (otcl.backend.host_thread_pool)
+    with host_thread_pool(scores):
+        ops = array_ops(xp, scores)
+        cost = _negated_transpose(scores, xp, ops)
+        # the cost is otcl's own array: the result keeps it without a second copy
+        problem = make_problem(cost, a, b, eps=eps, rho_a=rho)
+        problem = replace(problem, owned=problem.owned | {"cost"})
+        if domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+        # with a tolerance, check every round: the check reuses the round's product (O(B + K))
+        res = solve(problem, max_iter=rounds, tol=tolerance, domain=domain, check_every=1,
+                    warn=tolerance is not None)
+        # codes = B P^T, i.e. B exp((f_k + g_b + scores_bk) / eps), formed in one blocked pass over
+        # the scores in their own layout (no n x m transpose, no log-plan temporary)
+        row = res.g / eps + math.log(B)
+        col = res.f / eps
+        codes = ops.exp_shifted(scores[None, ...], row[None, ...], col[None, ...],
+                                divisor=-eps)[0, ...]
     return (codes, res) if return_details else codes
 
 

@@ -38,6 +38,7 @@ from otcl.backend import (
     check_compatible,
     dtype_eps,
     dtype_tiny,
+    host_thread_pool,
     is_array,
     logsumexp,
     namespace,
@@ -135,6 +136,17 @@ def sinkhorn(
         Potentials ``f``, ``g`` with ``P = exp((f + g - C)/eps)``, the plan (lazily), iteration
         counts, errors and ``converged``.
     """
+    with host_thread_pool(cost, a, b):
+        return _sinkhorn(cost, a, b, eps=eps, rho_a=rho_a, rho_b=rho_b, mask=mask,
+                         max_iter=max_iter, tol=tol, domain=domain, check_every=check_every,
+                         init=init, warn=warn)
+
+
+def _sinkhorn(cost: Array, a: Array | None, b: Array | None, *, eps: float | Array,
+              rho_a: float, rho_b: float, mask: Array | None, max_iter: int,
+              tol: float | str | None, domain: str, check_every: int,
+              init: tuple[Array, Array] | None, warn: bool) -> Transport:
+    """[`sinkhorn`][otcl.sinkhorn] inside its thread-pool context."""
     problem = make_problem(cost, a, b, eps=eps, rho_a=rho_a, rho_b=rho_b, mask=mask)
     traced = plain_ops(problem.cost) or plain_ops(problem.eps)
     if traced and tol is not None:
