@@ -250,3 +250,25 @@ def test_host_matmul_equals_torch_matmul_and_keeps_autograd(dtype):
     outn = np.empty(40, dtype=Kn.dtype)
     assert host_matmul(Kn, vn, np, out=outn) is outn
     np.testing.assert_allclose(outn, Kn @ vn, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bool"])
+def test_copy_array_of_a_torch_cpu_tensor_owns_its_memory(dtype):
+    """``copy_array`` of an unrecorded PyTorch CPU tensor is an equal tensor of the same dtype
+    and shape on memory of its own (NumPy's allocation); a recorded one stays differentiable."""
+    torch = pytest.importorskip("torch")
+    from otcl.backend import copy_array, namespace
+
+    x = (torch.rand(70, 33) > 0.5) if dtype == "bool" else torch.rand(
+        70, 33, dtype=getattr(torch, dtype))
+    y = copy_array(x.T, namespace(x))  # a non-contiguous view as well
+    assert y.dtype == x.dtype and y.shape == (33, 70) and torch.equal(y, x.T)
+    assert y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+    before = x.clone()
+    y.zero_() if dtype != "bool" else y.fill_(False)
+    assert torch.equal(x, before)  # writing the copy leaves the original alone
+    if dtype != "bool":
+        w = torch.rand(5, 4, dtype=getattr(torch, dtype), requires_grad=True)
+        c = copy_array(w, namespace(w))
+        c.sum().backward()
+        assert w.grad is not None and torch.equal(w.grad, torch.ones_like(w))
