@@ -417,15 +417,17 @@ def _torch_product_function() -> Any:
 
             # grad mode is off in here: the buffered operations' pooled buffer
             out = array_ops(torch, x, y).buffer((x.shape[0], y.shape[0]), x)
-            host_matmul(x, y.T, torch, out=out)
+            with host_thread_pool(x):
+                host_matmul(x, y.T, torch, out=out)
             ctx.save_for_backward(x, y)
             return out
 
         @staticmethod
         def backward(ctx: Any, grad: Any) -> tuple[Any, Any]:  # type: ignore[override]
             x, y = ctx.saved_tensors
-            gx = host_matmul(grad, y, torch) if ctx.needs_input_grad[0] else None
-            gy = host_matmul(grad.T, x, torch) if ctx.needs_input_grad[1] else None
+            with host_thread_pool(grad):
+                gx = host_matmul(grad, y, torch) if ctx.needs_input_grad[0] else None
+                gy = host_matmul(grad.T, x, torch) if ctx.needs_input_grad[1] else None
             return gx, gy
 
     return ProductT

@@ -384,3 +384,45 @@ def test_rince_hyper_parameters_checked_at_construction(cls):
             cls(q=q)
     with pytest.raises(ValueError, match="lam"):
         cls(lam=0.0)
+
+
+@pytest.mark.parametrize("grad", ["unroll", "implicit"])
+def test_loss_products_run_in_one_thread_pool_at_several_threads(monkeypatch, grad):
+    """At two torch threads, the NumPy products of a loss's own autograd steps (the log-kernel
+    product and the inner solve, forward and backward) run while torch's own operations are on
+    the calling thread; torch gets its two threads back after the step."""
+    pytest.importorskip("threadpoolctl")
+    from otcl import backend
+    from otcl.ops.torch_ops import TorchCpuOps
+
+    seen: list[int] = []
+    matmul, product = backend.host_matmul, TorchCpuOps._host_product
+
+    def recording_matmul(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return matmul(*args, **kwargs)
+
+    def recording_product(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return product(self, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "host_matmul", recording_matmul)
+    monkeypatch.setattr(TorchCpuOps, "_host_product", recording_product)
+    gen = torch.Generator().manual_seed(4)
+    z1 = torch.randn(40, 8, generator=gen, requires_grad=True)
+    z2 = torch.randn(40, 8, generator=gen, requires_grad=True)
+    loss = otcl.torch.GCAInfoNCE(eps=0.5, n_iter=5, layout="cross", grad=grad)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        value = loss(z1, z2)
+        value.backward()
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and all(t == 1 for t in seen)
+    assert after == 2
+    ref = otcl.torch.GCAInfoNCE(eps=0.5, n_iter=5, layout="cross", grad=grad)
+    z1r, z2r = z1.detach().clone().requires_grad_(), z2.detach().clone().requires_grad_()
+    ref(z1r, z2r).backward()  # the same step on one thread (no pool to manage)
+    torch.testing.assert_close(z1.grad, z1r.grad)

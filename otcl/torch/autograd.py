@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from otcl.backend import check_compatible
+from otcl.backend import check_compatible, host_thread_pool
 from otcl.solvers.adjoint import (
     INNER_DOMAINS,
     fixed_round_potentials,
@@ -100,7 +100,8 @@ class InnerSolve(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ta, tb = _as_float(t_a), _as_float(t_b)
         unroll = grad == "unroll"
-        with torch.no_grad():
+        # one thread pool for the loops (otcl.backend.host_thread_pool)
+        with torch.no_grad(), host_thread_pool(log_kernel):
             phi, gamma, tape = fixed_round_potentials(
                 log_kernel, log_a, log_b, ta, tb, n_iter, domain=domain, init=init,
                 record=unroll,
@@ -130,17 +131,18 @@ class InnerSolve(torch.autograd.Function):
         # the engine runs a backward pass in grad mode exactly when it builds a graph
         if torch.is_grad_enabled():
             raise RuntimeError(SECOND_ORDER_MESSAGE)
-        if ctx.grad == "unroll":
-            (matrix,) = ctx.saved_tensors
-            tape = dataclasses.replace(ctx.tape, **{ctx.matrix_field: matrix})
-            cot = unrolled_cotangents(tape, phi_bar, gamma_bar)
-        else:
-            log_kernel, log_a, log_b, phi, gamma = ctx.saved_tensors
-            ta, tb = ctx.t_values
-            cot = implicit_cotangents(
-                log_kernel, phi, gamma, log_a, log_b, ta, tb, phi_bar, gamma_bar,
-                tol=ctx.tol, max_iter=ctx.max_iter,
-            )
+        with host_thread_pool(phi_bar):
+            if ctx.grad == "unroll":
+                (matrix,) = ctx.saved_tensors
+                tape = dataclasses.replace(ctx.tape, **{ctx.matrix_field: matrix})
+                cot = unrolled_cotangents(tape, phi_bar, gamma_bar)
+            else:
+                log_kernel, log_a, log_b, phi, gamma = ctx.saved_tensors
+                ta, tb = ctx.t_values
+                cot = implicit_cotangents(
+                    log_kernel, phi, gamma, log_a, log_b, ta, tb, phi_bar, gamma_bar,
+                    tol=ctx.tol, max_iter=ctx.max_iter,
+                )
         _check_finite(cot, phi_bar, gamma_bar, ctx.grad)
         spec_a, spec_b = ctx.t_specs
         return (
