@@ -419,6 +419,14 @@ def _external_section(records: list[Record]) -> list[str]:
     return [*out, ""]
 
 
+def _pools(r: Record) -> str:
+    """The thread pools a row's process reported (threadpoolctl's view), as ``api xN`` pairs."""
+    info = r.get("info", {}).get("threadpools")
+    if not isinstance(info, list):
+        return str(info)
+    return ", ".join(f"{p.get('internal_api')} x{p.get('num_threads')}" for p in info)
+
+
 def _threads_section(records: list[Record]) -> list[str]:
     rows = _ok(records, "threads")
     if not rows:
@@ -434,12 +442,6 @@ def _threads_section(records: list[Record]) -> list[str]:
         "",
     ]
 
-    def pools(r: Record) -> str:
-        info = r.get("info", {}).get("threadpools")
-        if not isinstance(info, list):
-            return str(info)
-        return ", ".join(f"{p.get('internal_api')} x{p.get('num_threads')}" for p in info)
-
     out += _rows(
         rows,
         [
@@ -448,7 +450,7 @@ def _threads_section(records: list[Record]) -> list[str]:
             ("cpu/wall", _m("cpu_over_wall")),
             ("ms fwd+bwd", _m("ms")),
             ("calls", _i("calls")),
-            ("pools", pools),
+            ("pools", _pools),
             ("procs", _procs),
         ],
     )
@@ -468,12 +470,6 @@ def _default_threads_section(records: list[Record]) -> list[str]:
         "",
     ]
 
-    def pools(r: Record) -> str:
-        info = r.get("info", {}).get("threadpools")
-        if not isinstance(info, list):
-            return str(info)
-        return ", ".join(f"{p.get('internal_api')} x{p.get('num_threads')}" for p in info)
-
     out += _rows(
         rows,
         [
@@ -483,7 +479,7 @@ def _default_threads_section(records: list[Record]) -> list[str]:
             ("ms/round", _m("ms_per_iter")),
             ("× numpy", _r("numpy")),
             ("torch threads", lambda r: r.get("info", {}).get("torch_threads", "–")),
-            ("pools", pools),
+            ("pools", _pools),
             ("procs", _procs),
         ],
     )

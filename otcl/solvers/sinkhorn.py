@@ -234,6 +234,12 @@ def _guarded_update(log_m: Array, lse: Array, t: Any, xp: Any) -> Array:
     return xp.where(log_m > -math.inf, out, xp.full_like(out, -math.inf))
 
 
+def _positive_marginals(problem: Problem) -> bool:
+    """Every entry of both marginals is positive (one host read)."""
+    xp = problem.xp
+    return bool(xp.all(problem.a > 0) & xp.all(problem.b > 0))
+
+
 def _plain_update(log_m: Array, lse: Array, t: Any, xp: Any) -> Array:
     """``t (log m - lse)`` for finite ``log m`` and ``lse`` (what ``_guarded_update`` gives
     there)."""
@@ -403,7 +409,7 @@ class _LogLoop:
         if self.ops.inplace:
             xp = self.xp
             self._row_hint = -(xp.max(self.log_k, axis=(1, 2)) + xp.max(gamma, axis=1))[:, None]
-            if problem.mask is None and bool(xp.all(problem.a > 0) & xp.all(problem.b > 0)):
+            if problem.mask is None and _positive_marginals(problem):
                 self._update = _plain_update
 
     @property
@@ -488,7 +494,7 @@ class _ScalingLoop:
         self.trouble: str | None = None
         self.absorb_at = 0.25 * -math.log(dtype_tiny(xp, problem.cost.dtype))
         # zero marginal entries need a guarded (allocating) scaling step
-        self.guarded = not bool(xp.all(problem.a > 0) & xp.all(problem.b > 0))
+        self.guarded = not _positive_marginals(problem)
         # the buffered kernel domain builds its kernel straight from the cost, once; the
         # stabilized loop keeps the log-kernel for re-absorbing
         log_k = _log_kernel(problem, ops) if stabilized or not ops.inplace else None
