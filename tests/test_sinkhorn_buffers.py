@@ -15,6 +15,7 @@ iterates comparable round by round: the tolerance is float64 roundoff amplified 
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -459,3 +460,159 @@ def test_masked_fixed_rounds_match_oracle(small_blocks, library, domain):
     np.testing.assert_allclose(f, f_ref, atol=1e-10)
     np.testing.assert_allclose(g, g_ref, atol=1e-10)
     assert np.all(back(res.plan)[~mask] == 0)
+
+
+def _spy(monkeypatch, owner, name):
+    """Count the calls of ``owner.name`` (still calling it)."""
+    calls = []
+    original = getattr(owner, name)
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("axis", [1, 2])
+@pytest.mark.parametrize("blocked", [True, False])
+@pytest.mark.parametrize("hint", ["none", "close", "some-off"])
+@pytest.mark.parametrize("raised", [True, False])
+def test_base2_logsumexp(monkeypatch, library, axis, blocked, hint, raised):
+    """A float32 log-kernel held in base-2 units (``LOG2E * Λ``, exponentials by ``exp2``)
+    against SciPy's float64 log-sum-exp of the natural ``Λ + shift``. Entries reach ``-144`` in
+    base 2, below ``exp2``'s floor of ``-126``: with a lower bound (``raised``) they are raised
+    to the floor, which changes no result beyond float32 rounding; without one (the bound a
+    masked problem gets) none is, and ``-inf`` entries keep a zero power."""
+    from otcl.ops.base import LOG2E, Base2
+    from otcl.ops.logsumexp import BufferedLogSumExp
+    from otcl.ops.numpy_ops import NumpyOps
+    from otcl.ops.torch_ops import TorchCpuOps
+
+    if blocked:
+        monkeypatch.setattr(blocking, "PASSES_MIN_BYTES", 4096)
+        monkeypatch.setattr(blocking, "BLOCK_BYTES", 2048)
+    raises = _spy(monkeypatch, NumpyOps if library == "numpy" else TorchCpuOps, "_raise")
+    exp2s = _spy(monkeypatch, BufferedLogSumExp, "_exp2")
+    rng = np.random.default_rng(11)
+    base = 30.0 * rng.standard_normal((3, 41, 33)) - 20.0
+    if not raised:
+        base[rng.random(base.shape) < 0.2] = -math.inf
+        base[1, 7, :] = -math.inf  # a whole row
+        base[2, :, 9] = -math.inf  # a whole column
+    shift = 5.0 * rng.standard_normal((3, 33 if axis == 2 else 41))
+    expand = shift[:, None, :] if axis == 2 else shift[:, :, None]
+    with np.errstate(divide="ignore"):
+        ref = logsumexp(base + expand, axis=axis)
+    base2 = (LOG2E * base).astype(np.float32)
+    low = base2.min(axis=(1, 2))
+    assert low.min() < -126 < np.nanmax(base2)
+    guess = None
+    if hint != "none":
+        guess = (-np.where(np.isfinite(ref), ref, 0.0) + rng.uniform(-3, 3, ref.shape))
+        if hint == "some-off":
+            guess[0, 3] += 400.0
+            guess[2, 1] -= 400.0
+        guess = guess.astype(np.float32)
+    to = (lambda x: x) if library == "numpy" else torch.from_numpy
+    back = np.asarray if library == "numpy" else (lambda t: t.numpy())
+    b = to(base2)
+    bops = ops.array_ops(be.namespace(b), b)
+    assert bops.base2(b.dtype)
+    units = Base2(to(low) if raised else None)
+    got = back(bops.logsumexp_shifted(b, to(shift.astype(np.float32)), axis,
+                                      bops.buffer(base.shape, b),
+                                      hint=None if guess is None else to(guess), base2=units))
+    assert exp2s  # the exponentials were powers of two
+    assert bool(raises) == raised
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_allclose(got[fin], ref[fin], rtol=2e-6, atol=5e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 1024), (2, 48, 33), (1, 7, 5), (3, 40, 1000)])
+def test_numpy_grouped_row_broadcasts(shape):
+    """NumPy's row-broadcast addition and raise, run over groups of rows against a repeated
+    vector, give NumPy's own broadcast results bit for bit, also on a view that cannot be
+    grouped without a copy (a column slice) and with NaN entries, which stay NaN."""
+    from otcl.ops.numpy_ops import NumpyOps, _group_size
+
+    rng = np.random.default_rng(12)
+    B, r, m = shape
+    wide = (200.0 * rng.standard_normal((B, r, m + 3))).astype(np.float32)
+    wide[0, 0, 0] = np.nan
+    col = rng.standard_normal((B, m)).astype(np.float32)
+    nops = NumpyOps(np)
+    for x in (np.ascontiguousarray(wide[:, :, :m]), wide[:, :, :m]):
+        before = x.copy()
+        out = np.empty_like(x)
+        assert nops._add_cols(x, col, out=out) is out
+        np.testing.assert_array_equal(out, x + col[:, None, :])
+        np.testing.assert_array_equal(x, before)  # the input is not written
+        raised = x.copy()
+        nops._raise(raised, -126.0)
+        np.testing.assert_array_equal(raised, np.maximum(x, np.float32(-126.0)))
+    assert _group_size(64, 1024) == 32 and _group_size(48, 33) == 16 and _group_size(7, 5) == 1
+
+
+def _row_offset_cost(rng, shape, offset):
+    """A cosine cost plus a row offset in ``[0, offset]``: the row potentials spread by about
+    ``offset / eps``."""
+    C = _cost(rng, shape)
+    return C + offset * rng.random(shape[:2])[:, :, None]
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_log_loop_units_and_folded_rows(monkeypatch, library, dtype, masked):
+    """The buffered log domain holds float32 log-kernels in base-2 units (with the bound that
+    allows raising on unmasked problems; NumPy, whose exp2 is slow below its floor, keeps natural
+    units on masked ones) and folds the row potentials into the log-kernel's rows when the row
+    hints spread too far to fold into one shift (eps = 0.005 and rows offset by up to 3: a spread
+    of about 600, beyond float64's 354 and float32's 44). Against the float64 log-sum-exp oracle, with the cost never written."""
+    module = importlib.import_module("otcl.solvers.sinkhorn")
+    absorbs = _spy(monkeypatch, module._LogLoop, "_absorb")
+    seen = []
+    original = module._LogLoop.__init__
+
+    def recording(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen.append(self.base2)
+
+    monkeypatch.setattr(module._LogLoop, "__init__", recording)
+    rng = np.random.default_rng(13)
+    eps = 0.005
+    shape = (2, 30, 25)
+    C = _row_offset_cost(rng, shape, 3.0)
+    a, b = _marginal(rng, shape[:2]), _marginal(rng, (2, 25))
+    mask = None
+    if masked:
+        mask = rng.random(C.shape) > 0.3
+        mask[:, np.arange(25), np.arange(25)] = True
+    np_dtype = np.dtype(dtype)
+    _, back = _library(library)
+    Ct, at, bt = (x.astype(np_dtype) for x in (C, a, b))
+    mt = mask
+    if library == "torch":
+        Ct, at, bt = (torch.from_numpy(x) for x in (Ct, at, bt))
+        mt = None if mask is None else torch.tensor(mask)
+    before = back(Ct).copy()
+    res = otcl.sinkhorn(Ct, at, bt, eps=eps, mask=mt, max_iter=ROUNDS, tol=None, domain="log")
+    np.testing.assert_array_equal(back(Ct), before)
+    units = seen[0]
+    if dtype == "float64" or (masked and library == "numpy"):
+        assert units is None
+    else:
+        assert units is not None and (units.low is None) == masked
+    # folding needs finite potentials: unmasked problems with positive marginals only
+    assert (len(absorbs) > 0) == (not masked)
+    assert len(absorbs) <= ROUNDS // 3
+    C_inf = C if mask is None else np.where(mask, C, np.inf)
+    f_ref, g_ref = _gauge_free(*_oracle_log(C_inf, a, b, eps, math.inf, ROUNDS), True)
+    f, g = _gauge_free(back(res.f).astype(np.float64), back(res.g).astype(np.float64), True)
+    atol = 1e-10 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(f, f_ref, rtol=0, atol=atol)
+    np.testing.assert_allclose(g, g_ref, rtol=0, atol=atol)

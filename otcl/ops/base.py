@@ -8,11 +8,27 @@ and PyTorch CPU tensors ([`otcl.ops.numpy_ops`][otcl.ops.numpy_ops],
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 from otcl.backend import Array, logsumexp, masked_fill
 
-__all__ = ["ArrayOps"]
+__all__ = ["LOG2E", "ArrayOps", "Base2"]
+
+LOG2E = 1.0 / math.log(2.0)
+"""``log2(e)``: a log-kernel in base-2 units is ``LOG2E * Λ``, and ``exp2`` of it is ``exp(Λ)``."""
+
+
+class Base2(NamedTuple):
+    """Marks a log-sum-exp's ``base`` as held in base-2 units, ``LOG2E * Λ`` (its exponentials
+    taken by ``exp2``; the shifts, hints and results stay in natural units).
+
+    ``low`` ``(B,)`` bounds each problem's entries of ``base`` from below, or is ``None`` when
+    no entry may be raised to [`exp2_floor`][otcl.ops.base.ArrayOps.exp2_floor] (a ``-inf``,
+    masked entry or a zero marginal's potential would then get mass).
+    """
+
+    low: Array | None
 
 
 class ArrayOps:
@@ -96,8 +112,24 @@ class ArrayOps:
         """``acc + K^T u`` (into ``acc``; ``tmp`` is ``(B, m)`` scratch)."""
         return acc + self.rmatvec(kernel, u)
 
+    exp2_floor: float | None = None
+    """Where this library's float32 ``exp2`` leaves its fast path: arguments below it (powers
+    below the smallest normal number) are raised to it when a call's
+    [`Base2`][otcl.ops.base.Base2] bound cannot rule them out (``None``: no slow path)."""
+
+    exp2_unraised_ok = True
+    """Whether ``exp2`` of arguments below [`exp2_floor`][otcl.ops.base.ArrayOps.exp2_floor]
+    is still about as fast as ``exp`` (False: a problem whose arguments may not be raised keeps
+    natural units)."""
+
+    def base2(self, dtype: Any) -> bool:
+        """Whether a log-sum-exp over a matrix of ``dtype`` is faster with the matrix in base-2
+        units ([`Base2`][otcl.ops.base.Base2]). False here."""
+        return False
+
     def logsumexp_shifted(self, base: Array, shift: Array, axis: int,
-                          work: Array | None = None, hint: Array | None = None) -> Array:
+                          work: Array | None = None, hint: Array | None = None,
+                          base2: Base2 | None = None) -> Array:
         """``LSE`` over ``axis`` of ``base + shift`` broadcast along the other axis.
 
         ``axis=2``: ``LSE_j(base_ij + shift_j)`` with ``shift (B, m)``, result ``(B, n)``;
@@ -106,27 +138,31 @@ class ArrayOps:
         ``hint`` (shaped like the result) is an estimate of ``-LSE`` that the buffered versions
         may use as the stabilising shift in place of the slice's maximum (a solver loop passes
         the potential the result replaces); it never changes the result beyond rounding.
+        With ``base2`` ([`Base2`][otcl.ops.base.Base2]), ``base`` holds ``LOG2E * Λ`` and the
+        result is the log-sum-exp of ``Λ + shift``.
         """
+        if base2 is not None:
+            base = base / LOG2E
         x = base + (shift[:, None, :] if axis == 2 else shift[:, :, None])
         return logsumexp(x, axis, self.xp)
 
     def lse_rows_keep(self, base: Array, shift: Array, work: Array | None,
-                      hint: Array | None) -> tuple[Array, Any]:
+                      hint: Array | None, base2: Base2 | None = None) -> tuple[Array, Any]:
         """``LSE_j(base_ij + shift_j)`` ``(B, n)`` (as
         [`logsumexp_shifted`][otcl.ops.base.ArrayOps.logsumexp_shifted] with ``axis=2``), and
         what [`lse_cols_from_rows`][otcl.ops.base.ArrayOps.lse_cols_from_rows] can reuse of it:
         the buffered versions keep the exponentials ``exp(base_ij + shift_j + h_i)`` in
         ``work`` when every row's hinted sum was in range; ``None`` here."""
-        return self.logsumexp_shifted(base, shift, 2, work, hint), None
+        return self.logsumexp_shifted(base, shift, 2, work, hint, base2), None
 
     def lse_cols_from_rows(self, base: Array, shift: Array, rows: Any, work: Array | None,
-                           hint: Array | None = None) -> Array:
+                           hint: Array | None = None, base2: Base2 | None = None) -> Array:
         """``LSE_i(base_ij + shift_i)`` ``(B, m)``: from the exponentials that a
         [`lse_rows_keep`][otcl.ops.base.ArrayOps.lse_rows_keep] on the same ``base`` left in
         ``work`` (``rows``, their shifts; one matrix-vector product, no exponential per entry)
         when there are some, otherwise as
         [`logsumexp_shifted`][otcl.ops.base.ArrayOps.logsumexp_shifted] with ``axis=1``."""
-        return self.logsumexp_shifted(base, shift, 1, work, hint)
+        return self.logsumexp_shifted(base, shift, 1, work, hint, base2)
 
     def blocks(self, kernel: Array) -> list[tuple[slice, list[slice]]] | None:
         """How to sweep ``kernel`` in cache-sized blocks, or ``None`` for whole-matrix products.

@@ -54,6 +54,11 @@ class BufferedOps(ArrayOps):
         x[...] = 0
         return x
 
+    def _add_cols(self, x: Array, col: Array, out: Array) -> Array:
+        """``x + col[:, None, :]`` into ``out``: ``x (B, r, m)``, ``col (B, m)`` added to every
+        row (the operation of every log-sum-exp's row pass)."""
+        return self.lib.add(x, col[:, None, :], out=out)
+
     def _exp(self, x: Array, out: Array) -> Array:
         """``exp(x)`` into ``out`` (the one exponential every buffered operation uses)."""
         return self.lib.exp(x, out=out)
@@ -74,7 +79,7 @@ class BufferedOps(ArrayOps):
             if row is not None:
                 x = lib.add(x, row[probs, r][:, :, None], out=o)
             if col is not None:
-                x = lib.add(x, col[probs][:, None, :], out=o)
+                x = self._add_cols(x, col[probs], out=o)
             self._exp(x, out=o)
         return out
 

@@ -52,6 +52,23 @@ class TorchCpuOps(BufferedLogSumExp, BufferedProducts, BufferedOps):
     def fill_where(self, x: Array, where: Array, value: float) -> Array:
         return x.masked_fill_(where, value)
 
+    exp2_floor = -126.0
+    """float32's smallest normal exponent: torch's ``exp2`` of arguments below it (subnormal or
+    zero powers) runs at half its speed."""
+
+    exp2_unraised_ok = True
+    """Unraised, torch's ``exp2`` of arguments that mostly underflow (small eps) takes 0.7 ms
+    per million entries, against 0.6 for NumPy's ``exp``; raised by ``torch.clamp`` (a tenth
+    of ``exp2``'s time), 0.46-0.51."""
+
+    def base2(self, dtype: Any) -> bool:
+        # torch.exp2 in float32 takes 0.34 ms per million entries where NumPy's exp takes 0.56
+        # (and torch.exp 1.0, or 12 where most underflow); in float64 they are level
+        return bool(dtype == self.lib.float32)
+
+    def _raise(self, x: Array, floor: float) -> Array:
+        return self.lib.clamp(x, min=floor, out=x)
+
     def _exp(self, x: Array, out: Array) -> Array:
         # NumPy's exp on the same memory: torch's is 2x slower on ordinary arguments and 20x
         # on arguments whose exp underflows, which small eps makes most of a log-sum-exp's

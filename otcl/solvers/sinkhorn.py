@@ -49,6 +49,7 @@ from otcl.backend import (
     torch_blas_limit,
 )
 from otcl.ops import ArrayOps, array_ops
+from otcl.ops.base import LOG2E, Base2
 from otcl.ops.torch_ops import TorchCpuOps
 from otcl.solvers.problem import Problem, make_problem
 from otcl.solvers.result import Transport, finish_diagnostics
@@ -387,13 +388,15 @@ class _LogLoop:
     def __init__(self, problem: Problem, phi: Array, gamma: Array, tol: float | None,
                  check_every: int, start: int = 0, *, ops: ArrayOps | None = None,
                  log_k: Array | None = None, work: Array | None = None) -> None:
+        """``log_k``: a natural-units log-kernel ``-C / eps`` to use as it is (never written;
+        by default the loop computes its own, possibly in base-2 units); ``work``: the scratch
+        for the ``n x m`` log-sum-exps (by default a fresh buffer)."""
         self.p, self.phi, self.gamma = problem, phi, gamma
         self.tol, self.check_every = tol, check_every
-        self.xp = problem.xp
-        self.ops = ArrayOps(self.xp) if ops is None else ops
-        self.log_k = _log_kernel(problem, self.ops) if log_k is None else log_k
+        self.xp = xp = problem.xp
+        self.ops = ops = ArrayOps(self.xp) if ops is None else ops
         # scratch for the n x m log-sum-exp (None: allocate per step)
-        self.work = self.ops.buffer(problem.shape, problem.cost) if work is None else work
+        self.work = ops.buffer(problem.shape, problem.cost) if work is None else work
         self.log_a, self.log_b = problem.log_marginals()
         self.tracker = _Tracker(problem.shape[0], tol, start)
         self.trouble: str | None = None
@@ -406,11 +409,29 @@ class _LogLoop:
         # slice out of range), so the updates need no guard for empty rows (two operations
         # instead of eight per update; read once, before the loop)
         self._update = _guarded_update
-        if self.ops.inplace:
-            xp = self.xp
-            self._row_hint = -(xp.max(self.log_k, axis=(1, 2)) + xp.max(gamma, axis=1))[:, None]
-            if problem.mask is None and _positive_marginals(problem):
-                self._update = _plain_update
+        plain = ops.inplace and problem.mask is None and _positive_marginals(problem)
+        if plain:
+            self._update = _plain_update
+        # the log-kernel in base-2 units where the library's exp2 is the faster exponential
+        # (None: natural units)
+        self.base2: Base2 | None = None
+        own = log_k is None
+        if own and ops.inplace and ops.base2(problem.cost.dtype):
+            self.base2 = _base2(problem, ops, plain)
+        self.log_k = _log_kernel(problem, ops, base2=self.base2 is not None) if own else log_k
+        # row potentials folded into the log-kernel's rows, log_k = units * (-C / eps + alpha_i)
+        # (natural units, (B, n); None: nothing folded), so that at small eps, where the row
+        # hints spread by more than a log-sum-exp can fold into one shift, a row pass still
+        # takes one addition per entry instead of two (plain problems: finite potentials)
+        self.absorbed: Array | None = None
+        self._absorbs = plain and own
+        self._low = None if self.base2 is None else self.base2.low  # before any folding
+        self._fold_limit = 0.5 * -math.log(dtype_tiny(xp, problem.cost.dtype))
+        if ops.inplace:
+            top = xp.max(self.log_k, axis=(1, 2))
+            if self.base2 is not None:
+                top = top / LOG2E
+            self._row_hint = -(top + xp.max(gamma, axis=1))[:, None]
 
     @property
     def n_iter(self) -> np.ndarray:
@@ -444,14 +465,41 @@ class _LogLoop:
     def _lse_rows(self, gamma: Array) -> tuple[Array, Any]:
         """``LSE_j(log K_ij + gamma_j)``, ``(B, n)``, and what of it ``_col_update`` can reuse
         (``None`` if nothing)."""
-        lse, rows = self.ops.lse_rows_keep(self.log_k, gamma, self.work, self._row_hint)
+        hint = self._row_hint
+        if self._absorbs and hint is not None and self._spread(hint) > self._fold_limit:
+            self._absorb(hint)
+        alpha = self.absorbed
+        if alpha is not None:
+            hint = hint - alpha
+        lse, rows = self.ops.lse_rows_keep(self.log_k, gamma, self.work, hint, self.base2)
+        if alpha is not None:
+            lse = lse - alpha
         if self.ops.inplace:
             self._row_hint = -lse
         return lse, rows
 
+    def _spread(self, hint: Array) -> float:
+        """The largest per-problem spread of the row hints on the folded log-kernel."""
+        xp = self.xp
+        h = hint if self.absorbed is None else hint - self.absorbed
+        return float(xp.max(xp.max(h, axis=1) - xp.min(h, axis=1)))  # NaN: no absorption
+
+    def _absorb(self, alpha: Array) -> None:
+        """Fold ``alpha`` ``(B, n)`` into the log-kernel's rows, recomputed from the cost (so
+        that no rounding accumulates over foldings)."""
+        p, ops, xp = self.p, self.ops, self.xp
+        unit = 1.0 if self.base2 is None else LOG2E
+        ops.scaled(p.cost, p.eps / unit if unit != 1.0 else p.eps, out=self.log_k)
+        ops.add(self.log_k, (alpha * unit)[:, :, None], out=self.log_k)
+        if self._low is not None:
+            self.base2 = Base2(self._low + unit * xp.min(alpha, axis=1))
+        self.absorbed = alpha
+
     def _col_update(self, phi: Array, rows: Any = None) -> Array:
         """``gamma_j = t_b (log b_j - LSE_i(log K_ij + phi_i))``."""
-        lse = self.ops.lse_cols_from_rows(self.log_k, phi, rows, self.work, self._col_hint)
+        shift = phi if self.absorbed is None else phi - self.absorbed
+        lse = self.ops.lse_cols_from_rows(self.log_k, shift, rows, self.work, self._col_hint,
+                                          self.base2)
         if self.ops.inplace:
             self._col_hint = -lse
         return self._update(self.log_b, lse, self.p.t_b, self.xp)
@@ -763,14 +811,34 @@ def _dev(problem: Problem) -> Any:
     return device_of(problem.cost)
 
 
-def _log_kernel(problem: Problem, ops: ArrayOps) -> Array:
-    """``-C / eps`` (``-inf`` on masked entries), into a fresh buffer when ``ops`` has them."""
+def _log_kernel(problem: Problem, ops: ArrayOps, base2: bool = False) -> Array:
+    """``-C / eps`` (``-inf`` on masked entries), into a fresh buffer when ``ops`` has them; with
+    ``base2``, ``-LOG2E C / eps`` (base-2 units)."""
     if not ops.inplace:
         return problem.log_kernel()
-    lk = ops.scaled(problem.cost, problem.eps, out=ops.buffer(problem.shape, problem.cost))
+    eps = problem.eps / LOG2E if base2 else problem.eps
+    lk = ops.scaled(problem.cost, eps, out=ops.buffer(problem.shape, problem.cost))
     if problem.mask is not None:
         lk = ops.fill_where(lk, ~problem.mask, -math.inf)
     return lk
+
+
+def _base2(problem: Problem, ops: ArrayOps, plain: bool) -> Base2 | None:
+    """How the log loop holds its log-kernel: in base-2 units ``-LOG2E C / eps``, with the bound
+    that lets the library raise the arguments below its ``exp2`` floor
+    ([`Base2`][otcl.ops.base.Base2]), or ``None`` for natural units.
+
+    Raising is allowed only on an unmasked problem with positive marginals (``plain``): no
+    ``-inf`` argument, which must keep a zero power. Elsewhere a library whose ``exp2`` is slow
+    below its floor ([`exp2_unraised_ok`][otcl.ops.base.ArrayOps.exp2_unraised_ok] False,
+    NumPy) keeps natural units.
+    """
+    if ops.exp2_floor is None:
+        return Base2(None)
+    if not plain:
+        return Base2(None) if ops.exp2_unraised_ok else None
+    scale = LOG2E / to_float(problem.eps)
+    return Base2(-_cost_bounds(problem)[1] * scale)
 
 
 def _finite_exp(x: Array, xp: Any) -> Array:
