@@ -572,7 +572,8 @@ def test_log_loop_units_and_folded_rows(monkeypatch, library, dtype, masked):
     allows raising on unmasked problems; NumPy, whose exp2 is slow below its floor, keeps natural
     units on masked ones) and folds the row potentials into the log-kernel's rows when the row
     hints spread too far to fold into one shift (eps = 0.005 and rows offset by up to 3: a spread
-    of about 600, beyond float64's 354 and float32's 44). Against the float64 log-sum-exp oracle, with the cost never written."""
+    of about 600, beyond float64's 354 and float32's 44). Against the float64 log-sum-exp
+    oracle, with the cost never written."""
     module = importlib.import_module("otcl.solvers.sinkhorn")
     absorbs = _spy(monkeypatch, module._LogLoop, "_absorb")
     seen = []

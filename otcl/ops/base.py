@@ -122,6 +122,12 @@ class ArrayOps:
     is still about as fast as ``exp`` (False: a problem whose arguments may not be raised keeps
     natural units)."""
 
+    def spread(self, x: Array) -> float:
+        """The largest per-problem spread ``max_i x_i - min_i x_i`` of ``x`` ``(B, k)`` (NaN if
+        any entry is)."""
+        xp = self.xp
+        return float(xp.max(xp.max(x, axis=1) - xp.min(x, axis=1)))
+
     def base2(self, dtype: Any) -> bool:
         """Whether a log-sum-exp over a matrix of ``dtype`` is faster with the matrix in base-2
         units ([`Base2`][otcl.ops.base.Base2]). False here."""

@@ -76,6 +76,9 @@ class BufferedLogSumExp:
     def _finite_or_zero(self, x: Array) -> Array:
         return self.lib.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
 
+    def _min(self, x: Array, axis: int | None = None) -> Array:
+        return self.lib.min(x, axis=axis)
+
     def _min_max(self, x: Array, axis: int | None = None) -> tuple[Array, Array]:
         """Minimum and maximum over ``axis`` (all of ``x`` for ``None``); NaN if any is."""
         return self.lib.min(x, axis=axis), self.lib.max(x, axis=axis)
@@ -159,7 +162,7 @@ class BufferedLogSumExp:
         if not units2:
             return self._exp(w, out=w)
         floor = self.exp2_floor  # type: ignore[attr-defined]
-        if floor is not None and low is not None and not float(self._min_max(low)[0]) >= floor:
+        if floor is not None and low is not None and not float(self._min(low)) >= floor:
             self._raise(w, floor)
         return self._exp2(w, out=w)
 
@@ -198,9 +201,9 @@ class BufferedLogSumExp:
                 terms = terms * LOG2E
                 h_units = h * LOG2E
                 if base2.low is not None and self.exp2_floor is not None:  # type: ignore[attr-defined]
-                    low = base2.low + self._min_max(terms, 1)[0]
+                    low = base2.low + self._min(terms, 1)
                     if not folded:
-                        low = low + self._min_max(h_units, 1)[0]
+                        low = low + self._min(h_units, 1)
             shape = (base.shape[0], base.shape[axis - 1 if axis == 2 else 2])
             sums = self.buffer(shape, base)  # type: ignore[attr-defined]
             if axis == 1:
@@ -270,7 +273,7 @@ class BufferedLogSumExp:
                     lib.subtract(w, m[:, :, None], out=w)
                     low = None
                     if low2 is not None:
-                        low = low2[probs] + self._min_max(shift[probs], 1)[0] - self._max(m, 1)
+                        low = low2[probs] + self._min(shift[probs], 1) - self._max(m, 1)
                     self._exp_units(w, units2, low)
                     out[probs, r] = safe_log(self._sum(w, 2), self.xp) + m / unit
             return out
@@ -286,7 +289,7 @@ class BufferedLogSumExp:
                 lib.subtract(w, m[:, None, :], out=w)
                 low = None
                 if low2 is not None:
-                    low = low2[probs] + self._min_max(shift[probs, r], 1)[0] - self._max(m, 1)
+                    low = low2[probs] + self._min(shift[probs, r], 1) - self._max(m, 1)
                 self._exp_units(w, units2, low)
                 part = self._sum(w, 1)
                 if total is None:

@@ -174,8 +174,15 @@ class TorchCpuOps(BufferedLogSumExp, BufferedProducts, BufferedOps):
     def _max(self, x: Array, axis: int) -> Array:
         return self.lib.amax(x, dim=axis)
 
+    def _min(self, x: Array, axis: int | None = None) -> Array:
+        return self.lib.amin(x) if axis is None else self.lib.amin(x, dim=axis)
+
     def _min_max(self, x: Array, axis: int | None = None) -> tuple[Array, Array]:
         return self.lib.aminmax(x, dim=axis)
+
+    def spread(self, x: Array) -> float:
+        low, high = self.lib.aminmax(x, dim=1)
+        return float((high - low).max())
 
     def _sum(self, x: Array, axis: int) -> Array:
         return self.lib.sum(x, dim=axis)

@@ -480,9 +480,8 @@ class _LogLoop:
 
     def _spread(self, hint: Array) -> float:
         """The largest per-problem spread of the row hints on the folded log-kernel."""
-        xp = self.xp
         h = hint if self.absorbed is None else hint - self.absorbed
-        return float(xp.max(xp.max(h, axis=1) - xp.min(h, axis=1)))  # NaN: no absorption
+        return self.ops.spread(h)  # NaN: no absorption
 
     def _absorb(self, alpha: Array) -> None:
         """Fold ``alpha`` ``(B, n)`` into the log-kernel's rows, recomputed from the cost (so
