@@ -617,3 +617,77 @@ def test_log_loop_units_and_folded_rows(monkeypatch, library, dtype, masked):
     atol = 1e-10 if dtype == "float64" else 2e-5
     np.testing.assert_allclose(f, f_ref, rtol=0, atol=atol)
     np.testing.assert_allclose(g, g_ref, rtol=0, atol=atol)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("blocked", [True, False])
+@pytest.mark.parametrize("divisor", [None, 0.2])
+@pytest.mark.parametrize("bounds", ["tight", "below-floor", "none"])
+def test_exp_shifted_powers_of_two(monkeypatch, library, blocked, divisor, bounds):
+    """``exp_shifted`` with bounds of its exponents takes float32 powers of two when every
+    exponent lies in ``exp2``'s fast range (and ``exp`` otherwise): the same values as the
+    float64 exponential, to float32 rounding of exponents of up to 60."""
+    from otcl.ops.buffered import BufferedOps
+
+    if blocked:
+        monkeypatch.setattr(blocking, "PASSES_MIN_BYTES", 4096)
+        monkeypatch.setattr(blocking, "BLOCK_BYTES", 2048)
+    exp2s = _spy(monkeypatch, BufferedOps, "_exp2")
+    rng = np.random.default_rng(14)
+    base = rng.uniform(0.0, 2.0, (2, 41, 33)) if divisor else rng.uniform(-20, 0, (2, 41, 33))
+    row, col = rng.uniform(-10, 10, (2, 41)), rng.uniform(-10, 10, (2, 33))
+    x = (-base / divisor if divisor else base) + row[:, :, None] + col[:, None, :]
+    given = {"tight": (float(x.min()), float(x.max())), "below-floor": (-100.0, 0.0),
+             "none": None}[bounds]
+    to = (lambda v: v) if library == "numpy" else torch.from_numpy
+    back = np.asarray if library == "numpy" else (lambda t: t.numpy())
+    b32 = to(base.astype(np.float32))
+    bops = ops.array_ops(be.namespace(b32), b32)
+    got = back(bops.exp_shifted(b32, to(row.astype(np.float32)), to(col.astype(np.float32)),
+                                divisor=divisor, bounds=given))
+    assert bool(exp2s) == (bounds == "tight")
+    np.testing.assert_allclose(got, np.exp(x), rtol=2e-6 * 60)
+
+
+def test_problem_keeps_its_cost_bounds():
+    """Validation's finite check keeps each problem's ``min C``, ``max C`` for the solvers
+    (none with a mask, whose bounds are over the allowed entries)."""
+    from otcl.solvers.problem import make_problem
+
+    rng = np.random.default_rng(15)
+    C = rng.uniform(-3, 5, (3, 7, 6))
+    p = make_problem(C, None, None, eps=0.1)
+    np.testing.assert_array_equal(p.cost_bounds[0], C.min(axis=(1, 2)))
+    np.testing.assert_array_equal(p.cost_bounds[1], C.max(axis=(1, 2)))
+    assert make_problem(C, None, None, eps=0.1, mask=C > 0).cost_bounds is None
+    bad = C.copy()
+    bad[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="cost contains NaN or inf"):
+        make_problem(bad, None, None, eps=0.1)
+
+
+@pytest.mark.parametrize("library", ["numpy", "torch"])
+@pytest.mark.parametrize("domain", ["kernel", "stabilized"])
+@pytest.mark.parametrize("rho", [math.inf, 0.7])
+def test_float32_scaling_domains_match_oracle(monkeypatch, small_blocks, library, domain, rho):
+    """float32 kernel and stabilised solves, whose kernels are built from powers of two when
+    the cost's bounds put every exponent in ``exp2``'s fast range, against the float64 oracle."""
+    from otcl.ops.buffered import BufferedOps
+
+    exp2s = _spy(monkeypatch, BufferedOps, "_exp2")
+    rng = np.random.default_rng(16)
+    eps = 0.15
+    shape = (2, 30, 20)
+    C, a, b = _cost(rng, shape), _marginal(rng, shape[:2]), _marginal(rng, (2, 20))
+    args = [x.astype(np.float32) for x in (C, a, b)]
+    if library == "torch":
+        args = [torch.from_numpy(x) for x in args]
+    res = otcl.sinkhorn(*args, eps=eps, rho_a=rho, rho_b=rho, max_iter=ROUNDS, tol=None,
+                        domain=domain)
+    assert exp2s
+    balanced = math.isinf(rho)
+    f_ref, g_ref = _gauge_free(*_oracle_kernel(C, a, b, eps, rho, ROUNDS), balanced)
+    back = np.asarray if library == "numpy" else (lambda t: t.numpy())
+    f, g = _gauge_free(back(res.f).astype(np.float64), back(res.g).astype(np.float64), balanced)
+    np.testing.assert_allclose(f, f_ref, rtol=0, atol=2e-6)
+    np.testing.assert_allclose(g, g_ref, rtol=0, atol=2e-6)

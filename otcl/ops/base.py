@@ -86,9 +86,13 @@ class ArrayOps:
         return masked_fill(x, where, value, self.xp)
 
     def exp_shifted(self, base: Array, row: Array | None, col: Array | None,
-                    out: Array | None = None, divisor: Any = None) -> Array:
+                    out: Array | None = None, divisor: Any = None,
+                    bounds: tuple[float, float] | None = None) -> Array:
         """``exp(base + row[:, :, None] + col[:, None, :])`` (``None`` terms left out); with a
-        ``divisor``, ``base`` is a cost and ``-base / divisor`` takes its place."""
+        ``divisor``, ``base`` is a cost and ``-base / divisor`` takes its place. ``bounds``:
+        known lower and upper bounds of every exponent, which let the buffered versions take
+        powers of two where those are faster and cannot leave ``exp2``'s fast range (the
+        result is the same up to rounding)."""
         x = base if divisor is None else -base / divisor
         if row is not None:
             x = x + row[:, :, None]

@@ -60,12 +60,15 @@ class BufferedLogSumExp:
     [`ArrayOps.logsumexp_shifted`][otcl.ops.base.ArrayOps.logsumexp_shifted]).
 
     The library-specific primitives are ``_max`` and ``_sum`` here and the elementwise
-    ``_exp`` of [`BufferedOps`][otcl.ops.buffered.BufferedOps]; the rest is written once.
+    ``_exp``, ``_exp2`` and ``_raise`` of [`BufferedOps`][otcl.ops.buffered.BufferedOps]; the rest
+    is written once.
     """
 
     xp: Any
     lib: Any
     _exp: Any
+    _exp2: Any
+    _raise: Any
 
     def _max(self, x: Array, axis: int) -> Array:
         return self.lib.max(x, axis=axis)
@@ -142,14 +145,6 @@ class BufferedLogSumExp:
         return out
 
     # -- the exponential of a block, in the base's units
-
-    def _exp2(self, x: Array, out: Array) -> Array:
-        """``2^x`` into ``out``."""
-        return self.lib.exp2(x, out=out)
-
-    def _raise(self, x: Array, floor: float) -> Array:
-        """``max(x, floor)`` in place, ``x (B, r, m)`` (NaN stays NaN)."""
-        return self.lib.maximum(x, floor, out=x)
 
     def _exp_units(self, w: Array, units2: bool, low: Any = None) -> Array:
         """The exponentials of ``w`` in place: ``exp(w)``, or with ``units2`` ``2^w``. ``low``

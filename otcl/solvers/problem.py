@@ -48,6 +48,9 @@ class Problem:
     rho_b: float
     batched: bool
     owned: frozenset[str] = frozenset()  # fields that hold a copy otcl made (not the caller's)
+    # per-problem (min C, max C), each (B,), from validation; None with a mask (whose bounds are
+    # over the allowed entries only) or when not computed
+    cost_bounds: tuple[Array, Array] | None = None
 
     def snapshot(self) -> Problem:
         """This problem with every array that may be the caller's memory (``cost``, ``mask``,
@@ -158,6 +161,16 @@ def _check_finite(name: str, x: Array, xp: Any) -> None:
         raise ValueError(f"{name} contains NaN or inf")
 
 
+def _finite_bounds(name: str, x: Array, xp: Any) -> tuple[Array, Array]:
+    """Per-problem ``(min, max)`` of ``x`` ``(B, n, m)``, each ``(B,)``, after checking that
+    every entry is finite (as [`_check_finite`][otcl.solvers.problem._check_finite]: the same
+    two passes, kept for the solvers' range checks)."""
+    lo, hi = xp.min(x, axis=(1, 2)), xp.max(x, axis=(1, 2))
+    if definitely(~xp.all(xp.isfinite(lo) & xp.isfinite(hi))):
+        raise ValueError(f"{name} contains NaN or inf")
+    return lo, hi
+
+
 def _marginal(name: str, x: Array | None, B: int, size: int, ref: Array, xp: Any) -> Array:
     if x is None:
         return xp.full((B, size), 1.0 / size, dtype=ref.dtype, device=device_of(ref))
@@ -202,7 +215,7 @@ def make_problem(
     B, n, m = cost3.shape
     if n == 0 or m == 0 or B == 0:
         raise ValueError(f"cost must not be empty, got shape {tuple(cost.shape)}")
-    _check_finite("cost", cost3, xp)
+    bounds: tuple[Array, Array] | None = _finite_bounds("cost", cost3, xp)
     eps_v = _validate_eps(eps, xp, cost3)
     rho_a = validate_positive("rho_a", rho_a, allow_inf=True)
     rho_b = validate_positive("rho_b", rho_b, allow_inf=True)
@@ -223,6 +236,7 @@ def make_problem(
                 f"mask has shape {tuple(mask.shape)}, which does not match cost {tuple(cost.shape)}"
             )
         mask3 = xp.broadcast_to(mask3, (B, n, m))
+        bounds = None  # the solvers need the bounds over the allowed entries
         rows_ok = xp.any(mask3, axis=2) | (a2 == 0)
         cols_ok = xp.any(mask3, axis=1) | (b2 == 0)
         if definitely(~xp.all(rows_ok)):
@@ -244,4 +258,4 @@ def make_problem(
                 f" their relative difference is {float(gap):.3g} > {rtol:.3g}."
                 " Normalise them, or relax one side with a finite rho."
             )
-    return Problem(xp, cost3, mask3, a2, b2, eps_v, rho_a, rho_b, batched, owned)
+    return Problem(xp, cost3, mask3, a2, b2, eps_v, rho_a, rho_b, batched, owned, bounds)

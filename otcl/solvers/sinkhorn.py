@@ -327,7 +327,9 @@ def _scaling_loop(problem: Problem, phi: Array, gamma: Array, tol: float | None,
             loop.run(max_iter)
         return loop, loop.potentials()
     cost, mask, a, b, phi_h, gamma_h = views
-    host = replace(problem, xp=namespace(cost), cost=cost, mask=mask, a=a, b=b)
+    bounds = None if problem.cost_bounds is None else ops.host_views(*problem.cost_bounds)
+    host = replace(problem, xp=namespace(cost), cost=cost, mask=mask, a=a, b=b,
+                   cost_bounds=None if bounds is None else tuple(bounds))
     with torch_blas_limit(), quiet_numerics(host.xp):
         loop = _ScalingLoop(host, phi_h, gamma_h, tol, check_every, stabilized=stabilized,
                             ops=array_ops(host.xp, cost), cold=cold)
@@ -576,18 +578,38 @@ class _ScalingLoop:
         xp, p, ops = self.xp, self.p, self.ops
         self.phi, self.gamma = phi, gamma
         col = None if cold else gamma
+        bounds = self._exponent_bounds(phi, col)
         if self.log_k is None:
-            kernel = ops.exp_shifted(p.cost, phi, col, out=self.kernel, divisor=p.eps)
+            kernel = ops.exp_shifted(p.cost, phi, col, out=self.kernel, divisor=p.eps,
+                                     bounds=bounds)
             if p.mask is not None:
                 kernel = ops.fill_where(kernel, ~p.mask, 0.0)
             self.kernel = kernel
         else:
-            self.kernel = ops.exp_shifted(self.log_k, phi, col, out=self.kernel)
+            self.kernel = ops.exp_shifted(self.log_k, phi, col, out=self.kernel, bounds=bounds)
         self.u = xp.ones_like(phi)
         self.v = xp.ones_like(gamma)
         self.w_a = None if p.t_a == 1.0 else _finite_exp(-(1 - p.t_a) * phi, xp)
         self.w_b = None if p.t_b == 1.0 else _finite_exp(-(1 - p.t_b) * gamma, xp)
         self._views = None
+
+    def _exponent_bounds(self, phi: Array, gamma: Array | None) -> tuple[float, float] | None:
+        """Bounds of the kernel's exponents ``phi_i + gamma_j - C_ij / eps`` from the cost's
+        bounds and the vectors' (one host read), or ``None`` where they are not worth reading:
+        no buffered base-2 exponential for the dtype, or a mask (whose cost bounds the
+        validation did not keep)."""
+        p, ops, xp = self.p, self.ops, self.xp
+        if not ops.inplace or p.cost_bounds is None or not ops.base2(p.cost.dtype):
+            return None
+        lo, hi = p.cost_bounds
+        eps = p.eps
+        low = xp.min(phi, axis=1) - hi / eps
+        high = xp.max(phi, axis=1) - lo / eps
+        if gamma is not None:
+            low = low + xp.min(gamma, axis=1)
+            high = high + xp.max(gamma, axis=1)
+        both = to_numpy(xp.stack([xp.min(low), xp.max(high)]))
+        return float(both[0]), float(both[1])
 
     def _scale(self, marginal: Array, kv: Array, t: Any, w: Array | None,
                out: Array | None = None) -> Array:
@@ -862,7 +884,10 @@ def _to_host(x: Array) -> np.ndarray:
 
 
 def _cost_bounds(problem: Problem) -> tuple[Array, Array]:
-    """Per-problem ``min C`` and ``max C`` over allowed entries, shapes ``(B,)``."""
+    """Per-problem ``min C`` and ``max C`` over allowed entries, shapes ``(B,)`` (those of the
+    validation when it kept them)."""
+    if problem.cost_bounds is not None:
+        return problem.cost_bounds
     xp = problem.xp
     c = problem.cost
     if problem.mask is None:
