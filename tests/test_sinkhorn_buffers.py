@@ -163,24 +163,24 @@ def test_torch_small_stacked_products_go_through_numpy_views():
     np.testing.assert_allclose(g, g_ref, atol=1e-10)
 
 
-@pytest.mark.parametrize("domain", ["kernel", "stabilized"])
+@pytest.mark.parametrize("domain", ["kernel", "stabilized", "log"])
 def test_torch_scaling_loop_runs_on_numpy_views_within_torchs_threads(
         monkeypatch, numpy_blas_threads, domain):
-    """The scaling loop of PyTorch CPU tensors runs on NumPy views of their memory, with
-    NumPy's BLAS pool held to ``torch.get_num_threads()``; the potentials come back as tensors
-    of the input's dtype, and the inputs are not written."""
+    """The scaling and log-domain loops of PyTorch CPU tensors run on NumPy views of their
+    memory, with NumPy's BLAS pool held to ``torch.get_num_threads()``; the potentials come back
+    as tensors of the input's dtype, and the inputs are not written."""
     import threadpoolctl
 
     from otcl.ops.numpy_ops import NumpyOps
 
     seen: list[tuple[type, list[int]]] = []
-    original = NumpyOps.matvec
+    original = NumpyOps.rmatvec
 
-    def recording_matvec(self, kernel, v, out=None):
+    def recording_rmatvec(self, kernel, u, out=None):
         seen.append((type(kernel), numpy_blas_threads()))
-        return original(self, kernel, v, out)
+        return original(self, kernel, u, out)
 
-    monkeypatch.setattr(NumpyOps, "matvec", recording_matvec)
+    monkeypatch.setattr(NumpyOps, "rmatvec", recording_rmatvec)
     rng = np.random.default_rng(8)
     C, a, b = _cost(rng, (30, 20)), _marginal(rng, (30,)), _marginal(rng, (20,))
     Ct, at, bt = (torch.tensor(x, dtype=torch.float32) for x in (C, a, b))
@@ -224,6 +224,7 @@ def test_torch_solve_keeps_one_thread_pool_at_several_threads(monkeypatch, numpy
         return record
 
     monkeypatch.setattr(NumpyOps, "matvec", recorder(NumpyOps.matvec))
+    monkeypatch.setattr(NumpyOps, "rmatvec", recorder(NumpyOps.rmatvec))
     monkeypatch.setattr(TorchCpuOps, "rmatvec", recorder(TorchCpuOps.rmatvec))
     rng = np.random.default_rng(9)
     C, a, b = _cost(rng, (30, 20)), _marginal(rng, (30,)), _marginal(rng, (20,))
@@ -487,7 +488,7 @@ def test_base2_logsumexp(monkeypatch, library, axis, blocked, hint, raised):
     to the floor, which changes no result beyond float32 rounding; without one (the bound a
     masked problem gets) none is, and ``-inf`` entries keep a zero power."""
     from otcl.ops.base import LOG2E, Base2
-    from otcl.ops.logsumexp import BufferedLogSumExp
+    from otcl.ops.buffered import BufferedOps
     from otcl.ops.numpy_ops import NumpyOps
     from otcl.ops.torch_ops import TorchCpuOps
 
@@ -495,7 +496,7 @@ def test_base2_logsumexp(monkeypatch, library, axis, blocked, hint, raised):
         monkeypatch.setattr(blocking, "PASSES_MIN_BYTES", 4096)
         monkeypatch.setattr(blocking, "BLOCK_BYTES", 2048)
     raises = _spy(monkeypatch, NumpyOps if library == "numpy" else TorchCpuOps, "_raise")
-    exp2s = _spy(monkeypatch, BufferedLogSumExp, "_exp2")
+    exp2s = _spy(monkeypatch, BufferedOps, "_exp2")
     rng = np.random.default_rng(11)
     base = 30.0 * rng.standard_normal((3, 41, 33)) - 20.0
     if not raised:
@@ -568,9 +569,10 @@ def _row_offset_cost(rng, shape, offset):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_log_loop_units_and_folded_rows(monkeypatch, library, dtype, masked):
-    """The buffered log domain holds float32 log-kernels in base-2 units (with the bound that
-    allows raising on unmasked problems; NumPy, whose exp2 is slow below its floor, keeps natural
-    units on masked ones) and folds the row potentials into the log-kernel's rows when the row
+    """The buffered log domain holds float32 log-kernels in base-2 units on unmasked problems
+    (with the bound that allows raising; NumPy's exp2, which also runs PyTorch CPU tensors' loop,
+    is slow below its floor, so masked problems keep natural units) and folds the row
+    potentials into the log-kernel's rows when the row
     hints spread too far to fold into one shift (eps = 0.005 and rows offset by up to 3: a spread
     of about 600, beyond float64's 354 and float32's 44). Against the float64 log-sum-exp
     oracle, with the cost never written."""
@@ -604,10 +606,10 @@ def test_log_loop_units_and_folded_rows(monkeypatch, library, dtype, masked):
     res = otcl.sinkhorn(Ct, at, bt, eps=eps, mask=mt, max_iter=ROUNDS, tol=None, domain="log")
     np.testing.assert_array_equal(back(Ct), before)
     units = seen[0]
-    if dtype == "float64" or (masked and library == "numpy"):
+    if dtype == "float64" or masked:  # PyTorch CPU tensors run NumPy's loop on their memory
         assert units is None
     else:
-        assert units is not None and (units.low is None) == masked
+        assert units is not None and units.low is not None
     # folding needs finite potentials: unmasked problems with positive marginals only
     assert (len(absorbs) > 0) == (not masked)
     assert len(absorbs) <= ROUNDS // 3
