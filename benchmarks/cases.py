@@ -36,7 +36,7 @@ from benchmarks.common import (
     thread_report,
     torch_module,
 )
-from benchmarks.floors import exp_bound, matvec_floor
+from benchmarks.floors import base2_inputs, exp_bound, matvec_floor
 from benchmarks.gradient_memory import gradient_memory
 
 __all__ = ["KINDS"]
@@ -181,8 +181,7 @@ def solver_method(method: str, params: dict[str, Any]) -> SolverMethod:
         ones = backend_array(np.ones(n), backend, dtype)
         return SolverMethod(lambda it: matvec_floor(kernel, ones, ones, it), _no_check)
     if method == "bound-exp":
-        log_kernel = -cost / eps
-        zeros = backend_array(np.zeros(n), backend, dtype)
+        log_kernel, zeros = base2_inputs(-cost / eps, backend_array(np.zeros(n), backend, dtype))
         buf = backend_array(np.empty((n, n)), backend, dtype)
         return SolverMethod(lambda it: exp_bound(log_kernel, zeros, buf, it, lib), _no_check)
     raise ValueError(f"unknown solver method {method!r}")
