@@ -349,6 +349,21 @@ def test_buffered_logsumexp_with_infinities(monkeypatch, library, axis, blocked)
     np.testing.assert_allclose(got[fin], ref[fin], rtol=1e-13, atol=1e-12)
 
 
+def _lse_case(rng, base, axis, infinities):
+    """``(base, shift, ref)`` for a log-sum-exp test over ``axis`` of ``base (3, 41, 33)``:
+    with ``infinities``, ``-inf`` on a fifth of the entries, on a whole row and on a whole
+    column; ``ref`` is SciPy's float64 log-sum-exp of ``base + shift``."""
+    if infinities:
+        base[rng.random(base.shape) < 0.2] = -math.inf
+        base[1, 7, :] = -math.inf  # a whole row
+        base[2, :, 9] = -math.inf  # a whole column
+    shift = 5.0 * rng.standard_normal((3, 33 if axis == 2 else 41))
+    expand = shift[:, None, :] if axis == 2 else shift[:, :, None]
+    with np.errstate(divide="ignore"):
+        ref = logsumexp(base + expand, axis=axis)
+    return base, shift, ref
+
+
 @pytest.mark.parametrize("library", ["numpy", "torch"])
 @pytest.mark.parametrize("axis", [1, 2])
 @pytest.mark.parametrize("blocked", [True, False])
@@ -363,14 +378,7 @@ def test_hinted_logsumexp(monkeypatch, library, axis, blocked, hint, dtype):
         monkeypatch.setattr(blocking, "PASSES_MIN_BYTES", 4096)
         monkeypatch.setattr(blocking, "BLOCK_BYTES", 2048)
     rng = np.random.default_rng(5)
-    base = 30.0 * rng.standard_normal((3, 41, 33))
-    base[rng.random(base.shape) < 0.2] = -math.inf
-    base[1, 7, :] = -math.inf  # a whole row
-    base[2, :, 9] = -math.inf  # a whole column
-    shift = 5.0 * rng.standard_normal((3, 33 if axis == 2 else 41))
-    expand = shift[:, None, :] if axis == 2 else shift[:, :, None]
-    with np.errstate(divide="ignore"):
-        ref = logsumexp(base + expand, axis=axis)
+    base, shift, ref = _lse_case(rng, 30.0 * rng.standard_normal((3, 41, 33)), axis, True)
     guess = -np.where(np.isfinite(ref), ref, 0.0) + rng.uniform(-3, 3, ref.shape)
     if hint == "some-off":
         guess[0, 3] += 400.0
@@ -498,15 +506,8 @@ def test_base2_logsumexp(monkeypatch, library, axis, blocked, hint, raised):
     raises = _spy(monkeypatch, NumpyOps if library == "numpy" else TorchCpuOps, "_raise")
     exp2s = _spy(monkeypatch, BufferedOps, "_exp2")
     rng = np.random.default_rng(11)
-    base = 30.0 * rng.standard_normal((3, 41, 33)) - 20.0
-    if not raised:
-        base[rng.random(base.shape) < 0.2] = -math.inf
-        base[1, 7, :] = -math.inf  # a whole row
-        base[2, :, 9] = -math.inf  # a whole column
-    shift = 5.0 * rng.standard_normal((3, 33 if axis == 2 else 41))
-    expand = shift[:, None, :] if axis == 2 else shift[:, :, None]
-    with np.errstate(divide="ignore"):
-        ref = logsumexp(base + expand, axis=axis)
+    base, shift, ref = _lse_case(rng, 30.0 * rng.standard_normal((3, 41, 33)) - 20.0, axis,
+                                 not raised)
     base2 = (LOG2E * base).astype(np.float32)
     low = base2.min(axis=(1, 2))
     assert low.min() < -126 < np.nanmax(base2)

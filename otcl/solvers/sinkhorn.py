@@ -27,7 +27,9 @@ dtype's exponent range (float32: 43.6, float64: 354), and ``"stabilized"`` other
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -286,66 +288,45 @@ def solve(
         return _transport(problem, phi, gamma, np.zeros(B, dtype=np.int64), error, tol, domain,
                           warn=warn)
     ops = array_ops(xp, problem.cost, problem.a, problem.b, problem.eps, *(init or ()))
+    make: Callable[..., _LogLoop | _ScalingLoop]
     if domain == "log":
-        loop: _LogLoop | _ScalingLoop
-        loop, (phi, gamma) = _log_loop(problem, phi, gamma, tol, check_every, max_iter, ops)
+        make = functools.partial(_LogLoop, tol=tol, check_every=check_every)
     else:
         cold = domain == "kernel" and init is None
         if cold:
             floor = _cost_bounds(problem)[0] if floor is None else floor
             phi = phi + floor[:, None] / problem.eps
-        loop, (phi, gamma) = _scaling_loop(problem, phi, gamma, tol, check_every, max_iter,
-                                           stabilized=domain != "kernel", ops=ops, cold=cold)
+        make = functools.partial(_ScalingLoop, tol=tol, check_every=check_every,
+                                 stabilized=domain != "kernel", cold=cold)
+    loop, (phi, gamma) = _run_loop(make, problem, phi, gamma, max_iter, ops)
     return _transport(
         problem, phi, gamma, loop.n_iter, loop.error, tol, loop.domain, warn=warn,
         trouble=loop.trouble,
     )
 
 
-def _scaling_loop(problem: Problem, phi: Array, gamma: Array, tol: float | None,
-                  check_every: int, max_iter: int, *, stabilized: bool, ops: ArrayOps,
-                  cold: bool) -> tuple[_ScalingLoop, tuple[Array, Array]]:
-    """Run the scaling loop and return it with its final potentials ``(phi, gamma)``.
+def _run_loop(make: Callable[..., Any], problem: Problem, phi: Array, gamma: Array,
+              max_iter: int, ops: ArrayOps) -> tuple[Any, tuple[Array, Array]]:
+    """Build a loop with ``make(problem, phi, gamma, ops=ops)``, run it and return it with its
+    final potentials ``(phi, gamma)``.
 
     On PyTorch CPU tensors the loop runs on NumPy views of the same memory
-    ([`TorchCpuOps.host_views`][otcl.ops.torch_ops.TorchCpuOps.host_views]), with NumPy's
-    BLAS pool limited to torch's thread count: the loop's work is a few vector operations per
-    matrix-vector product, and a NumPy call on a vector costs a fraction of a torch call's
-    dispatch (a kernel round at n = 1024 took 0.19 ms on torch tensors and 0.14 ms on NumPy
-    arrays, one thread). The potentials come back as tensors on the loop's arrays.
+    ([`_host_problem`][otcl.solvers.sinkhorn._host_problem]), with NumPy's BLAS pool limited to
+    torch's thread count: a round's passes over the matrix cost the same or less in NumPy
+    (grouped additions, float32 ``exp2``), and its vector operations cost a fraction of torch's
+    per-call dispatch (1-2 microseconds against 5-10; a kernel round at n = 1024 took 0.19 ms on
+    torch tensors and 0.14 ms on NumPy arrays, one thread). The potentials come back as tensors
+    on the loop's arrays.
     """
     on_host = _host_problem(problem, ops, phi, gamma)
     if on_host is None:
         with quiet_numerics(problem.xp):
-            loop = _ScalingLoop(problem, phi, gamma, tol, check_every, stabilized=stabilized,
-                                ops=ops, cold=cold)
+            loop = make(problem, phi, gamma, ops=ops)
             loop.run(max_iter)
         return loop, loop.potentials()
     host, phi_h, gamma_h = on_host
     with torch_blas_limit(), quiet_numerics(host.xp):
-        loop = _ScalingLoop(host, phi_h, gamma_h, tol, check_every, stabilized=stabilized,
-                            ops=array_ops(host.xp, host.cost), cold=cold)
-        loop.run(max_iter)
-    phi_h, gamma_h = loop.potentials()
-    return loop, (ops.from_host(phi_h), ops.from_host(gamma_h))  # type: ignore[attr-defined]
-
-
-def _log_loop(problem: Problem, phi: Array, gamma: Array, tol: float | None, check_every: int,
-              max_iter: int, ops: ArrayOps) -> tuple[_LogLoop, tuple[Array, Array]]:
-    """Run the log-domain loop; on PyTorch CPU tensors on NumPy views of their memory, as
-    [`_scaling_loop`][otcl.solvers.sinkhorn._scaling_loop] does (a round's twenty-odd vector
-    operations cost 1-2 microseconds each in NumPy and 5-10 in torch; its three passes over the
-    matrix cost the same or less in NumPy: grouped additions, float32 ``exp2``)."""
-    on_host = _host_problem(problem, ops, phi, gamma)
-    if on_host is None:
-        with quiet_numerics(problem.xp):
-            loop = _LogLoop(problem, phi, gamma, tol, check_every, ops=ops)
-            loop.run(max_iter)
-        return loop, loop.potentials()
-    host, phi_h, gamma_h = on_host
-    with torch_blas_limit(), quiet_numerics(host.xp):
-        loop = _LogLoop(host, phi_h, gamma_h, tol, check_every,
-                        ops=array_ops(host.xp, host.cost))
+        loop = make(host, phi_h, gamma_h, ops=array_ops(host.xp, host.cost))
         loop.run(max_iter)
     phi_h, gamma_h = loop.potentials()
     return loop, (ops.from_host(phi_h), ops.from_host(gamma_h))  # type: ignore[attr-defined]
