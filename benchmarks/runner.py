@@ -24,6 +24,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,48 @@ def median_process(records: list[dict[str, Any]], primary: str) -> dict[str, Any
     return chosen
 
 
+def interleaved(
+    cases: list[Case],
+    records: list[dict[str, Any] | None],
+    runs: list[list[dict[str, Any]]],
+    args: argparse.Namespace,
+) -> Iterator[tuple[int, Case, int]]:
+    """The order of the child processes: ``(index, case, process)`` in rounds, one process of
+    every case per round (``A1 B1 C1 A2 B2 C2 ...``), so that a drift of the machine's speed over
+    the run (load, frequency, a neighbour on the host) reaches every case of a ratio alike
+    instead of the cases measured last. A case gets no further process once one failed or its
+    processes took ``--process-budget`` seconds; skipped cases (``records[k]`` already set, no
+    runs) get none."""
+    for process in range(args.processes):
+        for k, case in enumerate(cases):
+            done = runs[k]
+            if records[k] is not None and not done:
+                continue  # skipped: a capability is missing
+            if done and (
+                done[-1]["status"] != "ok"
+                or sum(r.get("wall_s", 0.0) for r in done) >= args.process_budget
+            ):
+                continue
+            yield k, case, process
+
+
+def _rows(cases: list[Case], records: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """The rows of the cases with a record so far, in the plan's order."""
+    return [_case_row(c, rec) for c, rec in zip(cases, records, strict=True) if rec is not None]
+
+
+def _case_row(case: Case, rec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": case.id,
+        "suite": case.suite,
+        "kind": case.kind,
+        "params": case.params,
+        "baselines": case.baselines,
+        **({"env": case.env} if case.env else {}),
+        **rec,
+    }
+
+
 def _git_revision() -> str:
     try:
         rev = subprocess.run(
@@ -300,46 +343,41 @@ def main(argv: list[str] | None = None) -> int:
         "cases": [],
     }
     t_start = time.perf_counter()
-    failed = 0
-    for k, case in enumerate(cases, 1):
+    records: list[dict[str, Any] | None] = [None] * len(cases)
+    for k, case in enumerate(cases):
         missing = [need for need in case.needs if not caps.get(need)]
         if missing:
-            rec = {
+            records[k] = {
                 "status": "skipped",
                 "reason": _MISSING.get(missing[0], f"not available: {missing[0]}"),
             }
-        else:
-            params = {
-                **case.params,
-                "threads": args.threads,
-                "repeat": args.repeat,
-                "budget_s": args.budget,
-            }
-            case_env = {k: v for k, v in {**env, **case.env}.items() if v != ""}
-            runs = [run_child(case.kind, params, case_env, args.timeout)]
-            while (
-                len(runs) < args.processes
-                and runs[-1]["status"] == "ok"
-                and sum(r.get("wall_s", 0.0) for r in runs) < args.process_budget
-            ):
-                runs.append(run_child(case.kind, params, case_env, args.timeout))
-            rec = median_process(runs, PRIMARY[case.suite])
-        failed += rec["status"] == "error"
-        run["cases"].append(
-            {
-                "id": case.id,
-                "suite": case.suite,
-                "kind": case.kind,
-                "params": case.params,
-                "baselines": case.baselines,
-                **({"env": case.env} if case.env else {}),
-                **rec,
-            }
-        )
+            print(
+                f"[{k + 1}/{len(cases)}] {case.id}: {_summary(case, records[k])}", file=sys.stderr
+            )
+    runs: list[list[dict[str, Any]]] = [[] for _ in cases]
+    for k, case, process in interleaved(cases, records, runs, args):
+        params = {
+            **case.params,
+            "threads": args.threads,
+            "repeat": args.repeat,
+            "budget_s": args.budget,
+        }
+        case_env = {key: v for key, v in {**env, **case.env}.items() if v != ""}
+        runs[k].append(run_child(case.kind, params, case_env, args.timeout))
+        records[k] = median_process(runs[k], PRIMARY[case.suite])
+        run["cases"] = _rows(cases, records)
         run["wall_s"] = time.perf_counter() - t_start
         run["load_after"] = _load()
         _write(out, run, readme)
-        print(f"[{k}/{len(cases)}] {case.id}: {_summary(case, rec)}", file=sys.stderr, flush=True)
+        step = f" (process {process + 1} of {args.processes})" if args.processes > 1 else ""
+        print(
+            f"[{k + 1}/{len(cases)}] {case.id}{step}: {_summary(case, runs[k][-1])}",
+            file=sys.stderr,
+            flush=True,
+        )
+    run["cases"] = _rows(cases, records)
+    _write(out, run, readme)
+    failed = sum(rec is not None and rec["status"] == "error" for rec in records)
     print(
         f"benchmarks: {len(cases)} cases, {failed} failed; results in {out}/results.md",
         file=sys.stderr,

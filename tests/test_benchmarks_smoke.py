@@ -297,6 +297,29 @@ def test_targets_read_ratios_of_the_named_rows_and_flag_misses() -> None:
     assert all(c.met is None for c in checks if c.target.startswith("7."))
 
 
+def test_processes_run_in_rounds_and_stop_on_failure_or_budget() -> None:
+    import argparse
+
+    from benchmarks.runner import interleaved
+    from benchmarks.suites import Case
+
+    cases = [Case(name, "solver", "solver", {}) for name in "ABCD"]
+    skipped = {"status": "skipped", "reason": "not available"}
+    records: list = [None, skipped, None, None]
+    runs: list[list[dict]] = [[] for _ in cases]
+    args = argparse.Namespace(processes=3, process_budget=10.0)
+    order = []
+    for k, case, process in interleaved(cases, records, runs, args):
+        order.append(f"{case.id}{process + 1}")
+        # C fails in its second process; D's first process uses up its budget
+        failed = case.id == "C" and process == 1
+        runs[k].append(
+            {"status": "error" if failed else "ok", "wall_s": 12.0 if case.id == "D" else 1.0}
+        )
+    assert order == ["A1", "C1", "D1", "A2", "C2", "A3"]
+    assert runs[1] == []  # the skipped case ran no process
+
+
 def test_median_process_keeps_one_process_metrics_and_fails_on_any_error() -> None:
     def rec(ms: float, value: float) -> dict:
         return {"status": "ok", "metrics": {"ms": ms, "value": value}, "info": {}, "wall_s": 1.0}
