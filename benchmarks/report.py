@@ -269,7 +269,12 @@ def _loss_section(records: list[Record]) -> list[str]:
         "weighted RINCE and mass terms), so only INCE values must agree. Allocator "
         "`keep-freed`: the process runs with glibc's `MALLOC_MMAP_MAX_=0` and a huge "
         "`MALLOC_TRIM_THRESHOLD_` (`benchmarks.suites.KEEP_FREED_ENV`), so freed memory is "
-        "reused and neither side pays page faults on repeated calls; `default`: glibc as is.",
+        "reused and neither side pays page faults on repeated calls; `default`: glibc as is. "
+        "`unrolled-floor` (keep-freed groups): NT-Xent plus the least extra work of any exact "
+        "unrolled derivative of the 10 rounds, each pass at its fastest: one exponential pass, "
+        "2 (2L + 1) = 42 matrix-vector products with the kernel (forward and backward) and the "
+        "rank-21 gradient matrix (`benchmarks.baselines.unrolled_floor`); `× floor` is a loss "
+        "over it.",
         "",
     ]
     out += _rows(
@@ -294,6 +299,7 @@ def _loss_section(records: list[Record]) -> list[str]:
             ("× NT-Xent", _r("ntxent")),
             ("× official-style", _r("official-style")),
             ("× kernel-autograd", _r("kernel-autograd")),
+            ("× floor", _r("floor")),
         ],
     )
     return [*out, ""]

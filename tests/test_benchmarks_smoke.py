@@ -94,6 +94,33 @@ def test_all_views_references_match_direct_sinkhorn_and_nt_xent() -> None:
     assert float(ref.nt_xent(s, 0.5, all_views=True)) == pytest.approx(nt_xent, rel=1e-12)
 
 
+def test_unrolled_floor_returns_nt_xent_and_does_the_passes_of_the_rounds(monkeypatch) -> None:
+    z1, z2 = (z.requires_grad_() for z in _embeddings(9))
+    calls = []
+
+    class CountingNumpy:
+        def __getattr__(self, name: str):
+            return getattr(np, name)
+
+        def matmul(self, *args, **kwargs):
+            calls.append(args[0].shape)
+            return np.matmul(*args, **kwargs)
+
+    monkeypatch.setattr(ref, "np", CountingNumpy())
+    n_iter = 3
+    value = ref.unrolled_floor(ref.similarity(z1, z2), 0.5, n_iter)
+    value.backward()
+    grads = [z1.grad.clone(), z2.grad.clone()]
+    z1.grad = z2.grad = None
+    ref.nt_xent(ref.similarity(z1, z2), 0.5).backward()
+    expected = float(ref.nt_xent(ref.similarity(z1, z2), 0.5).detach())
+    assert float(value.detach()) == pytest.approx(expected, rel=1e-12)
+    torch.testing.assert_close(grads, [z1.grad, z2.grad], rtol=0, atol=0)
+    # 2L + 1 steps forward and backward, each a product with K or K^T, and the rank product
+    assert len(calls) == 2 * (2 * n_iter + 1) + 1
+    assert calls[-1] == (9, 2 * n_iter + 1)
+
+
 def test_official_style_gradient_matches_kernel_autograd() -> None:
     z1, z2 = _embeddings(10)
     grads = []
@@ -295,6 +322,27 @@ def test_targets_read_ratios_of_the_named_rows_and_flag_misses() -> None:
     assert largest_batch(4 * 2**30, 16384, 24 * 2**30) == int(16384 * 6**0.5)
     assert f"about {int(16384 * 6**0.5):,}" in scale[1].measured
     assert all(c.met is None for c in checks if c.target.startswith("7."))
+
+
+def test_keep_freed_and_unbalanced_targets_name_their_floors() -> None:
+    keep = "losses/cross/B=2048/keep-freed"
+    pre = "solver/eps=0.1/unbalanced/numpy/float32/n=1024"
+    records = [
+        _ok(f"{keep}/ntxent", "losses", {"ms": 50.0}),
+        _ok(f"{keep}/unrolled-floor", "losses", {"ms": 80.0}, {"ntxent": f"{keep}/ntxent"}),
+        _ok(f"{keep}/gca-ince/otcl", "losses", {"ms": 90.0},
+            {"ntxent": f"{keep}/ntxent", "floor": f"{keep}/unrolled-floor"}),
+        _ok(f"{pre}/floor", "solver", {"ms_per_iter": 0.15}),
+        _ok(f"{pre}/otcl-kernel", "solver", {"ms_per_iter": 0.18}, {"floor": f"{pre}/floor"}),
+        _ok(f"{pre}/pot-unbalanced", "solver", {"ms_per_iter": 0.21},
+            {"floor": f"{pre}/floor", "otcl": f"{pre}/otcl-kernel"}),
+    ]
+    add_ratios(records)
+    checks = {(c.target[:10], c.row): c for c in evaluate(records)}
+    ince = checks[("issue 17.5", "GCA-INCE (exact-derivative floor: 1.6)")]
+    assert ince.measured == "1.8" and ince.met is False
+    pot = checks[("issue 17.3", "numpy n = 1024 (POT / two bare mat-vecs: 1.4)")]
+    assert pot.measured == "1.17" and pot.met is False
 
 
 def test_processes_run_in_rounds_and_stop_on_failure_or_budget() -> None:
