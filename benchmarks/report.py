@@ -272,9 +272,9 @@ def _loss_section(records: list[Record]) -> list[str]:
         "reused and neither side pays page faults on repeated calls; `default`: glibc as is. "
         "`unrolled-floor` (keep-freed groups): NT-Xent plus the least extra work of any exact "
         "unrolled derivative of the 10 rounds, each pass at its fastest: one exponential pass, "
-        "2 (2L + 1) = 42 matrix-vector products with the kernel (forward and backward) and the "
-        "rank-21 gradient matrix (`benchmarks.baselines.unrolled_floor`); `× floor` is a loss "
-        "over it.",
+        "2 (2L + 1) = 42 matrix-vector products with the kernel (forward and backward; two per "
+        "read of the kernel above 24 MiB, where that is faster) and the rank-21 gradient matrix "
+        "(`benchmarks.baselines.unrolled_floor`); `× floor` is a loss over it.",
         "",
     ]
     out += _rows(

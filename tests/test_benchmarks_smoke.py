@@ -121,6 +121,28 @@ def test_unrolled_floor_returns_nt_xent_and_does_the_passes_of_the_rounds(monkey
     assert calls[-1] == (9, 2 * n_iter + 1)
 
 
+def test_paired_products_sweep_large_kernels_in_row_blocks(monkeypatch) -> None:
+    seen = []
+
+    class CountingNumpy:
+        def __getattr__(self, name: str):
+            return getattr(np, name)
+
+        def matmul(self, x, y, out):
+            seen.append((x.shape, y.shape))
+            return np.matmul(x, y, out=out)
+
+    monkeypatch.setattr(ref, "np", CountingNumpy())
+    kernel = np.ones((40, 16), dtype=np.float32)
+    ref.paired_products(kernel, 3)  # small: two whole products per pair
+    assert seen == [((40, 16), (16,)), ((40,), (40, 16))] * 3
+    seen.clear()
+    monkeypatch.setattr(ref, "SWEEP_MIN_BYTES", 1024)
+    monkeypatch.setattr(ref, "SWEEP_BLOCK_BYTES", 8 * 16 * 4)  # blocks of 8 rows
+    ref.paired_products(kernel, 2)
+    assert seen == [((8, 16), (16,)), ((8,), (8, 16))] * 5 * 2
+
+
 def test_official_style_gradient_matches_kernel_autograd() -> None:
     z1, z2 = _embeddings(10)
     grads = []
