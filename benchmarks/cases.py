@@ -8,12 +8,14 @@ every case's parameters by the runner.
 
 from __future__ import annotations
 
+import gc
 import importlib.metadata
 import importlib.util
 import inspect
 import math
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -427,6 +429,39 @@ def solver(params: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": metrics, "info": info}
 
 
+def paired_solver(params: dict[str, Any]) -> dict[str, Any]:
+    """Per-round time of one otcl method on the NumPy and the PyTorch CPU path of the same
+    problem, measured in one process with the calls interleaved (NumPy, Torch, NumPy, ...), so
+    that the ratio compares the code paths and not two processes' memory placement or the
+    machine's load at two moments. Up to ``repeat`` pairs within ``budget_s``; ``torch_over_numpy``
+    is the median Torch time over the median NumPy time."""
+    iters = int(params["iters"])
+    methods = {b: solver_method(params["method"], {**params, "backend": b})
+               for b in ("numpy", "torch")}
+    for method in methods.values():
+        method.warmup(iters)
+    times: dict[str, list[float]] = {b: [] for b in methods}
+    last: dict[str, Any] = {}
+    gc.collect()
+    while len(times["torch"]) < int(params["repeat"]):
+        for backend, method in methods.items():
+            t0 = time.perf_counter()
+            last[backend] = method.run(iters)
+            times[backend].append(time.perf_counter() - t0)
+        if sum(times["numpy"]) + sum(times["torch"]) >= float(params["budget_s"]):
+            break
+    info: dict[str, Any] = {"pairs": len(times["torch"])}
+    for backend, method in methods.items():
+        info[backend] = method.check(last[backend], iters)
+        info[f"{backend}_call_ms"] = [1e3 * t for t in times[backend]]
+    if params.get("pools") == "default":
+        info["threadpools"] = thread_report().get("threadpools")
+    numpy_ms, torch_ms = (1e3 * statistics.median(times[b]) / iters for b in ("numpy", "torch"))
+    metrics = {"torch_over_numpy": torch_ms / numpy_ms, "ms_per_iter": torch_ms,
+               "numpy_ms_per_iter": numpy_ms}
+    return {"metrics": metrics, "info": info}
+
+
 def stability(params: dict[str, Any]) -> dict[str, Any]:
     """Twenty consecutive solves in one process: the 20th call's time over the 2nd's, and the
     minor page faults per round of each call."""
@@ -678,6 +713,7 @@ def swav(params: dict[str, Any]) -> dict[str, Any]:
 KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "probe": probe,
     "solver": solver,
+    "paired-solver": paired_solver,
     "stability": stability,
     "loss": loss,
     "memory": memory,

@@ -473,8 +473,10 @@ def _default_threads_section(records: list[Record]) -> list[str]:
     out += [
         "Balanced, eps = 0.1, float32, 100 rounds, in a process with no thread variables, no "
         "threadpoolctl limit and no `torch.set_num_threads`: NumPy's BLAS and torch keep their "
-        "own pools (`pools`; torch's intra-op threads in `torch threads`). `× numpy` = the Torch "
-        "row over the NumPy row of the same domain.",
+        "own pools (`pools`; torch's intra-op threads in `torch threads`). Each row solves the "
+        "same problem on NumPy arrays and on PyTorch CPU tensors in one process, the calls "
+        "interleaved (`pairs` of calls); `torch / numpy` is the median Torch call over the "
+        "median NumPy call.",
         "",
     ]
 
@@ -482,10 +484,11 @@ def _default_threads_section(records: list[Record]) -> list[str]:
         rows,
         [
             ("n", _p("n")),
-            ("backend", _p("backend")),
             ("method", _p("method")),
-            ("ms/round", _m("ms_per_iter")),
-            ("× numpy", _r("numpy")),
+            ("numpy ms/round", _m("numpy_ms_per_iter")),
+            ("torch ms/round", _m("ms_per_iter")),
+            ("torch / numpy", _m("torch_over_numpy")),
+            ("pairs", _i("pairs")),
             ("torch threads", lambda r: r.get("info", {}).get("torch_threads", "–")),
             ("pools", _pools),
             ("procs", _procs),

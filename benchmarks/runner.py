@@ -34,7 +34,7 @@ from benchmarks.report import add_ratios, markdown
 from benchmarks.suites import PRIMARY, Case, build_plan, select
 from benchmarks.targets import summary_markdown
 
-__all__ = ["main", "merge_runs", "run_child"]
+__all__ = ["drop_retired", "interleaved", "main", "merge_runs", "run_child"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,6 +177,16 @@ def run_child(
     }
 
 
+def drop_retired(run: dict[str, Any], plan_ids: set[str]) -> dict[str, Any]:
+    """``run`` without the rows whose case the suite no longer has (removed or renamed since
+    they were measured), so that a merged report shows only cases that can be re-measured; the
+    dropped ids are printed."""
+    retired = [c["id"] for c in run["cases"] if c["id"] not in plan_ids]
+    for cid in retired:
+        print(f"benchmarks: dropped {cid} (no longer a case of the suite)", file=sys.stderr)
+    return {**run, "cases": [c for c in run["cases"] if c["id"] in plan_ids]}
+
+
 def median_process(records: list[dict[str, Any]], primary: str) -> dict[str, Any]:
     """One record for a case measured in several processes: the process whose ``primary``
     metric is the median (the lower one of the middle two for an even count), so that all its
@@ -305,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         run = json.loads(source.read_text(encoding="utf-8"))
         for other in args.merge or ():
             run = merge_runs(run, json.loads(Path(other).read_text(encoding="utf-8")))
+        if args.merge:
+            run = drop_retired(run, {c.id for c in build_plan(quick=False)})
         _write(Path(args.out), run, readme)
         print(f"benchmarks: rewrote the reports of {source}", file=sys.stderr)
         return 0

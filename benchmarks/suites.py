@@ -27,7 +27,7 @@ PRIMARY = {
     "external": "ms_per_iter",
     "threads": "cpu_over_wall",
     "gradmem": "backward_peak_mib",
-    "default-threads": "ms_per_iter",
+    "default-threads": "torch_over_numpy",
 }
 """The metric of each suite that ratios compare."""
 
@@ -430,21 +430,18 @@ def _gradmem_cases(sizes: dict[str, Any]) -> list[Case]:
 def _default_thread_cases(sizes: dict[str, Any]) -> list[Case]:
     """The solver per round at the libraries' default thread counts (no thread variables, no
     threadpoolctl limit, no ``torch.set_num_threads``): balanced, eps = 0.1, float32, the
-    largest solver size, kernel and log domains; the Torch row against the NumPy row."""
+    largest solver size, kernel and log domains; the Torch path against the NumPy path, both
+    in one process with their calls interleaved (``paired-solver``)."""
     n = max(sizes["solver_n"])
     unset = {var: "" for var in THREAD_ENV_VARS}
-    cases = []
-    for domain in ("kernel", "log"):
-        group = f"default-threads/eps={SOLVER_EPS}/balanced/float32/n={n}"
-        base = {"dtype": "float32", "n": n, "iters": SOLVER_ITERS, "eps": SOLVER_EPS,
-                "rho": None, "method": f"otcl-{domain}", "pools": "default"}
-        numpy_id = f"{group}/numpy/otcl-{domain}"
-        cases.append(Case(numpy_id, "default-threads", "solver", {**base, "backend": "numpy"},
-                          {}, _BACKEND_NEEDS["numpy"], env=dict(unset)))
-        cases.append(Case(f"{group}/torch/otcl-{domain}", "default-threads", "solver",
-                          {**base, "backend": "torch"}, {"numpy": numpy_id},
-                          _BACKEND_NEEDS["torch"], env=dict(unset)))
-    return cases
+    group = f"default-threads/eps={SOLVER_EPS}/balanced/float32/n={n}"
+    return [
+        Case(f"{group}/otcl-{domain}/torch-and-numpy", "default-threads", "paired-solver",
+             {"dtype": "float32", "n": n, "iters": SOLVER_ITERS, "eps": SOLVER_EPS,
+              "rho": None, "method": f"otcl-{domain}", "pools": "default"},
+             {}, _BACKEND_NEEDS["torch"], env=dict(unset))
+        for domain in ("kernel", "log")
+    ]
 
 
 def build_plan(quick: bool = False) -> list[Case]:

@@ -391,12 +391,12 @@ def _default_thread_checks(by_id: dict[str, Record]) -> list[Check]:
     n = _N
     target = (
         f"issue 17.4 at the default thread counts: Torch per round over NumPy per round "
-        f"(balanced, n = {n}, float32)"
+        f"(balanced, n = {n}, float32, interleaved in one process)"
     )
     return [
         _bound(target, f"{domain} domain",
-               _ratio(by_id.get(f"default-threads/eps=0.1/balanced/float32/n={n}/torch/"
-                                f"otcl-{domain}"), "numpy"),
+               _metric(by_id.get(f"default-threads/eps=0.1/balanced/float32/n={n}/"
+                                 f"otcl-{domain}/torch-and-numpy"), "torch_over_numpy"),
                "<= 1 (Torch / NumPy)", lambda x: x <= 1.0)
         for domain in ("kernel", "log")
     ]

@@ -367,6 +367,29 @@ def test_keep_freed_and_unbalanced_targets_name_their_floors() -> None:
     assert pot.measured == "1.17" and pot.met is False
 
 
+def test_paired_solver_times_both_paths_interleaved_in_one_process() -> None:
+    from benchmarks.cases import paired_solver
+
+    params = {"dtype": "float32", "n": 24, "iters": 7, "eps": 0.1, "rho": None,
+              "method": "otcl-kernel", "repeat": 3, "budget_s": 60.0}
+    out = paired_solver(params)
+    m, info = out["metrics"], out["info"]
+    assert info["pairs"] == 3 and len(info["numpy_call_ms"]) == len(info["torch_call_ms"]) == 3
+    assert info["numpy"]["rounds"] == info["torch"]["rounds"] == 7
+    assert m["torch_over_numpy"] == pytest.approx(m["ms_per_iter"] / m["numpy_ms_per_iter"])
+    median_torch = sorted(info["torch_call_ms"])[1] / 7
+    assert m["ms_per_iter"] == pytest.approx(median_torch)
+
+
+def test_merged_reports_drop_rows_of_retired_cases() -> None:
+    from benchmarks.runner import drop_retired
+
+    run = {"command": "x", "cases": [{"id": "a"}, {"id": "old"}, {"id": "b"}]}
+    kept = drop_retired(run, {"a", "b", "c"})
+    assert [c["id"] for c in kept["cases"]] == ["a", "b"] and kept["command"] == "x"
+    assert len(run["cases"]) == 3  # the input is untouched
+
+
 def test_processes_run_in_rounds_and_stop_on_failure_or_budget() -> None:
     import argparse
 
