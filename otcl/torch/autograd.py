@@ -42,14 +42,17 @@ holds no ``n x m`` buffer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
 import torch
 
-from otcl.backend import check_compatible, host_thread_pool
+from otcl.backend import check_compatible, host_thread_pool, torch_blas_limit
+from otcl.ops import array_ops
 from otcl.solvers.adjoint import (
     INNER_DOMAINS,
+    Cotangents,
     fixed_round_potentials,
     implicit_cotangents,
     unrolled_cotangents,
@@ -100,10 +103,14 @@ class InnerSolve(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ta, tb = _as_float(t_a), _as_float(t_b)
         unroll = grad == "unroll"
+        # PyTorch CPU tensors: the loops run on NumPy views of the same memory
+        host = _host_views(log_kernel, log_a, log_b, init)
+        ctx.host = host is not None
+        args = (log_kernel, log_a, log_b, init) if host is None else host
         # one thread pool for the loops (otcl.backend.host_thread_pool)
-        with torch.no_grad(), host_thread_pool(log_kernel):
+        with torch.no_grad(), host_thread_pool(log_kernel), _blas_limit(ctx.host):
             phi, gamma, tape = fixed_round_potentials(
-                log_kernel, log_a, log_b, ta, tb, n_iter, domain=domain, init=init,
+                args[0], args[1], args[2], ta, tb, n_iter, domain=domain, init=args[3],
                 record=unroll,
             )
         ctx.grad, ctx.tol, ctx.max_iter = grad, tol, max_iter
@@ -112,17 +119,26 @@ class InnerSolve(torch.autograd.Function):
         if unroll:
             # The (B, n, m) array of the tape is a saved tensor, freed by autograd once the
             # backward pass has run (an attribute of ctx would live as long as the graph's
-            # nodes, i.e. as long as the caller keeps the loss value).
-            matrix = tape.kernel if tape.kernel is not None else tape.log_kernel
-            ctx.matrix_field = "kernel" if tape.kernel is not None else "log_kernel"
+            # nodes, i.e. as long as the caller keeps the loss value). The log domain's is the
+            # input itself, saved as such (autograd then refuses a backward pass after an
+            # in-place change of it); the kernel domain's is otcl's own buffer.
+            if tape.kernel is not None:
+                ctx.matrix_field = "kernel"
+                matrix = torch.from_numpy(tape.kernel) if ctx.host else tape.kernel
+            else:
+                ctx.matrix_field, matrix = "log_kernel", log_kernel
             ctx.save_for_backward(matrix)
             ctx.tape = dataclasses.replace(tape, kernel=None, log_kernel=None)
+            if ctx.host:
+                return torch.from_numpy(phi), torch.from_numpy(gamma)
             # The tape records phi and gamma themselves. Returned as they are, they would
             # become the outputs, and output -> grad_fn -> ctx -> tape -> output a reference
             # cycle through the autograd node that Python's collector cannot see: the kernel
             # and the records of every call would stay alive. Aliases (same memory, other
             # tensor objects) break it.
             return phi.detach(), gamma.detach()
+        if ctx.host:
+            phi, gamma = torch.from_numpy(phi), torch.from_numpy(gamma)
         ctx.save_for_backward(log_kernel, log_a, log_b, phi, gamma)
         return phi, gamma
 
@@ -131,18 +147,22 @@ class InnerSolve(torch.autograd.Function):
         # the engine runs a backward pass in grad mode exactly when it builds a graph
         if torch.is_grad_enabled():
             raise RuntimeError(SECOND_ORDER_MESSAGE)
-        with host_thread_pool(phi_bar):
+        view = _view if ctx.host else _same
+        with host_thread_pool(phi_bar), _blas_limit(ctx.host):
             if ctx.grad == "unroll":
                 (matrix,) = ctx.saved_tensors
-                tape = dataclasses.replace(ctx.tape, **{ctx.matrix_field: matrix})
-                cot = unrolled_cotangents(tape, phi_bar, gamma_bar)
+                tape = dataclasses.replace(ctx.tape, **{ctx.matrix_field: view(matrix)})
+                cot = unrolled_cotangents(tape, view(phi_bar), view(gamma_bar))
             else:
-                log_kernel, log_a, log_b, phi, gamma = ctx.saved_tensors
+                log_kernel, log_a, log_b, phi, gamma = (view(t) for t in ctx.saved_tensors)
                 ta, tb = ctx.t_values
                 cot = implicit_cotangents(
-                    log_kernel, phi, gamma, log_a, log_b, ta, tb, phi_bar, gamma_bar,
-                    tol=ctx.tol, max_iter=ctx.max_iter,
+                    log_kernel, phi, gamma, log_a, log_b, ta, tb, view(phi_bar),
+                    view(gamma_bar), tol=ctx.tol, max_iter=ctx.max_iter,
                 )
+        if ctx.host:
+            cot = Cotangents(*(None if x is None else torch.as_tensor(x) for x in (
+                cot.log_kernel, cot.log_a, cot.log_b, cot.t_a, cot.t_b, cot.init)))
         _check_finite(cot, phi_bar, gamma_bar, ctx.grad)
         spec_a, spec_b = ctx.t_specs
         return (
@@ -231,6 +251,35 @@ def inner_potentials(
     if not batched:
         phi, gamma = phi[0], gamma[0]
     return phi, gamma
+
+
+def _host_views(log_kernel: torch.Tensor, log_a: torch.Tensor, log_b: torch.Tensor,
+                init: torch.Tensor | None) -> tuple[Any, ...] | None:
+    """NumPy views (same memory, no copy) of the inputs of a solve on PyTorch CPU float tensors
+    ([`TorchCpuOps.host_views`][otcl.ops.torch_ops.TorchCpuOps.host_views]), or ``None`` (other
+    devices and dtypes, or no threadpoolctl to keep NumPy's BLAS within torch's thread count).
+
+    The fixed rounds and their derivatives then run on NumPy: their passes over the matrix cost
+    the same, and each of their 20-odd vector operations per step costs 1-2 microseconds in
+    NumPy against 5-10 in torch, which at B = 1024 is a few milliseconds per loss call."""
+    host_views = getattr(array_ops(torch, log_kernel), "host_views", None)
+    if host_views is None:
+        return None
+    return host_views(log_kernel, log_a, log_b, init)
+
+
+def _blas_limit(host: bool) -> Any:
+    """NumPy's BLAS within torch's thread count while a loop runs on NumPy views
+    ([`torch_blas_limit`][otcl.backend.torch_blas_limit]); nothing otherwise."""
+    return torch_blas_limit() if host else contextlib.nullcontext()
+
+
+def _view(t: torch.Tensor) -> Any:
+    return t.detach().numpy()
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _check_finite(cot: Any, phi_bar: torch.Tensor, gamma_bar: torch.Tensor, grad: str) -> None:
