@@ -34,6 +34,7 @@ __all__ = [
     "gca_log_autograd",
     "gca_official_style",
     "nt_xent",
+    "nt_xent_plus_passes",
     "paired_products",
     "partner_index",
     "similarity",
@@ -41,7 +42,6 @@ __all__ = [
     "swav_codes_torch",
     "swav_prototype_errors",
     "swav_rounds_to",
-    "unrolled_floor",
     "update_exponent",
 ]
 
@@ -126,19 +126,21 @@ def paired_products(kernel: np.ndarray, pairs: int) -> None:
             np.add(ktu, tmp, out=ktu)
 
 
-def unrolled_floor(s: torch.Tensor, eps: float, n_iter: int, all_views: bool = False,
-                   ) -> torch.Tensor:
-    """NT-Xent (:func:`nt_xent`, whose value it returns) plus the least extra work of any exact
-    unrolled derivative of ``L = n_iter`` Sinkhorn rounds on the ``n x n`` kernel: one
-    exponential pass ``K = exp(s)``, ``2 (2L + 1)`` matrix-vector products with ``K`` and
-    ``K^T`` (``2L + 1`` forward, the same backward, where each step's cotangent needs the next
-    one's; :func:`paired_products`, two per read of the kernel where that is faster), and the
-    gradient matrix ``K ⊙ (A B^T)`` of rank ``2L + 1``.
+def nt_xent_plus_passes(s: torch.Tensor, eps: float, n_iter: int, all_views: bool = False,
+                        ) -> torch.Tensor:
+    """NT-Xent (:func:`nt_xent`, as torch computes it, whose value it returns) plus the passes
+    over the ``n x n`` kernel that any exact unrolled derivative of ``L = n_iter`` Sinkhorn
+    rounds needs: one exponential pass ``K = exp(s)``, ``2 (2L + 1)`` matrix-vector products
+    with ``K`` and ``K^T`` (``2L + 1`` forward, the same backward, where each step's cotangent
+    needs the next one's; :func:`paired_products`, two per read of the kernel where that is
+    faster), and the gradient matrix ``K ⊙ (A B^T)`` of rank ``2L + 1``.
 
     Each pass runs at its fastest: base-2 exponential, NumPy's BLAS on the tensor's memory (the
     products otcl uses on the CPU), outputs allocated once per call. The numbers the extra work
-    computes are discarded; only its time means anything. (The GCA losses also pay per-step
-    vector work and the loss terms, which this floor leaves out.)
+    computes are discarded; only its time means anything. The GCA losses also pay per-step
+    vector work and the loss terms, which this leaves out; they can still take less time than
+    this row where their own products are faster than torch's (otcl computes the log-kernel and
+    its gradient with NumPy's BLAS) or where they read the kernel fewer times than it does.
     """
     loss = nt_xent(s, eps, all_views)
     sim = s.detach().numpy()

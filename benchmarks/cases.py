@@ -564,7 +564,7 @@ def loss_function(params: dict[str, Any]) -> Callable[..., Any]:
         "official-style": lambda s: ref.gca_official_style(s, eps, n_iter, rho, all_views),
         "kernel-autograd": lambda s: ref.gca_kernel_autograd(s, eps, n_iter, rho, all_views),
         "log-autograd": lambda s: ref.gca_log_autograd(s, eps, n_iter, rho, all_views),
-        "unrolled-floor": lambda s: ref.unrolled_floor(s, eps, n_iter, all_views),
+        "ntxent-plus-passes": lambda s: ref.nt_xent_plus_passes(s, eps, n_iter, all_views),
     }[impl]
     return lambda *z: reference(ref.similarity(*z))
 

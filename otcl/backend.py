@@ -47,6 +47,7 @@ __all__ = [
     "product_t",
     "quiet_numerics",
     "safe_log",
+    "stop_gradient",
     "to_float",
     "to_numpy",
 ]
@@ -236,6 +237,19 @@ def fill_diagonal(x: Array, value: float, xp: Any) -> Array:
         return x
     eye = xp.eye(n, m, dtype=xp.bool, device=device_of(x))
     return xp.where(eye, xp.asarray(value, dtype=x.dtype, device=device_of(x)), x)
+
+
+def stop_gradient(x: Array) -> Array:
+    """``x`` as a constant for automatic differentiation (the same values): ``detach`` for
+    PyTorch, ``jax.lax.stop_gradient`` for JAX; arrays of other libraries carry no derivative
+    and are returned as they are."""
+    if array_api_compat.is_torch_array(x):
+        return x.detach()
+    if array_api_compat.is_jax_array(x):
+        import jax
+
+        return jax.lax.stop_gradient(x)
+    return x
 
 
 def host_matmul(x: Array, y: Array, xp: Any, out: Array | None = None) -> Array:

@@ -36,6 +36,7 @@ from otcl.backend import (
     fill_diagonal,
     masked_fill,
     product_t,
+    stop_gradient,
 )
 from otcl.tracing import definitely, plain_ops
 
@@ -56,16 +57,33 @@ CROSS_LAYOUTS = ("cross", "queue")
 """The cross-view layouts of two arrays ``z1 (N, d)``, ``z2 (M, d)``."""
 
 
-def _normalise_rows(name: str, x: Array, xp: Any) -> Array:
+def _normalise_rows(name: str, x: Array, xp: Any, peak: Array | None = None) -> Array:
     """``x_i / ||x_i||`` per row, safe for any scale: each row is first divided by its largest
-    absolute entry, so that norms of rows scaled far beyond ``sqrt(max float)`` (about
-    ``1.8e19`` in float32) neither overflow to ``inf`` nor underflow to 0. The quotient by the
-    row maximum leaves ``x_i / ||x_i||`` unchanged, values and derivatives."""
-    peak = xp.max(xp.abs(x), axis=-1, keepdims=True)
+    absolute entry ``peak`` (``(n, 1)``, [`_row_peaks`][otcl.geometry._row_peaks]; computed
+    here when not given), so that norms of rows scaled far beyond ``sqrt(max float)`` (about
+    ``1.8e19`` in float32) neither overflow to ``inf`` nor underflow to 0.
+
+    The quotient by the row maximum leaves ``x_i / ||x_i||`` unchanged, values and
+    derivatives: ``s / ||s||`` does not change when ``s`` is scaled. The maximum is therefore a
+    constant for automatic differentiation ([`stop_gradient`][otcl.backend.stop_gradient]);
+    its derivative would only add terms that cancel (and cost a backward pass through the
+    maximum and the absolute value)."""
+    if peak is None:
+        peak = _row_peaks(name, x, xp)
     if definitely(xp.any(peak == 0)):
         raise ValueError(f"{name} has a row of zero norm; the cosine cost is undefined there")
-    scaled = x / peak
+    scaled = x / stop_gradient(peak)
     return scaled / xp.linalg.vector_norm(scaled, axis=-1, keepdims=True)
+
+
+def _row_peaks(name: str, z: Array, xp: Any) -> Array:
+    """``max_j |z_ij|`` per row, shape ``(n, 1)``; ``ValueError`` naming ``name`` when an entry
+    is NaN or infinite (the maximum of a row with a NaN is NaN, with an infinity infinite: one
+    check per row instead of one per entry)."""
+    peak = xp.max(xp.abs(z), axis=-1, keepdims=True)
+    if definitely(xp.any(~xp.isfinite(peak))):
+        raise ValueError(f"{name} contains NaN or inf")
+    return peak
 
 
 def cost_matrix(x: Array, y: Array, metric: str = "neg_cosine") -> Array:
@@ -85,9 +103,9 @@ def cost_matrix(x: Array, y: Array, metric: str = "neg_cosine") -> Array:
             raise ValueError(f"{name} must have shape (n, d), got {tuple(arr.shape)}")
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
-    _check_embeddings(xp, x=x, y=y)
+    px, py = _check_embeddings(xp, x=x, y=y)
     if metric in ("neg_cosine", "cosine"):
-        sim = _normalise_rows("x", x, xp) @ xp.matrix_transpose(_normalise_rows("y", y, xp))
+        sim = _normalise_rows("x", x, xp, px) @ xp.matrix_transpose(_normalise_rows("y", y, xp, py))
         return -sim if metric == "neg_cosine" else 1 - sim
     if metric == "dot":
         return -(x @ xp.matrix_transpose(y))
@@ -337,14 +355,14 @@ def view_batch(
                     f"{'more' if queue else 'at least as many'} rows (rows N.. are extra "
                     f"negatives), got {tuple(z1.shape)} and {tuple(z2.shape)}"
                 )
-            _check_embeddings(xp, z1=z1, z2=z2)
+            peaks = _check_embeddings(xp, z1=z1, z2=z2)
             n, m = z1.shape[0], z2.shape[0]
             dev = device_of(z1)
             rows = xp.arange(n, dtype=index_dtype(xp), device=dev)
             cols = xp.arange(m, dtype=index_dtype(xp), device=dev)
             mask = ((rows[:, None] == cols[None, :]) | (cols[None, :] >= n)) if queue else None
             return _batch(("z1", z1), ("z2", z2), metric, mask, rows, rows, layout, xp,
-                          col_samples=cols)
+                          col_samples=cols, peaks=peaks)
         if z1.shape != z2.shape:
             raise ValueError(
                 f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
@@ -352,21 +370,22 @@ def view_batch(
             )
         if n_views != 2:
             raise ValueError(f"two arrays z1, z2 hold two views; got n_views={n_views}")
-        _check_embeddings(xp, z1=z1, z2=z2)
+        p1, p2 = _check_embeddings(xp, z1=z1, z2=z2)
         z1 = xp.concat([z1, z2], axis=0)
+        peak = xp.concat([p1, p2], axis=0)
         layout = "blocked"
     else:
         xp = check_compatible(z=z1)
         if z1.ndim != 2:
             raise ValueError(f"z must have shape (V*N, d), got {tuple(z1.shape)}")
-        _check_embeddings(xp, z=z1)
+        (peak,) = _check_embeddings(xp, z=z1)
     if layout is None:
         n_rows = z1.shape[0]
         if n_rows < 2:
             raise ValueError(f"a single batch z needs at least 2 rows, got {n_rows}")
         rows = xp.arange(n_rows, dtype=index_dtype(xp), device=device_of(z1))
         return _batch(("z", z1), ("z", z1), metric, None, rows, None, "single", xp,
-                      self_masked=True)
+                      self_masked=True, peaks=(peak, peak))
     if layout in CROSS_LAYOUTS:
         raise ValueError(f"layout={layout!r} needs two arrays z1, z2")
     n_rows = z1.shape[0]
@@ -374,17 +393,19 @@ def view_batch(
     samples = sample_index(n_rows, n_views, layout, xp, dev)
     partner = partner_index(n_rows, layout, xp, dev) if n_views == 2 else None
     return _batch(("z", z1), ("z", z1), metric, None, samples, partner, layout, xp,
-                  self_masked=True)
+                  self_masked=True, peaks=(peak, peak))
 
 
 def _batch(x: tuple[str, Array], y: tuple[str, Array], metric: str, mask: Array | None,
            samples: Array, partner: Array | None, layout: str, xp: Any, *,
-           self_masked: bool = False, col_samples: Array | None = None) -> ViewBatch:
+           self_masked: bool = False, col_samples: Array | None = None,
+           peaks: tuple[Array, Array] | None = None) -> ViewBatch:
     (name_x, x), (name_y, y) = x, y
+    px, py = (None, None) if peaks is None else peaks
     cols = samples if col_samples is None else col_samples
     if metric in ("neg_cosine", "cosine"):
-        xn = _normalise_rows(name_x, x, xp)
-        yn = xn if y is x else _normalise_rows(name_y, y, xp)
+        xn = _normalise_rows(name_x, x, xp, px)
+        yn = xn if y is x else _normalise_rows(name_y, y, xp, py)
         return ViewBatch(None, mask, samples, cols, partner, layout, (xn, yn), metric,
                          self_masked)
     if metric not in METRICS:
@@ -393,9 +414,10 @@ def _batch(x: tuple[str, Array], y: tuple[str, Array], metric: str, mask: Array 
                      metric, self_masked)
 
 
-def _check_embeddings(xp: Any, **arrays: Array) -> None:
+def _check_embeddings(xp: Any, **arrays: Array) -> list[Array]:
+    """Refuse empty arrays and arrays with a NaN or infinite entry; return each array's row
+    peaks ([`_row_peaks`][otcl.geometry._row_peaks]), which the cosine metrics reuse."""
     for name, z in arrays.items():
         if z.shape[0] == 0 or z.shape[1] == 0:
             raise ValueError(f"{name} must not be empty, got shape {tuple(z.shape)}")
-        if definitely(xp.any(~xp.isfinite(z))):
-            raise ValueError(f"{name} contains NaN or inf")
+    return [_row_peaks(name, z, xp) for name, z in arrays.items()]

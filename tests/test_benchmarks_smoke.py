@@ -94,7 +94,7 @@ def test_all_views_references_match_direct_sinkhorn_and_nt_xent() -> None:
     assert float(ref.nt_xent(s, 0.5, all_views=True)) == pytest.approx(nt_xent, rel=1e-12)
 
 
-def test_unrolled_floor_returns_nt_xent_and_does_the_passes_of_the_rounds(monkeypatch) -> None:
+def test_nt_xent_plus_passes_returns_nt_xent_and_does_the_passes_of_the_rounds(monkeypatch) -> None:
     z1, z2 = (z.requires_grad_() for z in _embeddings(9))
     calls = []
 
@@ -108,7 +108,7 @@ def test_unrolled_floor_returns_nt_xent_and_does_the_passes_of_the_rounds(monkey
 
     monkeypatch.setattr(ref, "np", CountingNumpy())
     n_iter = 3
-    value = ref.unrolled_floor(ref.similarity(z1, z2), 0.5, n_iter)
+    value = ref.nt_xent_plus_passes(ref.similarity(z1, z2), 0.5, n_iter)
     value.backward()
     grads = [z1.grad.clone(), z2.grad.clone()]
     z1.grad = z2.grad = None
@@ -351,9 +351,9 @@ def test_keep_freed_and_unbalanced_targets_name_their_floors() -> None:
     pre = "solver/eps=0.1/unbalanced/numpy/float32/n=1024"
     records = [
         _ok(f"{keep}/ntxent", "losses", {"ms": 50.0}),
-        _ok(f"{keep}/unrolled-floor", "losses", {"ms": 80.0}, {"ntxent": f"{keep}/ntxent"}),
+        _ok(f"{keep}/ntxent-plus-passes", "losses", {"ms": 80.0}, {"ntxent": f"{keep}/ntxent"}),
         _ok(f"{keep}/gca-ince/otcl", "losses", {"ms": 90.0},
-            {"ntxent": f"{keep}/ntxent", "floor": f"{keep}/unrolled-floor"}),
+            {"ntxent": f"{keep}/ntxent", "plus-passes": f"{keep}/ntxent-plus-passes"}),
         _ok(f"{pre}/floor", "solver", {"ms_per_iter": 0.15}),
         _ok(f"{pre}/otcl-kernel", "solver", {"ms_per_iter": 0.18}, {"floor": f"{pre}/floor"}),
         _ok(f"{pre}/pot-unbalanced", "solver", {"ms_per_iter": 0.21},
@@ -361,7 +361,7 @@ def test_keep_freed_and_unbalanced_targets_name_their_floors() -> None:
     ]
     add_ratios(records)
     checks = {(c.target[:10], c.row): c for c in evaluate(records)}
-    ince = checks[("issue 17.5", "GCA-INCE (exact-derivative floor: 1.6)")]
+    ince = checks[("issue 17.5", "GCA-INCE (NT-Xent plus the exact derivative's passes: 1.6)")]
     assert ince.measured == "1.8" and ince.met is False
     pot = checks[("issue 17.3", "numpy n = 1024 (POT / two bare mat-vecs: 1.4)")]
     assert pot.measured == "1.17" and pot.met is False
