@@ -72,15 +72,16 @@ def _normalise_rows(name: str, x: Array, xp: Any, peak: Array | None = None) -> 
         peak = _row_peaks(name, x, xp)
     if definitely(xp.any(peak == 0)):
         raise ValueError(f"{name} has a row of zero norm; the cosine cost is undefined there")
-    scaled = x / stop_gradient(peak)
+    scaled = x / peak
     return scaled / xp.linalg.vector_norm(scaled, axis=-1, keepdims=True)
 
 
 def _row_peaks(name: str, z: Array, xp: Any) -> Array:
     """``max_j |z_ij|`` per row, shape ``(n, 1)``; ``ValueError`` naming ``name`` when an entry
     is NaN or infinite (the maximum of a row with a NaN is NaN, with an infinity infinite: one
-    check per row instead of one per entry)."""
-    peak = xp.max(xp.abs(z), axis=-1, keepdims=True)
+    check per row instead of one per entry). A constant for automatic differentiation
+    ([`_normalise_rows`][otcl.geometry._normalise_rows]), so no graph records it."""
+    peak = xp.max(xp.abs(stop_gradient(z)), axis=-1, keepdims=True)
     if definitely(xp.any(~xp.isfinite(peak))):
         raise ValueError(f"{name} contains NaN or inf")
     return peak

@@ -20,7 +20,11 @@ Gradient modes:
 * ``"detach"``: the potentials are returned as constants (no graph through the solve).
 
 The forward runs under ``torch.no_grad`` with no host synchronisation inside the loop (one before
-it, for the range of ``Λ``, and one after it, the kernel domain's precision check). First-order
+it, for the range of ``Λ``, and one after it, the kernel domain's precision check). On PyTorch
+CPU float tensors the rounds and their derivative run on NumPy views of the tensors' memory (no
+copy; NumPy's BLAS within torch's thread count), as the solver's loops do; the potentials and
+cotangents come back as tensors on the same memory, equal to those of the torch operations up to
+rounding. First-order
 gradients pass ``torch.autograd.gradcheck`` in float64.
 
 Second derivatives are not supported: a backward pass that builds a graph (``create_graph=True``,
