@@ -606,6 +606,48 @@ def loss(params: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": {"ms": 1e3 * timing["median_s"], "value": timing["last"]}, "info": info}
 
 
+PAIRED_LOSSES = (
+    ("ntxent", {"impl": "ntxent"}),
+    ("gca-ince", {"impl": "otcl", "family": "gca-ince"}),
+    ("gca-uot", {"impl": "otcl", "family": "gca-uot"}),
+    ("ntxent-plus-passes", {"impl": "ntxent-plus-passes"}),
+)
+"""The losses a ``paired-loss`` case times, by label, as :func:`loss_function` parameters."""
+
+
+def paired_loss(params: dict[str, Any]) -> dict[str, Any]:
+    """Forward + backward of NT-Xent, otcl's GCA-INCE and GCA-UOT and NT-Xent plus the passes
+    of an exact unrolled derivative (:data:`PAIRED_LOSSES`) on the same embeddings, in one
+    process with the calls interleaved (one call of each per round, up to ``repeat`` rounds
+    within ``budget_s``), so that each ``<label>_over_ntxent`` compares code, not two processes'
+    memory placement or the machine's load at two moments. Metrics: ``<label>_ms`` (median per
+    label) and ``<label>_over_ntxent`` (median over median); ``ms`` is GCA-INCE's."""
+    require_backend("torch")
+    inputs = _loss_inputs(params, int(params["batch"]))
+    fns = {label: loss_function({**params, **spec}) for label, spec in PAIRED_LOSSES}
+    values = {label: _forward_backward(fn, inputs) for label, fn in fns.items()}  # warm-up
+    times: dict[str, list[float]] = {label: [] for label in fns}
+    gc.collect()
+    while len(times["ntxent"]) < int(params["repeat"]):
+        for label, fn in fns.items():
+            t0 = time.perf_counter()
+            values[label] = _forward_backward(fn, inputs)
+            times[label].append(time.perf_counter() - t0)
+        if sum(sum(t) for t in times.values()) >= float(params["budget_s"]):
+            break
+    if not all(math.isfinite(v) for v in values.values()):
+        raise RuntimeError(f"non-finite loss values {values}")
+    ms = {label: 1e3 * statistics.median(t) for label, t in times.items()}
+    metrics: dict[str, float] = {"ms": ms["gca-ince"]}
+    for label, value in ms.items():
+        metrics[f"{label}_ms"] = value
+        if label != "ntxent":
+            metrics[f"{label}_over_ntxent"] = value / ms["ntxent"]
+    info = {"rounds": len(times["ntxent"]), "values": values,
+            "call_ms": {label: [1e3 * x for x in t] for label, t in times.items()}}
+    return {"metrics": metrics, "info": info}
+
+
 def cputime(params: dict[str, Any]) -> dict[str, Any]:
     """CPU time over wall time of a loss's forward + backward on one torch thread
     (``time.process_time`` and ``time.perf_counter`` around the timed calls): about 1 when
@@ -714,6 +756,7 @@ KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "probe": probe,
     "solver": solver,
     "paired-solver": paired_solver,
+    "paired-loss": paired_loss,
     "stability": stability,
     "loss": loss,
     "memory": memory,

@@ -307,6 +307,38 @@ def _loss_section(records: list[Record]) -> list[str]:
     return [*out, ""]
 
 
+def _paired_loss_section(records: list[Record]) -> list[str]:
+    rows = _ok(records, "losses-paired")
+    if not rows:
+        return []
+    out = ["## 3b. Losses in one process, calls interleaved (glibc keeping freed memory)", ""]
+    out += [
+        "The losses of a keep-freed group on the same embeddings in one process: one forward + "
+        "backward of each per round (NT-Xent, GCA-INCE, GCA-UOT, NT-Xent plus the exact "
+        "derivative's passes), up to the repeat count within the budget; ms are medians per "
+        "loss, `/ NT-Xent` is a median over NT-Xent's median. The targets read these ratios: "
+        "they compare the code, where separate processes also compare their memory placement.",
+        "",
+    ]
+    out += _rows(
+        rows,
+        [
+            ("layout", _p("layout")),
+            ("batch", lambda r: r["id"].split("/")[2]),
+            ("NT-Xent ms", _m("ntxent_ms")),
+            ("GCA-INCE ms", _m("gca-ince_ms")),
+            ("GCA-UOT ms", _m("gca-uot_ms")),
+            ("plus-passes ms", _m("ntxent-plus-passes_ms")),
+            ("GCA-INCE / NT-Xent", _m("gca-ince_over_ntxent")),
+            ("GCA-UOT / NT-Xent", _m("gca-uot_over_ntxent")),
+            ("plus-passes / NT-Xent", _m("ntxent-plus-passes_over_ntxent")),
+            ("rounds", _i("rounds")),
+            ("procs", _procs),
+        ],
+    )
+    return [*out, ""]
+
+
 def _memory_section(records: list[Record]) -> list[str]:
     rows = _ok(records, "memory")
     if not rows:
@@ -614,6 +646,7 @@ def markdown(run: dict[str, Any]) -> str:
         _stability_section,
         _batched_section,
         _loss_section,
+        _paired_loss_section,
         _memory_section,
         _scale_section,
         _swav_section,

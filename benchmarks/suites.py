@@ -28,6 +28,7 @@ PRIMARY = {
     "threads": "cpu_over_wall",
     "gradmem": "backward_peak_mib",
     "default-threads": "torch_over_numpy",
+    "losses-paired": "gca-ince_over_ntxent",
 }
 """The metric of each suite that ratios compare."""
 
@@ -273,6 +274,11 @@ def _loss_cases(sizes: dict[str, Any]) -> list[Case]:
         params = {**base, "impl": "ntxent-plus-passes", "malloc": KEEP_FREED}
         cases.append(Case(plus, "losses", "loss", params, {"ntxent": f"{keep}/ntxent"},
                           ("torch",), env=dict(KEEP_FREED_ENV)))
+        # the same losses in one process, calls interleaved (the ratios the targets read)
+        cases.append(Case(f"{keep}/paired", "losses-paired", "paired-loss",
+                          {**base, "rho": UOT_RHO, "malloc": KEEP_FREED}, {},
+                          ("torch", "otcl.torch.GCAInfoNCE", "otcl.torch.GCAUOT"),
+                          env=dict(KEEP_FREED_ENV)))
         for family, rho, cls in (("gca-ince", None, "GCAInfoNCE"), ("gca-uot", UOT_RHO, "GCAUOT")):
             params = {**base, "family": family, "rho": rho, "impl": "otcl", "malloc": KEEP_FREED}
             cases.append(Case(f"{keep}/{family}/otcl", "losses", "loss", params,

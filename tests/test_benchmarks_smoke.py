@@ -381,6 +381,33 @@ def test_paired_solver_times_both_paths_interleaved_in_one_process() -> None:
     assert m["ms_per_iter"] == pytest.approx(median_torch)
 
 
+def test_paired_loss_times_every_loss_interleaved_and_reads_ratios_from_medians() -> None:
+    from benchmarks.cases import PAIRED_LOSSES, paired_loss
+
+    params = {"layout": "cross", "batch": 16, "d": 8, "eps": 0.5, "n_iter": 3, "rho": 0.2,
+              "repeat": 3, "budget_s": 60.0}
+    out = paired_loss(params)
+    m, info = out["metrics"], out["info"]
+    assert info["rounds"] == 3
+    assert set(info["call_ms"]) == {label for label, _ in PAIRED_LOSSES}
+    # NT-Xent plus passes returns NT-Xent's value; GCA-INCE's value is its own (not NT-Xent's)
+    assert info["values"]["ntxent-plus-passes"] == info["values"]["ntxent"]
+    assert info["values"]["gca-ince"] != info["values"]["ntxent"]
+    for label, calls in info["call_ms"].items():
+        assert m[f"{label}_ms"] == pytest.approx(sorted(calls)[1])
+    assert m["gca-ince_over_ntxent"] == pytest.approx(m["gca-ince_ms"] / m["ntxent_ms"])
+    assert m["ms"] == m["gca-ince_ms"]
+    pre = "losses/cross/B=2048/keep-freed"
+    checks = evaluate([{"id": f"{pre}/paired", "suite": "losses-paired", "status": "ok",
+                        "metrics": {**m, "gca-ince_over_ntxent": 1.3,
+                                    "gca-uot_over_ntxent": 1.6,
+                                    "ntxent-plus-passes_over_ntxent": 1.25},
+                        "baselines": {}}])
+    read = {c.row: c for c in checks if "in one process" in c.target}
+    note = " (NT-Xent plus the exact derivative's passes: 1.25)"
+    assert read["GCA-INCE" + note].met is True and read["GCA-UOT" + note].met is False
+
+
 def test_merged_reports_drop_rows_of_retired_cases() -> None:
     from benchmarks.runner import drop_retired
 
