@@ -367,6 +367,7 @@ def _keep_freed_checks(by_id: dict[str, Record]) -> list[Check]:
             out.append(_bound(
                 f"issue 17.5 {label}, glibc keeping freed memory{kind}: loss fwd+bwd / NT-Xent",
                 family.upper() + note, value, f"<= {bound:g}", lambda x, b=bound: x <= b,
+                show=lambda x: _fmt(x, 4),  # enough digits to tell a value from its bound
             ))
     return out
 
