@@ -261,8 +261,8 @@ def host_matmul(x: Array, y: Array, xp: Any, out: Array | None = None) -> Array:
     its thin products (``(2048, 21) @ (21, 2048)``, ``(2048, 128) @ (128, 2048)``) half the time
     or less. NumPy's BLAS then runs under
     [`torch_blas_limit`][otcl.backend.torch_blas_limit] (one thread pool); without
-    ``threadpoolctl`` to limit it, torch computes the product. Everything else: ``xp.matmul``
-    (NumPy: with ``out``).
+    ``threadpoolctl`` to limit it, torch computes the product. NumPy arrays: ``np.matmul``
+    itself (with ``out``). Everything else: ``xp.matmul``.
     """
     if _torch_on_host(xp, x, y, out) and _blas_libraries() is not None:
         import torch
@@ -271,7 +271,9 @@ def host_matmul(x: Array, y: Array, xp: Any, out: Array | None = None) -> Array:
             res = np.matmul(x.detach().numpy(), y.detach().numpy(),
                             out=None if out is None else out.detach().numpy())
         return out if out is not None else torch.from_numpy(res)
-    if out is not None and array_api_compat.is_numpy_namespace(xp):
+    if array_api_compat.is_numpy_namespace(xp):
+        # NumPy's own function: the compatibility layer's wrapper adds a few microseconds per
+        # call, which the 40-odd matrix-vector products of a loss's rounds feel at small sizes
         return np.matmul(x, y, out=out)
     res = xp.matmul(x, y)
     if out is None:
