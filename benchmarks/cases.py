@@ -8,7 +8,7 @@ every case's parameters by the runner.
 
 from __future__ import annotations
 
-import gc
+import functools
 import importlib.metadata
 import importlib.util
 import inspect
@@ -30,6 +30,7 @@ from benchmarks.common import (
     cosine_cost,
     late_over_early,
     measure,
+    measure_interleaved,
     minor_faults,
     peak_rss_during,
     require_backend,
@@ -440,16 +441,10 @@ def paired_solver(params: dict[str, Any]) -> dict[str, Any]:
                for b in ("numpy", "torch")}
     for method in methods.values():
         method.warmup(iters)
-    times: dict[str, list[float]] = {b: [] for b in methods}
-    last: dict[str, Any] = {}
-    gc.collect()
-    while len(times["torch"]) < int(params["repeat"]):
-        for backend, method in methods.items():
-            t0 = time.perf_counter()
-            last[backend] = method.run(iters)
-            times[backend].append(time.perf_counter() - t0)
-        if sum(times["numpy"]) + sum(times["torch"]) >= float(params["budget_s"]):
-            break
+    times, last = measure_interleaved(
+        {b: functools.partial(method.run, iters) for b, method in methods.items()},
+        repeat=int(params["repeat"]), budget_s=float(params["budget_s"]),
+    )
     info: dict[str, Any] = {"pairs": len(times["torch"])}
     for backend, method in methods.items():
         info[backend] = method.check(last[backend], iters)
@@ -625,16 +620,12 @@ def paired_loss(params: dict[str, Any]) -> dict[str, Any]:
     require_backend("torch")
     inputs = _loss_inputs(params, int(params["batch"]))
     fns = {label: loss_function({**params, **spec}) for label, spec in PAIRED_LOSSES}
-    values = {label: _forward_backward(fn, inputs) for label, fn in fns.items()}  # warm-up
-    times: dict[str, list[float]] = {label: [] for label in fns}
-    gc.collect()
-    while len(times["ntxent"]) < int(params["repeat"]):
-        for label, fn in fns.items():
-            t0 = time.perf_counter()
-            values[label] = _forward_backward(fn, inputs)
-            times[label].append(time.perf_counter() - t0)
-        if sum(sum(t) for t in times.values()) >= float(params["budget_s"]):
-            break
+    for fn in fns.values():
+        _forward_backward(fn, inputs)  # warm-up
+    times, values = measure_interleaved(
+        {label: functools.partial(_forward_backward, fn, inputs) for label, fn in fns.items()},
+        repeat=int(params["repeat"]), budget_s=float(params["budget_s"]),
+    )
     if not all(math.isfinite(v) for v in values.values()):
         raise RuntimeError(f"non-finite loss values {values}")
     ms = {label: 1e3 * statistics.median(t) for label, t in times.items()}

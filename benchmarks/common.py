@@ -264,6 +264,28 @@ def measure(
     }
 
 
+def measure_interleaved(
+    calls: dict[str, Callable[[], Any]], *, repeat: int, budget_s: float
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Time several calls in one process, interleaved: one call of each per round (in the
+    order of ``calls``), up to ``repeat`` rounds, stopping early once the timed calls have used
+    ``budget_s`` seconds (at least one round is always timed). The caller warms them up first.
+    Returns the wall times in seconds and the last return value, each by label."""
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
+    gc.collect()
+    times: dict[str, list[float]] = {label: [] for label in calls}
+    last: dict[str, Any] = {}
+    for _ in range(repeat):
+        for label, call in calls.items():
+            t0 = time.perf_counter()
+            last[label] = call()
+            times[label].append(time.perf_counter() - t0)
+        if sum(sum(t) for t in times.values()) >= budget_s:
+            break
+    return times, last
+
+
 def status_kib(field: str) -> int | None:
     """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``), or None off Linux."""
     try:
