@@ -35,6 +35,8 @@ PRIMARY = {
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "solver_n": (256, 1024, 4096),
+        # the unbalanced comparison with POT also at these sizes (floor, kernel domain, POT)
+        "unbalanced_n": (2048,),
         "stability_n": 2048,
         "batched": (512, 64),
         "loss_batch": (1024, 2048),
@@ -48,6 +50,7 @@ SIZES: dict[str, dict[str, Any]] = {
     },
     "quick": {
         "solver_n": (48,),
+        "unbalanced_n": (40,),
         "stability_n": 48,
         "batched": (8, 16),
         "loss_batch": (48,),
@@ -191,7 +194,28 @@ def _solver_cases(sizes: dict[str, Any]) -> list[Case]:
                     )
                 for problem in ("balanced", "unbalanced"):
                     cases += _solver_group(backend, dtype, n, problem, floors)
+        for n in sizes["unbalanced_n"]:
+            cases += _unbalanced_vs_pot(backend, n)
     return cases
+
+
+def _unbalanced_vs_pot(backend: str, n: int) -> list[Case]:
+    """At a size between the solver sizes, float32, eps = 0.1: the bare products, otcl's kernel
+    domain and POT's ``sinkhorn_unbalanced`` on the unbalanced problem (rho = 1), nothing else."""
+    base = {"backend": backend, "dtype": "float32", "n": n, "iters": SOLVER_ITERS,
+            "eps": SOLVER_EPS}
+    floor = f"solver/floor/{backend}/float32/n={n}/matvec"
+    group = f"solver/eps={SOLVER_EPS}/unbalanced/{backend}/float32/n={n}"
+    kernel = f"{group}/otcl-kernel"
+    rows = (
+        (floor, {"method": "floor-matvec"}, {}),
+        (kernel, {"method": "otcl-kernel", "rho": UNBALANCED_RHO}, {"floor": floor}),
+        (f"{group}/pot-unbalanced", {"method": "pot-unbalanced", "rho": UNBALANCED_RHO},
+         {"floor": floor, "otcl": kernel}),
+    )
+    return [Case(cid, "solver", "solver", {**base, **extra}, baselines,
+                 _needs(backend, extra["method"]))
+            for cid, extra, baselines in rows]
 
 
 def _stability_cases(sizes: dict[str, Any]) -> list[Case]:

@@ -334,7 +334,7 @@ def _unbalanced_checks(by_id: dict[str, Record]) -> list[Check]:
     target = "issue 17.3 unbalanced (rho = 1) per round at least 1.5x faster than POT"
     out = []
     for backend in _CPU:
-        for n in _FULL["solver_n"][1:]:
+        for n in sorted(_FULL["solver_n"][1:] + _FULL["unbalanced_n"]):
             rec = by_id.get(f"solver/eps=0.1/unbalanced/{backend}/float32/n={n}/pot-unbalanced")
             ceiling = _ratio(rec, "floor") if backend == "numpy" else None
             note = "" if ceiling is None else f" (POT / two bare mat-vecs: {_fmt(ceiling)})"
