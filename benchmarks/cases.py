@@ -457,6 +457,35 @@ def paired_solver(params: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": metrics, "info": info}
 
 
+def paired_pot(params: dict[str, Any]) -> dict[str, Any]:
+    """Per-round time of two bare matrix-vector products (``floor``), otcl's kernel domain
+    (``otcl``) and POT's ``sinkhorn_unbalanced`` (``pot``) on the same unbalanced problem, in
+    one process with the calls interleaved (floor, otcl, POT, floor, ...): the ratios compare
+    the code and not two processes' memory placement or the load of a shared cache at two
+    moments. POT's warm-up call checks that its plan equals otcl's. Up to ``repeat`` rounds of
+    calls within ``budget_s``; each ratio is of the medians."""
+    iters = int(params["iters"])
+    methods = {label: solver_method(method, {**params, "method": method})
+               for label, method in (("floor", "floor-matvec"), ("otcl", "otcl-kernel"),
+                                     ("pot", "pot-unbalanced"))}
+    for method in methods.values():
+        method.warmup(iters)
+    times, last = measure_interleaved(
+        {label: functools.partial(method.run, iters) for label, method in methods.items()},
+        repeat=int(params["repeat"]), budget_s=float(params["budget_s"]),
+    )
+    info: dict[str, Any] = {"rounds_of_calls": len(times["pot"])}
+    for label, method in methods.items():
+        info[label] = method.check(last[label], iters)
+        info[f"{label}_call_ms"] = [1e3 * t for t in times[label]]
+    ms = {label: 1e3 * statistics.median(times[label]) / iters for label in methods}
+    metrics = {"pot_over_otcl": ms["pot"] / ms["otcl"], "ms_per_iter": ms["otcl"],
+               "pot_ms_per_iter": ms["pot"], "floor_ms_per_iter": ms["floor"],
+               "otcl_over_floor": ms["otcl"] / ms["floor"],
+               "pot_over_floor": ms["pot"] / ms["floor"]}
+    return {"metrics": metrics, "info": info}
+
+
 def stability(params: dict[str, Any]) -> dict[str, Any]:
     """Twenty consecutive solves in one process: the 20th call's time over the 2nd's, and the
     minor page faults per round of each call."""
@@ -748,6 +777,7 @@ KINDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "solver": solver,
     "paired-solver": paired_solver,
     "paired-loss": paired_loss,
+    "paired-pot": paired_pot,
     "stability": stability,
     "loss": loss,
     "memory": memory,

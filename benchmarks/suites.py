@@ -29,14 +29,15 @@ PRIMARY = {
     "gradmem": "backward_peak_mib",
     "default-threads": "torch_over_numpy",
     "losses-paired": "gca-ince_over_ntxent",
+    "pot-paired": "pot_over_otcl",
 }
 """The metric of each suite that ratios compare."""
 
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
         "solver_n": (256, 1024, 4096),
-        # the unbalanced comparison with POT also at these sizes (floor, kernel domain, POT)
-        "unbalanced_n": (2048,),
+        # the unbalanced comparison with POT in one process, calls interleaved
+        "pot_paired_n": (1024, 2048, 4096),
         "stability_n": 2048,
         "batched": (512, 64),
         "loss_batch": (1024, 2048),
@@ -50,7 +51,7 @@ SIZES: dict[str, dict[str, Any]] = {
     },
     "quick": {
         "solver_n": (48,),
-        "unbalanced_n": (40,),
+        "pot_paired_n": (40,),
         "stability_n": 48,
         "batched": (8, 16),
         "loss_batch": (48,),
@@ -194,28 +195,7 @@ def _solver_cases(sizes: dict[str, Any]) -> list[Case]:
                     )
                 for problem in ("balanced", "unbalanced"):
                     cases += _solver_group(backend, dtype, n, problem, floors)
-        for n in sizes["unbalanced_n"]:
-            cases += _unbalanced_vs_pot(backend, n)
     return cases
-
-
-def _unbalanced_vs_pot(backend: str, n: int) -> list[Case]:
-    """At a size between the solver sizes, float32, eps = 0.1: the bare products, otcl's kernel
-    domain and POT's ``sinkhorn_unbalanced`` on the unbalanced problem (rho = 1), nothing else."""
-    base = {"backend": backend, "dtype": "float32", "n": n, "iters": SOLVER_ITERS,
-            "eps": SOLVER_EPS}
-    floor = f"solver/floor/{backend}/float32/n={n}/matvec"
-    group = f"solver/eps={SOLVER_EPS}/unbalanced/{backend}/float32/n={n}"
-    kernel = f"{group}/otcl-kernel"
-    rows = (
-        (floor, {"method": "floor-matvec"}, {}),
-        (kernel, {"method": "otcl-kernel", "rho": UNBALANCED_RHO}, {"floor": floor}),
-        (f"{group}/pot-unbalanced", {"method": "pot-unbalanced", "rho": UNBALANCED_RHO},
-         {"floor": floor, "otcl": kernel}),
-    )
-    return [Case(cid, "solver", "solver", {**base, **extra}, baselines,
-                 _needs(backend, extra["method"]))
-            for cid, extra, baselines in rows]
 
 
 def _stability_cases(sizes: dict[str, Any]) -> list[Case]:
@@ -457,6 +437,22 @@ def _gradmem_cases(sizes: dict[str, Any]) -> list[Case]:
     return cases
 
 
+def _pot_paired_cases(sizes: dict[str, Any]) -> list[Case]:
+    """The unbalanced problem (rho = 1, eps = 0.1, float32) on the CPU backends: two bare
+    products, otcl's kernel domain and POT's ``sinkhorn_unbalanced`` per round, in one process
+    with their calls interleaved (``paired-pot``)."""
+    cases = []
+    for backend in CPU_BACKENDS:
+        for n in sizes["pot_paired_n"]:
+            params = {"backend": backend, "dtype": "float32", "n": n, "iters": SOLVER_ITERS,
+                      "eps": SOLVER_EPS, "rho": UNBALANCED_RHO}
+            cid = (f"pot-paired/eps={SOLVER_EPS}/unbalanced/{backend}/float32/n={n}/"
+                   "floor-otcl-pot")
+            cases.append(Case(cid, "pot-paired", "paired-pot", params, {},
+                              _needs(backend, "pot-")))
+    return cases
+
+
 def _default_thread_cases(sizes: dict[str, Any]) -> list[Case]:
     """The solver per round at the libraries' default thread counts (no thread variables, no
     threadpoolctl limit, no ``torch.set_num_threads``): balanced, eps = 0.1, float32, the
@@ -480,6 +476,7 @@ def build_plan(quick: bool = False) -> list[Case]:
     return (
         _solver_cases(sizes)
         + _underflow_cases(sizes)
+        + _pot_paired_cases(sizes)
         + _stability_cases(sizes)
         + _batched_cases(sizes)
         + _loss_cases(sizes)
