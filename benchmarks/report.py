@@ -678,8 +678,8 @@ def markdown(run: dict[str, Any]) -> str:
     parts = _header(run) + _targets_section(run)
     for section in (
         _solver_section,
-        _pot_paired_section,
         _stability_section,
+        _pot_paired_section,
         _batched_section,
         _loss_section,
         _paired_loss_section,
