@@ -381,6 +381,43 @@ def test_paired_solver_times_both_paths_interleaved_in_one_process() -> None:
     assert m["ms_per_iter"] == pytest.approx(median_torch)
 
 
+def test_paired_pot_times_the_floor_otcl_and_pot_interleaved_and_target_17_3_reads_it() -> None:
+    pytest.importorskip("ot")
+    from benchmarks.cases import paired_pot
+
+    params = {"backend": "numpy", "dtype": "float32", "n": 24, "iters": 7, "eps": 0.1,
+              "rho": 1.0, "repeat": 3, "budget_s": 60.0}
+    out = paired_pot(params)
+    m, info = out["metrics"], out["info"]
+    assert info["rounds_of_calls"] == 3
+    assert info["otcl"]["rounds"] == info["pot"]["rounds"] == 7
+    assert info["pot"]["plan_diff_vs_otcl"] <= 1e-4
+    median = {label: sorted(info[f"{label}_call_ms"])[1] / 7 for label in ("floor", "otcl", "pot")}
+    assert m["ms_per_iter"] == pytest.approx(median["otcl"])
+    assert m["pot_ms_per_iter"] == pytest.approx(median["pot"])
+    assert m["pot_over_otcl"] == pytest.approx(median["pot"] / median["otcl"])
+    assert m["pot_over_floor"] == pytest.approx(median["pot"] / median["floor"])
+    # the target reads the paired row where a run has one, the separate rows elsewhere
+    pair = "pot-paired/eps=0.1/unbalanced/{}/float32/n={}/floor-otcl-pot"
+    pre = "solver/eps=0.1/unbalanced/numpy/float32/n=1024"
+    records = [
+        {"id": pair.format("numpy", 2048), "suite": "pot-paired", "status": "ok",
+         "metrics": {"pot_over_otcl": 1.6, "pot_over_floor": 1.75}, "baselines": {}},
+        {"id": pair.format("torch", 2048), "suite": "pot-paired", "status": "ok",
+         "metrics": {"pot_over_otcl": 1.4, "pot_over_floor": 1.2}, "baselines": {}},
+        _ok(f"{pre}/floor", "solver", {"ms_per_iter": 0.15}),
+        _ok(f"{pre}/otcl-kernel", "solver", {"ms_per_iter": 0.18}, {"floor": f"{pre}/floor"}),
+        _ok(f"{pre}/pot-unbalanced", "solver", {"ms_per_iter": 0.3},
+            {"floor": f"{pre}/floor", "otcl": f"{pre}/otcl-kernel"}),
+    ]
+    add_ratios(records)
+    read = {c.row: c for c in evaluate(records) if c.target.startswith("issue 17.3")}
+    assert read["numpy n = 2048 (POT / two bare mat-vecs: 1.75)"].met is True
+    assert read["torch n = 2048"].met is False and read["torch n = 2048"].measured == "1.4"
+    assert read["numpy n = 1024 (POT / two bare mat-vecs: 2)"].measured == "1.67"
+    assert read["numpy n = 4096"].met is None
+
+
 def test_paired_loss_times_every_loss_interleaved_and_reads_ratios_from_medians() -> None:
     from benchmarks.cases import PAIRED_LOSSES, paired_loss
 
