@@ -430,30 +430,41 @@ def solver(params: dict[str, Any]) -> dict[str, Any]:
     return {"metrics": metrics, "info": info}
 
 
+def _interleaved_solves(methods: dict[str, SolverMethod],
+                        params: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any]]:
+    """Warm up ``methods`` and time ``params["iters"]`` rounds of each in one process, the calls
+    interleaved in the order of ``methods`` (up to ``repeat`` rounds of calls within
+    ``budget_s``). Returns each method's median time per round in ms, and the info: every
+    call's time and each method's check of its last result."""
+    iters = int(params["iters"])
+    for method in methods.values():
+        method.warmup(iters)
+    times, last = measure_interleaved(
+        {label: functools.partial(method.run, iters) for label, method in methods.items()},
+        repeat=int(params["repeat"]), budget_s=float(params["budget_s"]),
+    )
+    info: dict[str, Any] = {"rounds_of_calls": len(next(iter(times.values())))}
+    for label, method in methods.items():
+        info[label] = method.check(last[label], iters)
+        info[f"{label}_call_ms"] = [1e3 * t for t in times[label]]
+    ms = {label: 1e3 * statistics.median(times[label]) / iters for label in methods}
+    return ms, info
+
+
 def paired_solver(params: dict[str, Any]) -> dict[str, Any]:
     """Per-round time of one otcl method on the NumPy and the PyTorch CPU path of the same
     problem, measured in one process with the calls interleaved (NumPy, Torch, NumPy, ...), so
     that the ratio compares the code paths and not two processes' memory placement or the
     machine's load at two moments. Up to ``repeat`` pairs within ``budget_s``; ``torch_over_numpy``
     is the median Torch time over the median NumPy time."""
-    iters = int(params["iters"])
     methods = {b: solver_method(params["method"], {**params, "backend": b})
                for b in ("numpy", "torch")}
-    for method in methods.values():
-        method.warmup(iters)
-    times, last = measure_interleaved(
-        {b: functools.partial(method.run, iters) for b, method in methods.items()},
-        repeat=int(params["repeat"]), budget_s=float(params["budget_s"]),
-    )
-    info: dict[str, Any] = {"pairs": len(times["torch"])}
-    for backend, method in methods.items():
-        info[backend] = method.check(last[backend], iters)
-        info[f"{backend}_call_ms"] = [1e3 * t for t in times[backend]]
+    ms, info = _interleaved_solves(methods, params)
+    info["pairs"] = info.pop("rounds_of_calls")
     if params.get("pools") == "default":
         info["threadpools"] = thread_report().get("threadpools")
-    numpy_ms, torch_ms = (1e3 * statistics.median(times[b]) / iters for b in ("numpy", "torch"))
-    metrics = {"torch_over_numpy": torch_ms / numpy_ms, "ms_per_iter": torch_ms,
-               "numpy_ms_per_iter": numpy_ms}
+    metrics = {"torch_over_numpy": ms["torch"] / ms["numpy"], "ms_per_iter": ms["torch"],
+               "numpy_ms_per_iter": ms["numpy"]}
     return {"metrics": metrics, "info": info}
 
 
@@ -464,21 +475,10 @@ def paired_pot(params: dict[str, Any]) -> dict[str, Any]:
     the code and not two processes' memory placement or the load of a shared cache at two
     moments. POT's warm-up call checks that its plan equals otcl's. Up to ``repeat`` rounds of
     calls within ``budget_s``; each ratio is of the medians."""
-    iters = int(params["iters"])
     methods = {label: solver_method(method, {**params, "method": method})
                for label, method in (("floor", "floor-matvec"), ("otcl", "otcl-kernel"),
                                      ("pot", "pot-unbalanced"))}
-    for method in methods.values():
-        method.warmup(iters)
-    times, last = measure_interleaved(
-        {label: functools.partial(method.run, iters) for label, method in methods.items()},
-        repeat=int(params["repeat"]), budget_s=float(params["budget_s"]),
-    )
-    info: dict[str, Any] = {"rounds_of_calls": len(times["pot"])}
-    for label, method in methods.items():
-        info[label] = method.check(last[label], iters)
-        info[f"{label}_call_ms"] = [1e3 * t for t in times[label]]
-    ms = {label: 1e3 * statistics.median(times[label]) / iters for label in methods}
+    ms, info = _interleaved_solves(methods, params)
     metrics = {"pot_over_otcl": ms["pot"] / ms["otcl"], "ms_per_iter": ms["otcl"],
                "pot_ms_per_iter": ms["pot"], "floor_ms_per_iter": ms["floor"],
                "otcl_over_floor": ms["otcl"] / ms["floor"],
