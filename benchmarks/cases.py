@@ -39,7 +39,7 @@ from benchmarks.common import (
     thread_report,
     torch_module,
 )
-from benchmarks.floors import base2_inputs, exp_bound, matvec_floor
+from benchmarks.floors import base2_inputs, exp_bound, matvec_floor, read_floor
 from benchmarks.gradient_memory import gradient_memory
 
 __all__ = ["KINDS"]
@@ -183,6 +183,10 @@ def solver_method(method: str, params: dict[str, Any]) -> SolverMethod:
         kernel = lib.exp(-cost / eps)
         ones = backend_array(np.ones(n), backend, dtype)
         return SolverMethod(lambda it: matvec_floor(kernel, ones, ones, it), _no_check)
+    if method == "floor-read":
+        kernel = lib.exp(-cost / eps)
+        ones = backend_array(np.ones(n), backend, dtype)
+        return SolverMethod(lambda it: read_floor(kernel, ones, it), _no_check)
     if method == "bound-exp":
         log_kernel, zeros = base2_inputs(-cost / eps, backend_array(np.zeros(n), backend, dtype))
         buf = backend_array(np.empty((n, n)), backend, dtype)

@@ -1,6 +1,9 @@
 """Floors for the Sinkhorn solver: the least work one iteration must do on an ``n x m`` matrix.
 
-Kernel domain: two matrix-vector products (``K v`` and ``K^T u``). Log domain: one exponential
+Kernel domain: two matrix-vector products (``K v`` and ``K^T u``), and below them one read of the
+kernel (``K v`` alone), the least any round must do: a fused sweep that computes both products
+from one read of each block of rows may go below the two products, never below the one read.
+Log domain: one exponential
 of the log-kernel shifted by a potential per entry (a round's column step can reuse the row
 step's exponentials, as otcl's does: one pass of exponentials is what a round must do). Both run
 on any array library with ``@`` (NumPy, PyTorch, CuPy); ``lib`` is the module whose
@@ -14,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["base2_inputs", "exp_bound", "matvec_floor"]
+__all__ = ["base2_inputs", "exp_bound", "matvec_floor", "read_floor"]
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -29,6 +32,13 @@ def matvec_floor(kernel: Any, u: Any, v: Any, iters: int) -> None:
     for _ in range(iters):
         kernel @ v
         kt @ u
+
+
+def read_floor(kernel: Any, v: Any, iters: int) -> None:
+    """``iters`` times one matrix-vector product ``K v``: one read of the ``(n, m)`` kernel per
+    round, the least a kernel-domain round can read."""
+    for _ in range(iters):
+        kernel @ v
 
 
 def exp_bound(log_kernel: Any, g: Any, buf: Any, iters: int, lib: Any) -> None:

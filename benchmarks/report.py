@@ -121,7 +121,10 @@ def _solver_section(records: list[Record]) -> list[str]:
     out = ["## 1. Sinkhorn solver: time per round (100 fixed rounds, `tol=None`)", ""]
     out += [
         "Cost `C = 1 - cos` of random unit vectors in 128-d, uniform marginals, `n x n`. "
-        "`floor` = two bare matrix-vector products per round (`K v`, `K^T u`); `exp1` = one "
+        "`floor` = two bare matrix-vector products per round (`K v`, `K^T u`); `read` = one "
+        "(`K v` alone: one read of the kernel, the least a kernel-domain round can read; a "
+        "fused sweep computes both products from one read of each block and may go below "
+        "`floor`, never below `read`); `exp1` = one "
         "in-place pass of `exp(Λ + potential)` over the matrix per round, the addition and the "
         "exponential each at their fastest (float32: powers of two of the base-2 log-kernel; "
         "NumPy: the addition over groups of rows) (a log-domain round must exponentiate every "
@@ -161,6 +164,7 @@ def _solver_section(records: list[Record]) -> list[str]:
         ("procs", _procs),
         ("minflt/round", _m("minflt_per_iter", 2)),
         ("× floor", _r("floor")),
+        ("× one read", _r("read")),
         ("× exp1", _r("exp1")),
         ("× otcl", _r("otcl")),
         ("× otcl-log", _r("otcl-log")),

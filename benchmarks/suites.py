@@ -145,7 +145,7 @@ def _solver_group(
 
     floor = {"floor": floors["floor"]}
     both = {**floor, "exp1": floors["exp1"]}
-    kernel = add(SOLVER_EPS, "otcl-kernel", floor)
+    kernel = add(SOLVER_EPS, "otcl-kernel", {**floor, "read": floors["read"]})
     add(SOLVER_EPS, "otcl-auto", floor)
     log = add(SOLVER_EPS, "otcl-log", both)
     if problem == "balanced":
@@ -180,8 +180,10 @@ def _solver_cases(sizes: dict[str, Any]) -> list[Case]:
                 floors = {
                     "floor": f"solver/floor/{backend}/{dtype}/n={n}/matvec",
                     "exp1": f"solver/floor/{backend}/{dtype}/n={n}/exp1",
+                    "read": f"solver/floor/{backend}/{dtype}/n={n}/read",
                 }
-                for label, method in (("floor", "floor-matvec"), ("exp1", "bound-exp")):
+                for label, method in (("floor", "floor-matvec"), ("exp1", "bound-exp"),
+                                      ("read", "floor-read")):
                     params = {
                         "backend": backend,
                         "dtype": dtype,

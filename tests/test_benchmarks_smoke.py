@@ -26,7 +26,7 @@ from benchmarks import baselines as ref  # noqa: E402
 from benchmarks.case import run_case  # noqa: E402
 from benchmarks.cases import solver_method  # noqa: E402
 from benchmarks.common import measure  # noqa: E402
-from benchmarks.floors import exp_bound, matvec_floor  # noqa: E402
+from benchmarks.floors import exp_bound, matvec_floor, read_floor  # noqa: E402
 from benchmarks.report import add_ratios  # noqa: E402
 from benchmarks.runner import README_END, README_START, median_process, replace_block  # noqa: E402
 from benchmarks.suites import build_plan, select  # noqa: E402
@@ -180,6 +180,9 @@ def test_floors_compute_the_stated_products() -> None:
 
     matvec_floor(np.exp(log_k).view(Recorder), np.ones(5), np.ones(4), 3)
     assert calls == [(4,), (5,)] * 3
+    calls.clear()
+    read_floor(np.exp(log_k).view(Recorder), np.ones(4), 3)
+    assert calls == [(4,)] * 3
 
 
 def test_solver_check_rejects_a_short_run() -> None:
