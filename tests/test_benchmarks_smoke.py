@@ -262,14 +262,15 @@ def test_quick_run_writes_consistent_results(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     run = json.loads((tmp_path / "results.json").read_text())
     by_id = {r["id"]: r for r in run["cases"]}
-    assert len(by_id) == 3  # the two selected rows and the kernel row's floor
+    assert len(by_id) == 4  # the two selected rows and the kernel row's two floors
     assert all(r["status"] == "ok" for r in by_id.values())
     row = next(r for i, r in by_id.items() if i.endswith("otcl-kernel"))
-    floor = by_id[row["baselines"]["floor"]]
     assert row["info"]["rounds"] == 100 and row["info"]["runs"] >= 1
-    assert row["ratios"]["floor"] == pytest.approx(
-        row["metrics"]["ms_per_iter"] / floor["metrics"]["ms_per_iter"]
-    )
+    for label in ("floor", "read"):
+        floor = by_id[row["baselines"][label]]
+        assert row["ratios"][label] == pytest.approx(
+            row["metrics"]["ms_per_iter"] / floor["metrics"]["ms_per_iter"]
+        )
     assert run["settings"]["threads"] == 1 and run["machine"]["versions"]["numpy"]
     text = (tmp_path / "results.md").read_text()
     assert "| numpy | float64 | 48 | otcl-kernel |" in text and "nt-xent" in text
