@@ -179,14 +179,12 @@ def solver_method(method: str, params: dict[str, Any]) -> SolverMethod:
     if method == "geomloss-solve":
         return _geomloss_solve(cost, a, eps, rho)
     lib = _array_lib(backend)
-    if method == "floor-matvec":
+    if method in ("floor-matvec", "floor-read"):
         kernel = lib.exp(-cost / eps)
         ones = backend_array(np.ones(n), backend, dtype)
+        if method == "floor-read":
+            return SolverMethod(lambda it: read_floor(kernel, ones, it), _no_check)
         return SolverMethod(lambda it: matvec_floor(kernel, ones, ones, it), _no_check)
-    if method == "floor-read":
-        kernel = lib.exp(-cost / eps)
-        ones = backend_array(np.ones(n), backend, dtype)
-        return SolverMethod(lambda it: read_floor(kernel, ones, it), _no_check)
     if method == "bound-exp":
         log_kernel, zeros = base2_inputs(-cost / eps, backend_array(np.zeros(n), backend, dtype))
         buf = backend_array(np.empty((n, n)), backend, dtype)

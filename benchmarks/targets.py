@@ -332,14 +332,19 @@ def _pot_over_otcl(by_id: dict[str, Record], backend: str, problem: str, n: int,
     ``pot-paired`` row where the run has one (unbalanced only: the two in one process, calls
     interleaved), else from the separate solver rows. ``metric="pot_over_floor"`` reads POT over
     the two bare products instead."""
-    if problem == "unbalanced":
-        paired = by_id.get(f"pot-paired/eps=0.1/unbalanced/{backend}/float32/n={n}/"
-                           "floor-otcl-pot")
-        if paired is not None:
-            return _metric(paired, metric)
+    paired = (by_id.get(f"pot-paired/eps=0.1/unbalanced/{backend}/float32/n={n}/floor-otcl-pot")
+              if problem == "unbalanced" else None)
     pot = "pot-unbalanced" if problem == "unbalanced" else "pot-sinkhorn"
     rec = by_id.get(f"solver/eps=0.1/{problem}/{backend}/float32/n={n}/{pot}")
-    return _ratio(rec, "otcl" if metric == "pot_over_otcl" else "floor")
+    return _paired_or_separate(paired, metric, rec,
+                               "otcl" if metric == "pot_over_otcl" else "floor")
+
+
+def _paired_or_separate(paired: Record | None, metric: str, separate: Record | None,
+                        label: str) -> float | None:
+    """``metric`` of a row measured in one process with its baselines (``paired``) where the
+    run has one, else the ratio ``label`` of the row measured on its own (``separate``)."""
+    return _metric(paired, metric) if paired is not None else _ratio(separate, label)
 
 
 def _unbalanced_checks(by_id: dict[str, Record]) -> list[Check]:
@@ -373,18 +378,14 @@ def _keep_freed_checks(by_id: dict[str, Record]) -> list[Check]:
     for label, group in (("B = 2048 cross-view", "losses/cross/B=2048"),
                          ("2N = 4096 all-views", "losses/all-views/2N=4096")):
         paired = by_id.get(f"{group}/keep-freed/paired")
-        if paired is not None:
-            plus = _metric(paired, "ntxent-plus-passes_over_ntxent")
-        else:
-            plus = _ratio(by_id.get(f"{group}/keep-freed/ntxent-plus-passes"), "ntxent")
+        plus = _paired_or_separate(paired, "ntxent-plus-passes_over_ntxent",
+                                   by_id.get(f"{group}/keep-freed/ntxent-plus-passes"), "ntxent")
         note = ("" if plus is None
                 else f" (NT-Xent plus the exact derivative's passes: {_fmt(plus)})")
         kind = ", in one process" if paired is not None else ""
         for family, bound in (("gca-ince", 1.4), ("gca-uot", 1.5)):
-            if paired is not None:
-                value = _metric(paired, f"{family}_over_ntxent")
-            else:
-                value = _ratio(by_id.get(f"{group}/keep-freed/{family}/otcl"), "ntxent")
+            value = _paired_or_separate(paired, f"{family}_over_ntxent",
+                                        by_id.get(f"{group}/keep-freed/{family}/otcl"), "ntxent")
             out.append(_bound(
                 f"issue 17.5 {label}, glibc keeping freed memory{kind}: loss fwd+bwd / NT-Xent",
                 family.upper() + note, value, f"<= {bound:g}", lambda x, b=bound: x <= b,

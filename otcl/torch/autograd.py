@@ -110,11 +110,11 @@ class InnerSolve(torch.autograd.Function):
         # PyTorch CPU tensors: the loops run on NumPy views of the same memory
         host = _host_views(log_kernel, log_a, log_b, init)
         ctx.host = host is not None
-        args = (log_kernel, log_a, log_b, init) if host is None else host
+        loop_k, loop_a, loop_b, loop_init = host or (log_kernel, log_a, log_b, init)
         # one thread pool for the loops (otcl.backend.host_thread_pool)
         with torch.no_grad(), host_thread_pool(log_kernel), _blas_limit(ctx.host):
             phi, gamma, tape = fixed_round_potentials(
-                args[0], args[1], args[2], ta, tb, n_iter, domain=domain, init=args[3],
+                loop_k, loop_a, loop_b, ta, tb, n_iter, domain=domain, init=loop_init,
                 record=unroll,
             )
         ctx.grad, ctx.tol, ctx.max_iter = grad, tol, max_iter
