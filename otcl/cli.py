@@ -3,9 +3,10 @@
 ``otcl study`` tests the paper's claims at small scale (random embeddings; MNIST-1D, a
 latent-recovery testbed or sklearn digits; synthetic multi-domain data) on paired seeds and writes
 ``report.md``, ``results.json`` and PNG figures. ``otcl check`` runs the solver and loss
-identities on every available backend and exits with status 1 if any fails. Bad arguments exit
-with status 2 and a usage message; without PyTorch both commands print one line naming the
-extra to install and exit with status 2.
+identities on every available backend and exits with status 1 if any fails. Bad arguments
+(including an ``--out`` directory that cannot be written) exit with status 2 and a usage message
+before any work starts; without PyTorch both commands, and ``otcl study`` without another package
+of the ``study`` extra, print one line naming the extra to install and exit with status 2.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
             "backend, (2) contrastive training (MNIST-1D by default; --dataset picks the latent-"
             "recovery testbed, sklearn digits or CIFAR-10) with INCE, GCA-INCE, RINCE, "
             "GCA-RINCE and GCA-UOT in a standard and a noisy-view setting, on paired seeds with "
-            "95%% confidence intervals, (3) a domain-aware "
+            "95% confidence intervals, (3) a domain-aware "
             "target plan on synthetic multi-domain data. Writes report.md, results.json and PNG "
             "figures into --out."
         ),
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="more seeds, longer training, more settings and a denser sweep")
     size.add_argument("--tiny", dest="size", action="store_const", const="tiny",
                       help="smoke test of the whole pipeline in seconds (numbers mean nothing)")
-    study.set_defaults(size="quick")
+    study.set_defaults(size="quick", command_parser=study)
     study.add_argument("--dataset", choices=DATASETS, default="mnist1d",
                        help="data of the contrastive section (default: mnist1d); cifar10 reads "
                             "the python-pickle batches from --data-dir")
@@ -124,12 +125,54 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
                        help="which backends to test (default: all that are available)")
     check.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    check.set_defaults(command_parser=check)
     return parser
 
 
+# the study's third-party packages: import name -> name on PyPI (torch is checked by main)
+_STUDY_PACKAGES = {"scipy": "scipy", "sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+
+
+def _module_missing(name: str) -> bool:
+    """True when module ``name`` cannot be imported (also when ``sys.modules[name]`` is ``None``,
+    for which ``find_spec`` returns ``None``)."""
+    try:
+        return importlib.util.find_spec(name) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def _missing_study_packages(args: argparse.Namespace) -> list[str]:
+    """PyPI names of the ``study`` extra's packages that this run needs but cannot import.
+
+    tqdm is needed only for the progress bars and mnist1d only when the contrastive section
+    runs on the ``mnist1d`` dataset.
+    """
+    from otcl.experiments.config import SECTIONS
+
+    needed = dict(_STUDY_PACKAGES)
+    if args.progress:
+        needed["tqdm"] = "tqdm"
+    if args.dataset == "mnist1d" and "contrastive" in (args.sections or SECTIONS):
+        needed["mnist1d"] = "mnist1d"
+    return [pypi for module, pypi in needed.items() if _module_missing(module)]
+
+
 def _run_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``otcl study``; ``parser`` is the subcommand's parser (its usage errors exit with 2)."""
+    missing = _missing_study_packages(args)
+    if missing:
+        print(f'otcl study needs {", ".join(missing)}: pip install "otcl[study]"',
+              file=sys.stderr)
+        return 2
+
     from otcl.experiments.config import preset
-    from otcl.experiments.study import MissingFeatureError, run_study
+    from otcl.experiments.study import (
+        MissingFeatureError,
+        check_features,
+        prepare_out_dir,
+        run_study,
+    )
 
     if args.device is None:
         args.device = "cpu"
@@ -164,6 +207,12 @@ def _run_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
         cfg = cfg.replace(sections=args.sections)
     command = "otcl " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["study"] else None
     try:
+        check_features(cfg.sections)
+        try:
+            prepare_out_dir(args.out)
+        except OSError as exc:
+            parser.error(f"--out {args.out}: cannot write to this directory "
+                         f"({exc.strerror or exc})")
         jobs = args.jobs or (1 if args.device == "cuda" else max(1, min(2, os.cpu_count() or 1)))
         run_study(cfg, args.out, progress=args.progress, threads=args.threads, jobs=jobs,
                   command=command or f"otcl study --{args.size} --seed {args.seed}")
@@ -200,12 +249,7 @@ _EXTRAS = {"study": "study", "check": "torch"}
 
 def _torch_missing() -> bool:
     """True when PyTorch cannot be imported (also when ``sys.modules["torch"]`` is ``None``)."""
-    if "torch" in sys.modules:
-        return sys.modules["torch"] is None
-    try:
-        return importlib.util.find_spec("torch") is None
-    except (ImportError, ValueError):
-        return True
+    return _module_missing("torch")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,9 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f'otcl {args.command} needs PyTorch: pip install "otcl[{extra}]"', file=sys.stderr)
         return 2
     try:
+        # errors found after parsing are usage errors of the subcommand, with its usage line
         if args.command == "study":
-            return _run_study(args, parser)
-        return _run_check(args, parser)
+            return _run_study(args, args.command_parser)
+        return _run_check(args, args.command_parser)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 import sys
 
@@ -49,7 +51,20 @@ def test_cuda_request_without_cuda_is_a_usage_error(capsys: pytest.CaptureFixtur
     with pytest.raises(SystemExit) as exc:
         main(["study", "--device", "cuda", "--tiny", "--out", "unused"])
     assert exc.value.code == 2
-    assert "CUDA" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "CUDA" in err
+    assert "usage: otcl study" in err  # the subcommand's usage line, not the top-level one
+
+
+def test_errors_after_parsing_show_the_subcommand_usage(
+        tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "--dataset", "cifar10", "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: otcl study ") and "--data-dir" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_module_entry_point_usage_error_has_no_traceback() -> None:
@@ -74,6 +89,12 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     for flag in ("--quick", "--full", "--tiny", "--out", "--seed", "--seeds", "--device",
                  "--dataset", "--jobs"):
         assert flag in out
+    # argparse does not %-format descriptions: a doubled percent sign would be printed as is
+    assert "95% confidence intervals" in " ".join(out.split())
+    for argv in (["--help"], ["study", "--help"], ["check", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "%%" not in capsys.readouterr().out
 
 
 def test_check_passes_on_numpy_and_torch(capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,13 +170,67 @@ def test_bad_arguments_are_reported_before_any_work(tmp_path,
     assert "--seed" in capsys.readouterr().err
 
 
-def test_study_out_that_is_a_file_fails_before_any_work(tmp_path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("where", ["file", "under-file", "read-only"])
+def test_study_out_that_cannot_be_written_is_a_usage_error(
+        where: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unusable --out is found by creating it and writing a file there, before any section."""
     pytest.importorskip("torch")
     target = tmp_path / "a-file"
     target.write_text("x")
-    assert main(["study", "--tiny", "--out", str(target), "--no-progress", "--jobs", "1"]) == 1
+    out = {"file": target, "under-file": target / "sub",
+           "read-only": tmp_path / "read-only" / "sub"}[where]
+    if where == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only directories")
+        out.parent.mkdir()
+        out.parent.chmod(0o500)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["study", "--tiny", "--out", str(out), "--no-progress", "--jobs", "1"])
+    finally:
+        if where == "read-only":
+            out.parent.chmod(0o700)
+    assert exc.value.code == 2
     captured = capsys.readouterr()
-    assert "cannot write" in captured.err and "Traceback" not in captured.err
+    assert captured.err.startswith("usage: otcl study ")
+    assert f"--out {out}: cannot write" in captured.err and "Traceback" not in captured.err
     assert "[1/3]" not in captured.out  # no section started
     assert target.read_text() == "x"
+    assert out == target or not out.exists()
+
+
+def test_study_out_probe_leaves_only_the_directory(tmp_path) -> None:
+    pytest.importorskip("torch")
+    from otcl.experiments.study import prepare_out_dir
+
+    out = prepare_out_dir(tmp_path / "a" / "b")
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing", "named"),
+    [
+        ([], {"scipy", "mnist1d", "tqdm"}, "scipy, mnist1d"),  # --no-progress: tqdm not needed
+        (["--sections", "equivalences,domain"], {"scipy", "mnist1d"}, "scipy"),
+        (["--dataset", "digits"], {"sklearn", "mnist1d"}, "scikit-learn"),
+        (["--progress-bars"], {"tqdm", "matplotlib"}, "matplotlib, tqdm"),
+    ],
+)
+def test_study_reports_missing_packages_before_any_work(
+        argv: list[str], missing: set[str], named: str, monkeypatch: pytest.MonkeyPatch,
+        tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None):
+        return None if name in missing else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    progress = [] if "--progress-bars" in argv else ["--no-progress"]
+    argv = [a for a in argv if a != "--progress-bars"]
+    out = tmp_path / "o"
+    assert main(["study", "--tiny", "--out", str(out), *progress, *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f'otcl study needs {named}: pip install "otcl[study]"']
+    assert captured.out == ""
+    assert not out.exists()

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +19,45 @@ from otcl.experiments.claims import assess_claims
 from otcl.experiments.config import StudyConfig
 from otcl.experiments.registry import missing_features
 
-__all__ = ["MissingFeatureError", "resolve_device", "run_study", "set_threads"]
+__all__ = [
+    "MissingFeatureError",
+    "check_features",
+    "prepare_out_dir",
+    "resolve_device",
+    "run_study",
+    "set_threads",
+]
 
 
 class MissingFeatureError(RuntimeError):
     """A section needs a part of the library that cannot be imported in this installation."""
+
+
+def check_features(sections: tuple[str, ...]) -> None:
+    """Raise [`MissingFeatureError`][otcl.experiments.study.MissingFeatureError] naming the parts
+    of the library that ``sections`` need but that cannot be imported; return ``None`` otherwise."""
+    missing = missing_features(sections)
+    if missing:
+        raise MissingFeatureError(
+            "this installation lacks " + ", ".join(missing)
+            + f" needed by the section(s) {', '.join(sections)}"
+        )
+
+
+def prepare_out_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` (with its parents) and check that a file can be written in it.
+
+    A temporary file is created and removed again, so an unusable output directory is found
+    before any section runs rather than when the results are written. Raises ``OSError`` (for
+    example ``NotADirectoryError`` or ``PermissionError``) when the directory cannot be created
+    or written.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".otcl-write-test-", dir=out)
+    os.close(fd)
+    os.unlink(probe)
+    return out
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,27 +148,22 @@ def run_study(cfg: StudyConfig, out_dir: str | Path, *, progress: bool = True,
     ``jobs`` worker processes share the contrastive section's training runs (CPU only; the
     numbers do not depend on it).
 
-    Returns the results dict (as written to ``results.json``, plus ``claims``). Raises
-    [`MissingFeatureError`][otcl.experiments.study.MissingFeatureError] before doing any work if a
-    section needs a part of the library that is not importable, and ``ValueError`` for an unusable
-    device.
+    Returns the results dict (as written to ``results.json``, plus ``claims``). Before doing any
+    work it raises [`MissingFeatureError`][otcl.experiments.study.MissingFeatureError] if a
+    section needs a part of the library that is not importable, ``ValueError`` for an unusable
+    device or ``jobs``, and ``OSError`` if ``out_dir`` cannot be created or written
+    ([`prepare_out_dir`][otcl.experiments.study.prepare_out_dir]).
     """
     from otcl import __version__
     from otcl.experiments import contrastive, domain, report
     from otcl.experiments.equivalence_section import run_equivalences
 
-    missing = missing_features(cfg.sections)
-    if missing:
-        raise MissingFeatureError(
-            "this installation lacks " + ", ".join(missing)
-            + f" needed by the section(s) {', '.join(cfg.sections)}"
-        )
+    check_features(cfg.sections)
     device = resolve_device(cfg.device)
-    n_threads = set_threads(threads)
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out_dir(out_dir)
+    n_threads = set_threads(threads)
 
     res: dict[str, Any] = {"config": cfg.as_dict()}
     section_seconds: dict[str, float] = {}
