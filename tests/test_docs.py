@@ -215,3 +215,56 @@ def test_docstrings_hold_no_sphinx_roles() -> None:
              for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
              if role.search(line)]
     assert not found, found
+
+
+def test_cli_guide_quotes_the_committed_raw_probe_accuracies() -> None:
+    """The MNIST-1D row of the dataset table quotes the raw-input probe accuracy of the committed
+    example reports (``examples/study-*/results.json``), rounded to 0.1 point."""
+    import json
+
+    guide = (DOCS / "guides" / "cli.md").read_text("utf-8")
+    row = next(line for line in guide.splitlines() if line.startswith("| `mnist1d`"))
+    quoted = [float(x) for x in re.findall(r"(\d+(?:\.\d+)?)%", row)]
+    measured = []
+    for size in ("quick", "full"):
+        run = json.loads((ROOT / "examples" / f"study-{size}" / "results.json").read_text("utf-8"))
+        measured.append(round(100 * run["datasets"]["mnist1d"]["raw_probe_accuracy"], 1))
+    assert quoted == measured, (row, measured)
+
+
+def test_method_table_names_callables_that_exist() -> None:
+    """Every row of the method-connection table in concepts.md names otcl callables (bare names
+    are attributes of ``otcl``) that exist; no row claims a method is missing."""
+    import importlib
+
+    import otcl
+
+    page = (DOCS / "concepts.md").read_text("utf-8")
+    start = page.index("| method | \\(d_M\\)")
+    rows = page[start:page.index("\n\n", start)].splitlines()[2:]
+    assert len(rows) >= 8, rows
+    for row in rows:
+        cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+        names = re.findall(r"`([\w.]+)(?:\(|`)", cell)
+        assert names, f"no otcl callable named in {row!r}"
+        for name in names:
+            module_name, _, attr = name.rpartition(".")
+            module = importlib.import_module(module_name) if module_name else otcl
+            assert callable(getattr(module, attr, None)), f"{name} (row {row!r}) does not exist"
+
+
+def test_claim_figures_are_those_the_cli_guide_describes() -> None:
+    """The committed example reports have a ``claim_<key>.png`` for every claim decided on seeds
+    and none for the two exact-identity claims, as the guide of the ``otcl`` command says."""
+    import json
+
+    guide = " ".join((DOCS / "guides" / "cli.md").read_text("utf-8").split())
+    assert "all but the two exact-identity checks of section 1" in guide
+    for size in ("quick", "full"):
+        folder = ROOT / "examples" / f"study-{size}"
+        run = json.loads((folder / "results.json").read_text("utf-8"))
+        exact = [c["key"] for c in run["claims"] if c["direction"] == "exact"]
+        assert len(exact) == 2, exact
+        for claim in run["claims"]:
+            has_figure = (folder / f"claim_{claim['key']}.png").is_file()
+            assert has_figure == (claim["direction"] != "exact"), (size, claim["key"])
