@@ -83,6 +83,9 @@ def test_outputs_and_report_layout(study: tuple[Path, dict, str]) -> None:
     # the verdict table comes first, then the rule
     assert report.index("## Verdicts") < report.index("**Verdict rule**") < report.index(
         "## Claims")
+    # margins in the units of the effects (tiny's margins are the defaults: 0.01 of accuracy)
+    assert ("Margins X: score 1 pt of accuracy, uniformity 0.05, auc 0.02, overhead 5% of "
+            "step time.") in report
     for key in ("config", "meta", "equivalences", "contrastive", "domain", "claims",
                 "datasets"):
         assert key in results
@@ -194,6 +197,9 @@ def test_verdict_rule() -> None:
     assert verdict(up, 1) == SUPPORTED and verdict(down, 1) == CONTRADICTED
     assert verdict(down, -1) == SUPPORTED and verdict(up, -1) == CONTRADICTED
     assert verdict(tiny, 1) == f"{NO_EFFECT} 0.01"
+    # the margin is written in the unit the effect is shown in
+    assert rule.verdict(paired_effect(tiny), 1, 0.01, scale=100.0, unit=" pt") \
+        == f"{NO_EFFECT} 1 pt"
     assert verdict(wide, 1) == INCONCLUSIVE
     assert verdict([0.5], 1) == INCONCLUSIVE  # one seed never decides
     assert verdict(tiny, 0) == SUPPORTED and verdict(up, 0) == CONTRADICTED
@@ -202,6 +208,18 @@ def test_verdict_rule() -> None:
     assert verdict([0.5, 0.6, 0.55], "at_most", 0.05) == CONTRADICTED
     with pytest.raises(ValueError, match="direction"):
         rule.verdict(paired_effect(up), 2, 0.01)
+
+
+def test_margins_are_written_in_the_units_of_the_effects() -> None:
+    from otcl.experiments.report import _margins_text
+
+    margins = {"score": 0.02, "uniformity": 0.05, "auc": 0.03, "overhead": 0.1}
+    res = {"config": {"margins": margins},
+           "contrastive": {"data": {"metric": "accuracy"}}}
+    assert _margins_text(res) == ("score 2 pt of accuracy, uniformity 0.05, auc 0.03, "
+                                  "overhead 10% of step time")
+    res["contrastive"]["data"]["metric"] = "r2"
+    assert _margins_text(res).startswith("score 0.02 of R^2 (2 pt for accuracies), ")
 
 
 def _fake_results(ince: list[float], gca: list[float]) -> dict:
@@ -229,7 +247,7 @@ def test_claim_verdicts_depend_on_the_data() -> None:
     verdict = {name: {c.key: c.verdict for c in assess_claims(_fake_results(base, gca))}
                ["gca_ince_vs_ince_standard"] for name, gca in cases.items()}
     assert verdict == {"better": SUPPORTED, "worse": CONTRADICTED, "noisy": INCONCLUSIVE,
-                       "same": f"{NO_EFFECT} 0.01"}
+                       "same": f"{NO_EFFECT} 1 pt"}
 
 
 def test_render_matches_the_mnist1d_transform() -> None:
@@ -385,3 +403,18 @@ def test_losses_beyond_the_five_are_not_rivals_in_the_paper_claims() -> None:
     best = claims["gca_uot_best_standard"]
     assert "GCA-capacity" not in best.detail and best.verdict == SUPPORTED
     assert "robust_gca_capacity" in claims
+
+
+@pytest.mark.parametrize("size", ["quick", "full"])
+def test_committed_example_reports_are_rendered_from_their_results(size: str, tmp_path) -> None:
+    """``examples/study-*/report.md`` and the claims of ``results.json`` are what the current
+    claim and report code make of the committed measurements (nothing edited by hand or stale)."""
+    from otcl.experiments.report import write_report
+    from otcl.experiments.study import _jsonable
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / f"study-{size}"
+    res = json.loads((folder / "results.json").read_text("utf-8"))
+    claims = assess_claims(res)
+    assert _jsonable([c.as_dict() for c in claims]) == res["claims"]
+    write_report(res, claims, tmp_path)
+    assert (tmp_path / "report.md").read_text("utf-8") == (folder / "report.md").read_text("utf-8")

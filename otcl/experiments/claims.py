@@ -86,10 +86,12 @@ class Claim:
         return out
 
 
-def _judge(rule: VerdictRule, values: list[float], direction: int | str,
-           margin: float) -> tuple[Effect, str]:
+def _judge(rule: VerdictRule, values: list[float], direction: int | str, margin: float,
+           scale: float = 1.0, unit: str = "") -> tuple[Effect, str]:
+    """The paired effect of ``values`` and its verdict (a margin in the verdict text is shown as
+    the effect is: times ``scale``, followed by ``unit``)."""
     eff = paired_effect(values, rule.level)
-    return eff, rule.verdict(eff, direction, margin)
+    return eff, rule.verdict(eff, direction, margin, scale=scale, unit=unit)
 
 
 def _rule(res: dict) -> VerdictRule:
@@ -167,7 +169,7 @@ def _contrastive_claims(res: dict) -> list[Claim]:
 
     # sanity check: every loss beats the raw input
     per_seed_min = np.min([_values(res, first, name, "probe") for name in losses], axis=0)
-    eff, verdict = _judge(rule, [v - raw for v in per_seed_min], 1, mg["score"])
+    eff, verdict = _judge(rule, [v - raw for v in per_seed_min], 1, mg["score"], scale, unit)
     out.append(Claim(
         "training_helps",
         f"Contrastive training beats the raw input's {what} (the worst loss of each seed; "
@@ -186,7 +188,7 @@ def _contrastive_claims(res: dict) -> list[Claim]:
         if "INCE" in per and "GCA-INCE" in per:
             vals = _diff(_values(res, setting, "GCA-INCE", "probe"),
                          _values(res, setting, "INCE", "probe"))
-            eff, verdict = _judge(rule, vals, 1, mg["score"])
+            eff, verdict = _judge(rule, vals, 1, mg["score"], scale, unit)
             out.append(Claim(
                 f"gca_ince_vs_ince_{setting}",
                 f"GCA-INCE gives a better {what} than INCE ({setting} setting)",
@@ -203,7 +205,7 @@ def _contrastive_claims(res: dict) -> list[Claim]:
             rival = max((n for n in means if n != "GCA-UOT"), key=lambda n: means[n])
             vals = _diff(_values(res, setting, "GCA-UOT", "probe"),
                          _values(res, setting, rival, "probe"))
-            eff, verdict = _judge(rule, vals, 1, mg["score"])
+            eff, verdict = _judge(rule, vals, 1, mg["score"], scale, unit)
             ranking = ", ".join(f"{k} {v * scale:.2f}" for k, v in
                                 sorted(means.items(), key=lambda kv: -kv[1]))
             out.append(Claim(
@@ -242,7 +244,7 @@ def _contrastive_claims(res: dict) -> list[Claim]:
             if name not in per:
                 continue
             vals = _diff(base, drop(name))
-            eff, verdict = _judge(rule, vals, 1, mg["score"])
+            eff, verdict = _judge(rule, vals, 1, mg["score"], scale, unit)
             paper = ("CIFAR-10 noisy: GCA-UOT 83.18, GCA-RINCE 82.76, RINCE 82.60 vs INCE 82.03"
                      if name in LOSS_NAMES else
                      "- (beyond the paper: a bound on each negative pair's plan mass)")
@@ -290,7 +292,7 @@ def _contrastive_claims(res: dict) -> list[Claim]:
         a, b = have[0]
         ratio = [x / y - 1.0 for x, y in zip(_values(res, first, a, "step_seconds"),
                                              _values(res, first, b, "step_seconds"), strict=True)]
-        eff, verdict = _judge(rule, ratio, "at_most", mg["overhead"])
+        eff, verdict = _judge(rule, ratio, "at_most", mg["overhead"], 100.0, "%")
         extra = ""
         if len(have) > 1:
             a2, b2 = have[1]
@@ -332,7 +334,7 @@ def _domain_claims(res: dict) -> list[Claim]:
     ):
         vals = _diff([float(v) for v in hi[metric]["values"]],
                      [float(v) for v in lo[metric]["values"]])
-        eff, verdict = _judge(rule, vals, direction, mg["score"])
+        eff, verdict = _judge(rule, vals, direction, mg["score"], 100.0, " pt")
         out.append(Claim(
             key, f"{text} (alpha - beta from {lo['delta']:+g} to {hi['delta']:+g})",
             "PACS: domain 0.72 -> 0.95 over alpha-beta in [-0.5, 0.5]; class 0.89-0.905",

@@ -326,6 +326,23 @@ def _resolution(claims: list[Claim]) -> str:
             f"resolved.")
 
 
+def _margins_text(res: dict[str, Any]) -> str:
+    """The configuration's margins in the units the report shows the effects in: accuracy
+    margins in points (R^2 as is for ``latents``), the step-time overhead in percent."""
+    metric = res.get("contrastive", {}).get("data", {}).get("metric")
+    parts = []
+    for key, value in res["config"]["margins"].items():
+        if key == "score" and metric == "r2":
+            parts.append(f"score {value:g} of R^2 ({100 * value:g} pt for accuracies)")
+        elif key == "score":
+            parts.append(f"score {100 * value:g} pt of accuracy")
+        elif key == "overhead":
+            parts.append(f"overhead {100 * value:g}% of step time")
+        else:
+            parts.append(f"{key} {value:g}")
+    return ", ".join(parts)
+
+
 def _contrastive_md(res: dict) -> list[str]:
     con = res["contrastive"]
     d = con["data"]
@@ -426,7 +443,7 @@ def write_report(res: dict[str, Any], claims: list[Claim], out: Path) -> Path:
         _resolution(claims),
         "",
         "**Verdict rule** (fixed in the configuration before the run): " + rule.describe()
-        + " Margins X: " + ", ".join(f"{k} {v:g}" for k, v in cfg["margins"].items()) + ".",
+        + " Margins X: " + _margins_text(res) + ".",
         "",
         "## Claims",
         "",

@@ -107,8 +107,14 @@ class VerdictRule:
             f"is above X."
         )
 
-    def verdict(self, effect: Effect, direction: int | str, margin: float) -> str:
-        """The verdict on ``effect`` for a claim of ``direction`` (+1, -1, 0 or ``"at_most"``)."""
+    def verdict(self, effect: Effect, direction: int | str, margin: float, *,
+                scale: float = 1.0, unit: str = "") -> str:
+        """The verdict on ``effect`` for a claim of ``direction`` (+1, -1, 0 or ``"at_most"``).
+
+        ``scale`` and ``unit`` say how the effect is displayed (e.g. 100 and ``" pt"`` for an
+        accuracy given as a fraction); the margin in a "no effect above X" verdict is written
+        the same way, so a margin of 0.01 reads "no effect above 1 pt".
+        """
         lo, hi = effect.low, effect.high
         if effect.n < 2 or not (math.isfinite(lo) and math.isfinite(hi)):
             return INCONCLUSIVE
@@ -130,5 +136,5 @@ class VerdictRule:
         if other_side:
             return CONTRADICTED
         if within:
-            return f"{NO_EFFECT} {margin:g}"
+            return f"{NO_EFFECT} {margin * scale:g}{unit}"
         return INCONCLUSIVE
