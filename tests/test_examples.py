@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import runpy
 from pathlib import Path
 from types import ModuleType
 
@@ -27,7 +28,9 @@ def test_every_example_is_tested_and_short() -> None:
     assert files == ["jax_optax_step", "lightning_module", "torch_loop"]
     for name in files:
         lines = (EXAMPLES / f"{name}.py").read_text("utf-8").splitlines()
-        assert len(lines) < 40, f"docs/examples/{name}.py has {len(lines)} lines"
+        assert len(lines) <= 45, f"docs/examples/{name}.py has {len(lines)} lines"
+        # each runs as a script too
+        assert 'if __name__ == "__main__":' in lines, f"docs/examples/{name}.py"
 
 
 def test_torch_loop() -> None:
@@ -44,6 +47,19 @@ def test_lightning_module() -> None:
         pytest.skip("neither lightning nor pytorch_lightning is installed")
     loss = load("lightning_module").main(n=64, dim=8, batch_size=16, epochs=1)
     assert math.isfinite(loss)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_lightning_module_as_a_script_prints_its_loss(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python docs/examples/lightning_module.py`` trains and prints the final loss."""
+    pytest.importorskip("torch")
+    if importlib.util.find_spec("lightning") is None and (
+        importlib.util.find_spec("pytorch_lightning") is None
+    ):
+        pytest.skip("neither lightning nor pytorch_lightning is installed")
+    runpy.run_path(str(EXAMPLES / "lightning_module.py"), run_name="__main__")
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed and math.isfinite(float(printed[-1]))
 
 
 @pytest.mark.filterwarnings("ignore:Explicitly requested dtype:UserWarning")

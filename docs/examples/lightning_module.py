@@ -37,3 +37,7 @@ def main(n: int = 256, dim: int = 32, batch_size: int = 64, epochs: int = 2) -> 
                          enable_model_summary=False)
     trainer.fit(GCAModule(dim_in=dim), DataLoader(views, batch_size=batch_size, drop_last=True))
     return float(trainer.callback_metrics["train_loss"])
+
+
+if __name__ == "__main__":
+    print(main())
