@@ -2,8 +2,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU build of torch; pinned so that a fresh machine does not pull a multi-GB CUDA build.
+# torch is pinned and installed from pip's configured indexes. Where those would give the CUDA
+# build (PyPI's Linux wheels pull several GB of CUDA packages), set TORCH_INDEX to an index of
+# CPU wheels, e.g. `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu`; it applies to
+# the torch install only.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 
 # Scripts the docs site serves itself, so that it works from disk with no network: KaTeX (math)
 # and iframe-worker (search from file://), from the npm packages pinned in tools/docs-assets/.
@@ -15,7 +19,7 @@ NPM_MODULES := tools/docs-assets/node_modules
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH_SPEC)"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 

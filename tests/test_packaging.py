@@ -6,6 +6,7 @@ test suite (``tests/conftest.py``) and the docs sources, but no installed npm pa
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -97,3 +98,25 @@ def test_sdist_carries_the_test_suite(dists: tuple[Path, Path, str]) -> None:
         assert needed in names, needed
     assert not any("node_modules" in n or n.startswith("docs/assets/vendor") for n in names)
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("index", ["", "https://download.pytorch.org/whl/cpu"])
+def test_makefile_torch_index_applies_to_the_torch_install_only(index: str, tmp_path) -> None:
+    """``make ... TORCH_INDEX=URL`` installs the pinned torch from ``URL`` and everything else
+    from pip's configured indexes; without it no index is named (dry run: nothing installed)."""
+    venv = tmp_path / "venv"
+    proc = subprocess.run(
+        ["make", "--dry-run", "--always-make", f"VENV={venv}", f"TORCH_INDEX={index}",
+         f"{venv}/bin/.installed"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    installs = [line for line in proc.stdout.splitlines() if " install " in line]
+    torch_lines = [line for line in installs if '"torch==' in line]
+    assert len(torch_lines) == 1, installs
+    if index:
+        assert f'--index-url "{index}"' in torch_lines[0]
+    others = [line for line in installs if line not in torch_lines]
+    assert any('-e ".[dev]"' in line for line in others), installs
+    assert not any("--index-url" in line for line in (others if index else installs)), installs
