@@ -82,7 +82,9 @@ def value_and_grad(
         ``layout="cross"``), or ``z1 = z`` ``(V N, d)`` with ``layout`` (or with ``labels``).
     grad:
         ``"unroll"`` (exact derivative of ``n_iter`` rounds) or ``"implicit"`` (at the fixed
-        point; use with enough rounds to converge).
+        point; use with enough rounds to converge). ``"implicit"`` raises ``ValueError`` for
+        ``"gca_rince"`` (and a balanced ``"gca_uot"``), whose RINCE term reads the potentials'
+        gauge, which the balanced fixed point leaves free.
 
     Returns
     -------

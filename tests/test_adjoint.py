@@ -315,6 +315,29 @@ def test_implicit_matches_converged_unroll(kind: str) -> None:
     assert imp.init is None
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_implicit_refuses_gauge_dependent_cotangents(dtype) -> None:
+    """Balanced fixed points form the line (phi + c, gamma - c): a functional that moves along
+    it (sum phi, whose cotangent sums to n against 0) has no implicit derivative, and the call
+    says so; its gauge-invariant part (phī centred, sum 0 = sum gammā) is accepted, and on an
+    unbalanced problem (no gauge) any cotangent is."""
+    rng = np.random.default_rng(14)
+    lk, la, lb, _, _ = make_case(rng, "balanced", eps=0.7)
+    phi, gamma, _ = fixed_round_potentials(lk, la, lb, 1.0, 1.0, 500)
+    lk, phi, gamma, la, lb = (x.astype(dtype) for x in (lk, phi, gamma, la, lb))
+    ones, zeros = np.ones_like(phi), np.zeros_like(gamma)
+    with pytest.raises(ValueError, match="grad='implicit' is not defined for this loss"):
+        implicit_vjp(lk, phi, gamma, la, lb, 1.0, 1.0, ones, zeros)
+    centred = rng.standard_normal(phi.shape).astype(dtype)
+    centred -= centred.mean(axis=1, keepdims=True)
+    assert np.all(np.isfinite(implicit_vjp(lk, phi, gamma, la, lb, 1.0, 1.0, centred, zeros)))
+    ulk, ula, ulb, t_a, t_b = make_case(rng, "unbalanced", eps=0.7)
+    uphi, ugamma, _ = fixed_round_potentials(ulk, ula, ulb, t_a, t_b, 500)
+    out = implicit_vjp(ulk, uphi, ugamma, ula, ulb, t_a, t_b, np.ones_like(uphi),
+                       np.zeros_like(ugamma))
+    assert np.all(np.isfinite(out))
+
+
 def test_implicit_balanced_with_zero_mass_row_and_float32() -> None:
     rng = np.random.default_rng(12)
     lk, la, lb, _t_a, _t_b = make_case(rng, "balanced", zero_row=True, eps=1.0)

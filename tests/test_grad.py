@@ -81,6 +81,27 @@ def test_implicit_equals_unrolled_at_convergence(name: str) -> None:
     np.testing.assert_allclose(i2, u2, atol=1e-9)
 
 
+def test_implicit_refuses_a_loss_that_reads_the_gauge() -> None:
+    """GCA-RINCE's RINCE term reads (K v)_i, whose scale the balanced fixed point leaves free:
+    the unrolled rounds fix it (their gradient matches finite differences at convergence), the
+    fixed point does not, so grad="implicit" raises instead of returning a gradient off by a
+    few percent."""
+    z1, z2 = _pair(6, n=6, d=3)
+    L = 300
+    _, (u1, _) = value_and_grad("gca_rince", z1, z2, n_iter=L, grad="unroll")
+    h = 1e-6
+    fd = np.zeros_like(z1)
+    for idx in np.ndindex(*z1.shape):
+        zp, zm = z1.copy(), z1.copy()
+        zp[idx] += h
+        zm[idx] -= h
+        fd[idx] = (float(otcl.gca_rince(zp, z2, n_iter=L))
+                   - float(otcl.gca_rince(zm, z2, n_iter=L))) / (2 * h)
+    np.testing.assert_allclose(u1, fd, atol=1e-7, rtol=1e-6)
+    with pytest.raises(ValueError, match="grad='implicit' is not defined for this loss"):
+        value_and_grad("gca_rince", z1, z2, n_iter=L, grad="implicit")
+
+
 def test_reduction_sum_and_none() -> None:
     z1, z2 = _pair(5)
     vm, (gm, _) = value_and_grad("gca_ince", z1, z2, reduction="mean")

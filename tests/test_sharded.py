@@ -110,7 +110,7 @@ def _make_cases(world: int) -> list[dict[str, Any]]:
                           form="all", z=local, views=per_view, **extra))
 
     allviews("blocked_gca_ince", "GCAInfoNCE", {"n_iter": 5}, "blocked")
-    allviews("blocked3_gca_rince_implicit", "GCARINCE", {"n_iter": 3, "grad": "implicit"},
+    allviews("blocked3_gca_uot_implicit", "GCAUOT", {"n_iter": 3, "grad": "implicit"},
              "blocked", views=3, labels=None)
     allviews("blocked3_gca_uot", "GCAUOT", {"n_iter": 4}, "blocked", views=3)
     allviews("interleaved_info_nce", "InfoNCE", {}, "interleaved")
@@ -251,6 +251,11 @@ def _error_checks(rank: int, world: int) -> dict[str, str]:
                                                                           dtype=torch.int64)
     expect("lonely_label", lambda: ot.GCAInfoNCE(layout="blocked", distributed="sharded")(
         torch.cat([z1, z2]), labels=lab))
+    # a balanced GCA-RINCE reads the potentials' gauge: no implicit derivative (every rank
+    # raises, from the sums over all ranks' rows)
+    expect("gauge", lambda: ot.GCARINCE(n_iter=3, grad="implicit", distributed="sharded")(
+        z1.requires_grad_(), z2).backward())
+    z1 = z1.detach()
     msgs["after"] = str(float(ot.GCAUOT(distributed="sharded")(z1, z2)))
     # float16 input is computed in float32, as the single-process loss does
     half = ot.GCAUOT(distributed="sharded")(z1.half(), z2.half())
@@ -477,6 +482,7 @@ def test_sharded_errors_raise_on_every_rank(job: Any) -> None:
         assert "grad in ('unroll', 'implicit', 'detach')" in e["grad"], e["grad"]
         assert "supports the losses" in e["unsupported"] and "iot_uni" in e["unsupported"]
         assert "hyper-parameters" in e["hyper"]
+        assert "grad='implicit' is not defined for this loss" in e["gauge"], e["gauge"]
         if r == world - 1:
             assert "multiple of 2 rows" in e["bad_rank"]
         else:

@@ -426,3 +426,80 @@ def test_loss_products_run_in_one_thread_pool_at_several_threads(monkeypatch, gr
     z1r, z2r = z1.detach().clone().requires_grad_(), z2.detach().clone().requires_grad_()
     ref(z1r, z2r).backward()  # the same step on one thread (no pool to manage)
     torch.testing.assert_close(z1.grad, z1r.grad)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ott.GCARINCE(grad="implicit"),
+    lambda: ott.GCAUOT(rho=math.inf, grad="implicit"),
+], ids=["GCARINCE", "GCAUOT-balanced"])
+def test_implicit_refuses_balanced_losses_that_read_the_gauge(make) -> None:
+    """The RINCE term of a balanced plan reads (K v)_i: its implicit derivative is not defined
+    (the unrolled one is), so backward raises, naming the mode to use."""
+    torch.manual_seed(0)
+    z1 = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(8, 4, dtype=torch.float64)
+    value = make()(z1, z2)
+    with pytest.raises(ValueError, match="Use grad='unroll'"):
+        value.backward()
+
+
+@pytest.mark.parametrize("make", [
+    lambda g: ott.GCAInfoNCE(grad=g, n_iter=300),
+    lambda g: ott.IOT(grad=g, n_iter=300),
+    lambda g: ott.GCAUOT(grad=g, n_iter=300),  # unbalanced (rho = 0.2): no gauge
+], ids=["GCAInfoNCE", "IOT", "GCAUOT"])
+def test_implicit_equals_unroll_at_convergence_for_gauge_free_losses(make) -> None:
+    torch.manual_seed(1)
+    z2 = torch.randn(8, 4, dtype=torch.float64)
+    grads = []
+    for mode in ("unroll", "implicit"):
+        z1 = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        z1.requires_grad_()
+        make(mode)(z1, z2).backward()
+        grads.append(z1.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("n_iter", [300, 301], ids=["row-final", "column-final"])
+@pytest.mark.parametrize("loss", ["iot", "gca_ince"])
+def test_detach_is_exact_at_convergence_for_the_cross_entropy_too(loss, n_iter) -> None:
+    """Balanced, matched marginals, converged: the envelope theorem makes "detach" exact.
+    IOT's cross-entropy has no mass term, so its detached gradient needs the plan's own
+    (P - T, not -T); checked against central finite differences of the NumPy loss, for the
+    embeddings and for eps."""
+    rng = np.random.default_rng(3)
+    z1 = rng.standard_normal((6, 3))
+    z2 = z1 + 0.7 * rng.standard_normal((6, 3))
+    fn = getattr(otcl, loss)
+
+    def value(x, eps=0.5):
+        return float(fn(x, z2, eps=eps, n_iter=n_iter))
+
+    h = 1e-6
+    fd = np.zeros_like(z1)
+    for idx in np.ndindex(*z1.shape):
+        zp, zm = z1.copy(), z1.copy()
+        zp[idx] += h
+        zm[idx] -= h
+        fd[idx] = (value(zp) - value(zm)) / (2 * h)
+    fd_eps = (value(z1, 0.5 + h) - value(z1, 0.5 - h)) / (2 * h)
+    x = torch.tensor(z1, requires_grad=True)
+    eps = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    out = getattr(ott, loss)(x, torch.tensor(z2), eps=eps, n_iter=n_iter, grad="detach")
+    out.backward()
+    np.testing.assert_allclose(float(out.detach()), value(z1), rtol=1e-12)  # value unchanged
+    np.testing.assert_allclose(x.grad.numpy(), fd, atol=1e-7)
+    np.testing.assert_allclose(float(eps.grad), fd_eps, rtol=1e-6)
+
+
+def test_implicit_under_a_transform_warns_and_unrolls() -> None:
+    """torch.func differentiates the rounds as written: the gradient is the unrolled one, and
+    the loss says so instead of changing mode silently."""
+    torch.manual_seed(4)
+    z1 = torch.randn(8, 4, dtype=torch.float64)
+    z2 = torch.randn(8, 4, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="grad='implicit' under torch.compile or a torch.func"):
+        g = torch.func.grad(lambda x: ott.GCAInfoNCE(n_iter=3, grad="implicit")(x, z2))(z1)
+    x = z1.clone().requires_grad_()
+    ott.GCAInfoNCE(n_iter=3, grad="unroll")(x, z2).backward()
+    torch.testing.assert_close(g, x.grad, rtol=1e-10, atol=1e-12)

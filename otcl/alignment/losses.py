@@ -393,6 +393,15 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
     if extra is not None:
         val = extra(target, phi, gamma, log_k, row_mass, xp)
         per_row = val if per_row is None else per_row + val
+    w_ce = _weight_of(divergence, "cross_entropy")
+    if inner.detached and final_step == "row" and w_ce != 0:
+        # Both potentials are constants here, and the cross-entropy has no mass term: its
+        # gradient would miss the envelope term P of the projection it scores. The row mass
+        # minus its constant copy adds exactly that (0 to the value, P to the gradient), so
+        # that "detach" is the exact gradient at convergence, as for the KL (whose + P_ij term
+        # carries it). A final column step is differentiated as computed and needs none.
+        envelope = w_ce * (row_mass - row_mass.detach())
+        per_row = envelope if per_row is None else per_row + envelope
     if per_row is None:
         per_row = xp.zeros_like(phi)
     if definitely(xp.any(~xp.isfinite(per_row))):
@@ -514,6 +523,15 @@ def _validate_eps(eps: Any, xp: Any) -> Any:
 
 def _exponent(rho: float, eps: Any) -> Any:
     return 1.0 if math.isinf(rho) else rho / (rho + eps)
+
+
+def _weight_of(spec: DivergenceSpec, name: str) -> float:
+    """The weight of divergence ``name`` in ``spec`` (a name, a mapping or a callable)."""
+    if isinstance(spec, str):
+        return 1.0 if spec == name else 0.0
+    if isinstance(spec, Mapping):
+        return float(spec.get(name, 0.0))
+    return 0.0
 
 
 def _divergence_terms(

@@ -77,7 +77,8 @@ on ``diag(ν)^{-1/2} S diag(ν)^{-1/2}`` (Jacobi-scaled; two matrix-vector produ
 per iteration, ``O(n m)`` memory whatever the number of iterations). ``S`` is positive definite
 unless ``t_a = t_b = 1``; in the balanced case it is positive semi-definite with the null vector
 ``1`` (the gauge ``(phi + c, gamma - c)``): the right-hand side is projected onto the complement
-(exact for gauge-invariant losses, whose cotangents satisfy ``sum phī = sum gammā``) and the
+(exact for gauge-invariant losses, whose cotangents satisfy ``sum phī = sum gammā``; other
+cotangents raise ``ValueError``, since the fixed point does not define their derivative) and the
 iterates are kept there. The balanced marginal cotangents are then defined up to the same gauge
 (``(log ā + c a, log b̄ - c b)``): only mass-preserving changes of ``(a, b)`` have a meaning there.
 
@@ -110,12 +111,14 @@ from otcl.ops import array_ops
 from otcl.solvers.result import ConvergenceWarning
 
 __all__ = [
+    "GAUGE_RTOL_EPS",
     "INNER_DOMAINS",
     "Cotangents",
     "Tape",
     "fixed_round_potentials",
     "implicit_cotangents",
     "implicit_vjp",
+    "require_gauge_invariant",
     "unrolled_cotangents",
     "unrolled_vjp",
 ]
@@ -516,7 +519,9 @@ def implicit_vjp(
     Solves the adjoint system by conjugate gradients on the Jacobi-scaled Schur complement (module
     docstring), with matrix-vector products only. ``tol`` is the relative residual (default ``0.01
     sqrt(eps_mach)``: 1.5e-10 in float64, 3.5e-6 in float32); a problem that does not reach it in
-    ``max_iter`` iterations emits a [`ConvergenceWarning`][otcl.ConvergenceWarning].
+    ``max_iter`` iterations emits a [`ConvergenceWarning`][otcl.ConvergenceWarning]. On a balanced
+    problem (``t_a = t_b = 1``) cotangents that are not gauge-invariant raise ``ValueError``
+    ([`require_gauge_invariant`][otcl.solvers.adjoint.require_gauge_invariant]).
     """
     return implicit_cotangents(
         log_kernel, phi, gamma, log_a, log_b, t_a, t_b, phi_bar, gamma_bar, tol=tol,
@@ -577,6 +582,8 @@ def _implicit(
     pb = xp.where(act_r, phi_bar, zero_n)
     gb = xp.where(act_c, gamma_bar, zero_m)
     balanced = t_a == 1.0 and t_b == 1.0
+    if balanced:
+        _check_gauge_invariant(xp, pb, gb, lk.dtype)
     mass = xp.sum(nu, axis=1, keepdims=True)
 
     def project(y: Array) -> Array:
@@ -601,6 +608,42 @@ def _implicit(
     ta_bar = xp.sum(w1 * phi_f) / (t_a * t_a)
     tb_bar = xp.sum(w2 * gamma_f) / (t_b * t_b)
     return Cotangents(lam_bar, w1, w2, ta_bar, tb_bar, None)
+
+
+GAUGE_RTOL_EPS = 1000
+"""A balanced problem's cotangents count as gauge-invariant when ``|sum phī - sum gammā|`` is at
+most this many machine epsilons of ``sum |phī| + sum |gammā|`` (a gauge-invariant loss gives 0
+or rounding; the RINCE terms of a balanced plan gave 1e-3 to 0.5)."""
+
+
+def _check_gauge_invariant(xp: Any, phi_bar: Array, gamma_bar: Array, dtype: Any) -> None:
+    """Raise ``ValueError`` if the cotangents ``phī (B, n)``, ``gammā (B, m)`` of a balanced
+    problem are not gauge-invariant (``sum phī != sum gammā``;
+    [`require_gauge_invariant`][otcl.solvers.adjoint.require_gauge_invariant])."""
+    gap = xp.abs(xp.sum(phi_bar, axis=1) - xp.sum(gamma_bar, axis=1))
+    scale = xp.sum(xp.abs(phi_bar), axis=1) + xp.sum(xp.abs(gamma_bar), axis=1)
+    rel = to_numpy(gap / xp.where(scale > 0, scale, xp.ones_like(scale)))
+    require_gauge_invariant(float(rel.max()) if rel.size else 0.0, dtype_eps(xp, dtype))
+
+
+def require_gauge_invariant(rel_gap: float, machine_eps: float) -> None:
+    """Raise ``ValueError`` unless a balanced problem's cotangents are gauge-invariant:
+    ``rel_gap = |sum phī - sum gammā| / (sum |phī| + sum |gammā|)`` at most
+    [`GAUGE_RTOL_EPS`][otcl.solvers.adjoint.GAUGE_RTOL_EPS] times ``machine_eps``.
+
+    The balanced fixed points form the line ``(phi + c, gamma - c)``: a loss that reads the gauge
+    (the RINCE terms read ``(K v)_i``) depends on where along it the rounds stopped, which only
+    the rounds themselves decide. The fixed-point equations say nothing of it, so the implicit
+    derivative of such a loss is not defined; ``unroll`` is."""
+    # non-finite cotangents are the non-finite-gradient diagnostic's to report
+    if math.isfinite(rel_gap) and rel_gap > GAUGE_RTOL_EPS * machine_eps:
+        raise ValueError(
+            "grad='implicit' is not defined for this loss: on a balanced problem it reads the "
+            "potentials' gauge (phi + c, gamma - c), which the fixed point leaves free and only "
+            f"the rounds fix (sum of phi's cotangent minus gamma's: {rel_gap:.2g} of their size; "
+            "the RINCE terms of GCA-RINCE and of a balanced GCA-UOT read (K v)_i). "
+            "Use grad='unroll', the exact derivative of the rounds."
+        )
 
 
 def _cg(xp: Any, op: Any, rhs: Array, tol: float, max_iter: int, check_every: int) -> Array:

@@ -12,9 +12,11 @@ Gradient modes (``grad=``):
   per round.
 * ``"implicit"``: the implicit-function derivative at the fixed point (conjugate gradients on the
   optimality system); memory ``O(n m)`` independent of ``n_iter``; equals ``"unroll"`` once the
-  rounds have converged.
+  rounds have converged. A balanced loss that reads the potentials' gauge (the RINCE term of
+  GCA-RINCE, or of GCA-UOT with ``rho=inf``) has no implicit derivative: backward raises
+  ``ValueError``. Under ``torch.compile`` / ``torch.func`` it warns and unrolls.
 * ``"detach"``: potentials treated as constants (envelope style). For balanced problems with
-  matched marginals at convergence this is the exact gradient of the KL loss
+  matched marginals at convergence this is the exact gradient of the KL and cross-entropy losses
   (``(P_tgt - P) / eps`` w.r.t. ``C``); elsewhere it is an approximation.
 
 Mixed precision: float16 / bfloat16 embeddings are computed in float32 (autocast is disabled
@@ -45,6 +47,7 @@ __all__ = [
     "GCARINCE",
     "GCAUOT",
     "GRAD_MODES",
+    "IMPLICIT_UNDER_TRANSFORM",
     "IOT",
     "RINCE",
     "AlignmentLoss",
@@ -64,6 +67,14 @@ __all__ = [
 ]
 
 GRAD_MODES = ("unroll", "implicit", "detach")
+
+IMPLICIT_UNDER_TRANSFORM = (
+    "grad='implicit' under torch.compile or a torch.func transform: the transform "
+    "differentiates the Sinkhorn rounds as written, so the gradient is the unrolled one "
+    "(grad='unroll'), with autograd's memory (n_iter matrices); the implicit derivative needs "
+    "eager mode"
+)
+"""The warning a loss in ``grad="implicit"`` mode gives when a transform traces it."""
 
 
 class TorchInner:
@@ -90,6 +101,8 @@ class TorchInner:
             # its meaning
             from otcl.alignment.losses import UnrolledInner
 
+            if self.grad == "implicit" and n_iter > 0:
+                warnings.warn(IMPLICIT_UNDER_TRANSFORM, UserWarning, stacklevel=4)
             out = UnrolledInner()(log_kernel, log_a, log_b, t_a, t_b, n_iter, init)
             return tuple(o.detach() for o in out) if self.grad == "detach" else out
         # with no rounds there is no fixed point: the one row step's exact derivative is the

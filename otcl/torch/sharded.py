@@ -85,6 +85,7 @@ import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
 from otcl.alignment import losses as _alg
+from otcl.solvers.adjoint import require_gauge_invariant
 from otcl.torch.distributed import (
     _all_gather_rows,
     _blocked_perm,
@@ -450,6 +451,12 @@ class _ImplicitRounds(torch.autograd.Function):
         pb = torch.where(act_r, phi_bar, zero_n)
         gb = torch.where(act_c, _all_sum(gamma_bar, group), zero_m)  # every rank's part
         balanced = ta == 1.0 and tb == 1.0
+        if balanced:  # the sums over all ranks' rows (gb is already the whole of it)
+            sums = _all_sum(torch.stack([pb.sum(), pb.abs().sum()]), group)
+            scale = float(sums[1] + gb.abs().sum())
+            gap = abs(float(sums[0] - gb.sum()))
+            require_gauge_invariant(gap / scale if scale > 0 else 0.0,
+                                    torch.finfo(pb.dtype).eps)
         mass = nu.sum()
 
         def project(y: torch.Tensor) -> torch.Tensor:
