@@ -261,3 +261,71 @@ def test_batched_matches_pot_per_problem(backend):
     for k in range(B):
         P_ref = ot.sinkhorn(a[k], b[k], C[k], eps, stopThr=1e-15, numItermax=50_000)
         np.testing.assert_allclose(P[k], P_ref, rtol=0, atol=1e-11)
+
+
+def test_auto_finishes_in_the_log_domain_when_the_kernel_domain_leaves_its_range():
+    """float32, unbalanced with b four times the mass of a: the cost's range puts "auto" in the
+    kernel domain, whose scalings then leave float32's range. "auto" finishes in the log domain
+    from the last healthy round and agrees with POT (float64); "kernel" alone stops and says so."""
+    rng = np.random.default_rng(5)
+    n = 32
+    C = rng.uniform(0.0, 1.0, (n, n))
+    a = np.full(n, 1.0 / n)
+    b = 4.0 * rng.uniform(0.5, 1.5, n) / n
+    eps, rho = 0.05, 10.0
+    C32, a32, b32 = (x.astype(np.float32) for x in (C, a, b))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = otcl.sinkhorn(C32, a32, b32, eps=eps, rho_a=rho, rho_b=rho, max_iter=5000)
+    assert res.converged and res.domain == "log"
+    ref = ot.unbalanced.sinkhorn_unbalanced(a, b, C, eps, (rho, rho), reg_type="entropy",
+                                            numItermax=100000, stopThr=1e-14)
+    # float32: kappa u + tol per entry, amplified by the unbalanced fixed point's slow contraction
+    np.testing.assert_allclose(np.asarray(res.plan, dtype=np.float64), ref, rtol=1e-4)
+    with pytest.warns(otcl.ConvergenceWarning, match="left the floating-point range"):
+        stopped = otcl.sinkhorn(C32, a32, b32, eps=eps, rho_a=rho, rho_b=rho, max_iter=5000,
+                                domain="kernel")
+    assert not stopped.converged
+
+
+@pytest.mark.parametrize("dtype, offset, eps", [("float32", 1e3, 0.05), ("float64", 1e8, 1e-3)])
+def test_an_offset_cost_warns_of_the_precision_it_leaves(dtype, offset, eps):
+    """Balanced OT is unchanged by a constant added to the cost, but -C/eps keeps only the digits
+    the offset leaves: the plan of C + offset is off by far more than that of C (POT, float64, on
+    the same input values), and the call says so; the unshifted call does not warn."""
+    rng = np.random.default_rng(6)
+    C = rng.uniform(0.0, 1.0, (8, 6)).astype(dtype)
+    shifted = (C.astype(np.float64) + offset).astype(dtype)
+    a, b = np.full(8, 1 / 8, dtype=dtype), np.full(6, 1 / 6, dtype=dtype)
+    exact = shifted.astype(np.float64)
+    ref = ot.sinkhorn(a.astype(np.float64), b.astype(np.float64), exact - exact.min(), eps,
+                      numItermax=100000, stopThr=1e-15)
+    with pytest.warns(otcl.ConvergenceWarning, match="the cost is offset"):
+        off = otcl.sinkhorn(shifted, a, b, eps=eps, max_iter=20000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clean = otcl.sinkhorn(shifted - shifted.min(), a, b, eps=eps, max_iter=20000)
+    err_off = np.abs(np.asarray(off.plan, dtype=np.float64) - ref).max()
+    err_clean = np.abs(np.asarray(clean.plan, dtype=np.float64) - ref).max()
+    assert err_off > 100 * err_clean  # the warning is about a real loss
+
+
+def test_a_mass_gap_above_tol_is_named():
+    """Masses 1e-8 apart pass the validation (sqrt of float64's epsilon) but keep the balanced
+    row error at the gap: the call names the gap instead of only reporting non-convergence."""
+    a = np.full(5, 0.2)
+    b = np.full(5, 0.2) * (1 + 1e-8)
+    C = np.random.default_rng(7).uniform(0, 1, (5, 5))
+    with pytest.warns(otcl.ConvergenceWarning, match="total masses of a and b differ by 1e-08"):
+        res = otcl.sinkhorn(C, a, b, eps=0.1, max_iter=200)
+    assert not res.converged and res.error >= 0.9e-8
+
+
+def test_a_cost_that_requires_grad_leaks_no_torch_warning():
+    torch = pytest.importorskip("torch")
+    C = torch.rand(6, 5, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = otcl.sinkhorn(C, eps=0.1)
+        res.plan.sum().backward()
+    assert res.converged and torch.isfinite(C.grad).all()

@@ -22,13 +22,15 @@ unbalanced step of Chizat et al. (2018). Three domains compute the same iteratio
 * ``"log"``: log-sum-exp updates of the potentials (always safe, slowest).
 
 ``"auto"`` (the default) uses ``"kernel"`` when ``(max C - min C) / eps`` is below half the
-dtype's exponent range (float32: 43.6, float64: 354), and ``"stabilized"`` otherwise.
+dtype's exponent range (float32: 43.6, float64: 354), and ``"stabilized"`` otherwise; a kernel
+domain whose scalings leave the floating-point range anyway finishes in the log domain.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -54,7 +56,7 @@ from otcl.ops import ArrayOps, array_ops
 from otcl.ops.base import LOG2E, Base2
 from otcl.ops.torch_ops import TorchCpuOps
 from otcl.solvers.problem import Problem, make_problem
-from otcl.solvers.result import Transport, finish_diagnostics
+from otcl.solvers.result import ConvergenceWarning, Transport, finish_diagnostics
 from otcl.tracing import plain_ops
 
 __all__ = ["DOMAINS", "default_tol", "row_projection", "sinkhorn", "solve"]
@@ -166,6 +168,8 @@ def _sinkhorn(cost: Array, a: Array | None, b: Array | None, *, eps: float | Arr
     init_b = _validate_init(init, problem)
     if traced:
         return _traced_rounds(problem, max_iter, init_b)
+    if warn:
+        _warn_on_precision_limits(problem, tol)
     return solve(
         problem,
         max_iter=max_iter,
@@ -277,7 +281,8 @@ def solve(
         phi = xp.zeros((B, n), dtype=dtype, device=_dev(problem))
         gamma = xp.zeros((B, m), dtype=dtype, device=_dev(problem))
     floor = None  # per-problem min C, once computed
-    if domain == "auto":
+    auto = domain == "auto"
+    if auto:
         domain, floor = _choose_domain(problem, warm=init is not None)
     if max_iter == 0:
         # no rounds: the starting potentials are the result; with a tol, report their error
@@ -299,6 +304,13 @@ def solve(
         make = functools.partial(_ScalingLoop, tol=tol, check_every=check_every,
                                  stabilized=domain != "kernel", cold=cold)
     loop, (phi, gamma) = _run_loop(make, problem, phi, gamma, max_iter, ops)
+    if auto and loop.trouble is not None and loop.stopped_at is not None:
+        # "auto" chose the kernel domain from the cost's range, and the iterates left the
+        # floating-point range anyway (potentials of an unbalanced problem far from its
+        # marginals, a tiny marginal entry): finish in the log domain from the last healthy round
+        make = functools.partial(_LogLoop, tol=tol, check_every=check_every,
+                                 start=loop.stopped_at)
+        loop, (phi, gamma) = _run_loop(make, problem, phi, gamma, max_iter, ops)
     return _transport(
         problem, phi, gamma, loop.n_iter, loop.error, tol, loop.domain, warn=warn,
         trouble=loop.trouble,
@@ -378,6 +390,54 @@ def choose_domain(problem: Problem, *, warm: bool = False) -> str:
     return _choose_domain(problem, warm=warm)[0]
 
 
+OFFSET_RATIO = 8.0
+"""A cost counts as offset when its largest magnitude is more than this many times its range."""
+
+
+def _warn_on_precision_limits(problem: Problem, tol: float | None) -> None:
+    """Warn ([`ConvergenceWarning`][otcl.ConvergenceWarning]) before a solve whose answer the
+    input's precision limits:
+
+    * an offset cost: ``max |C|`` far above the range ``max C - min C`` (balanced OT does not
+      change when a constant is added to ``C``, but ``-C / eps`` keeps only the digits that the
+      offset leaves, a relative error of about ``max |C| / eps`` machine epsilons in every plan
+      entry) when that error exceeds the square root of the machine epsilon;
+    * a balanced problem whose marginals' total masses differ by more than ``tol`` (the
+      validation accepts up to ``sqrt`` of the machine epsilon): the row-marginal error cannot
+      fall below the gap."""
+    xp = problem.xp
+    u = dtype_eps(xp, problem.cost.dtype)
+    eps = to_float(problem.eps)
+    lo, hi = (_host_floats(x) for x in _cost_bounds(problem))
+    size = np.maximum(np.abs(lo), np.abs(hi))
+    offset = (size > OFFSET_RATIO * (hi - lo)) & (size / eps * u > math.sqrt(u))
+    if np.any(offset):
+        k = int(np.argmax(np.where(offset, size, -np.inf)))
+        warnings.warn(
+            f"the cost is offset: its values reach {size[k]:.3g} but span only "
+            f"{hi[k] - lo[k]:.3g}, and eps = {eps:.3g}, so -C/eps keeps a relative precision of "
+            f"about {size[k] / eps * u:.1g} in {problem.cost.dtype} and so does every entry of "
+            "the plan. Subtract the cost's minimum before the call (a balanced plan does not "
+            "change; shift f back by it), or use float64.",
+            ConvergenceWarning, stacklevel=4,
+        )
+    if problem.balanced and tol is not None:
+        ma = _host_floats(xp.sum(problem.a, axis=-1))
+        mb = _host_floats(xp.sum(problem.b, axis=-1))
+        gap = np.abs(ma - mb) / np.maximum(ma, mb)
+        if np.any(gap > tol):
+            warnings.warn(
+                f"the total masses of a and b differ by {float(gap.max()):.3g} (relative), more "
+                f"than tol = {tol:.3g}: a balanced plan has one total mass, so the row-marginal "
+                "error cannot fall below that gap. Normalise a and b to the same mass.",
+                ConvergenceWarning, stacklevel=4,
+            )
+
+
+def _host_floats(x: Array) -> np.ndarray:
+    return np.asarray(to_numpy(x), dtype=np.float64).reshape(-1)
+
+
 def _choose_domain(problem: Problem, *, warm: bool) -> tuple[str, Array | None]:
     """[`choose_domain`][otcl.solvers.sinkhorn.choose_domain], and the per-problem ``min C``
     ``(B,)`` when it was computed."""
@@ -387,10 +447,10 @@ def _choose_domain(problem: Problem, *, warm: bool) -> tuple[str, Array | None]:
     budget = 0.5 * -math.log(dtype_tiny(xp, problem.cost.dtype))
     eps = to_float(problem.eps)
     lo, hi = _cost_bounds(problem)
-    spread = float(xp.max(hi - lo)) / eps
+    spread = to_float(xp.max(hi - lo)) / eps
     if not problem.balanced:
         # the unbalanced update carries a factor exp(-(1 - t) * min C / eps)
-        spread = max(spread, float(xp.max(xp.abs(lo))) / eps)
+        spread = max(spread, to_float(xp.max(xp.abs(lo))) / eps)
     return ("kernel" if spread <= budget else "stabilized"), lo
 
 
@@ -414,6 +474,7 @@ class _LogLoop:
         self.log_a, self.log_b = problem.log_marginals()
         self.tracker = _Tracker(problem.shape[0], tol, start)
         self.trouble: str | None = None
+        self.stopped_at: int | None = None  # never stops early: it has no range to leave
         # minus the previous round's log-sum-exps: the buffered log-sum-exp's stabilising shift,
         # one pass cheaper than each slice's maximum; for the first row step, minus an upper
         # bound of every row's maximum term, max log K + max gamma (per problem)
@@ -553,6 +614,7 @@ class _ScalingLoop:
         xp, (B, n, m) = self.xp, problem.shape
         self.tracker = _Tracker(B, tol, 0)
         self.trouble: str | None = None
+        self.stopped_at: int | None = None  # the last healthy round, where "kernel" stopped
         self.absorb_at = 0.25 * -math.log(dtype_tiny(xp, problem.cost.dtype))
         # zero marginal entries need a guarded (allocating) scaling step
         self.guarded = not _positive_marginals(problem)
@@ -768,6 +830,7 @@ class _ScalingLoop:
         """
         good_it, self.phi, self.gamma, self.u, self.v = good
         if not self.stabilized:
+            self.stopped_at = good_it
             self.trouble = (
                 f"The kernel-domain iteration left the floating-point range after round {good_it}"
                 " and was stopped there (use domain='auto', 'stabilized' or 'log')."
