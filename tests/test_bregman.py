@@ -546,3 +546,14 @@ def test_lower_bound_on_masked_entry_is_rejected():
     mask[0, 0] = False
     with pytest.raises(ValueError, match="ell is positive"):
         bregman_projection(C, [LowerBound(0.01), RowMarginal(a)], eps=0.1, mask=mask)
+
+
+def test_numpy_scalar_tol_is_accepted_as_by_sinkhorn():
+    """tol=np.float32(...) works in sinkhorn; bregman_projection takes it too and stops at the
+    same tolerance as the float."""
+    C = np.random.default_rng(3).uniform(0, 1, (5, 4))
+    a, b = np.full(5, 0.2), np.full(4, 0.25)
+    sets = [otcl.RowMarginal(a), otcl.ColumnMarginal(b)]
+    ref = otcl.bregman_projection(C, sets, eps=0.2, tol=1e-6)
+    got = otcl.bregman_projection(C, sets, eps=0.2, tol=np.float32(1e-6))
+    np.testing.assert_array_equal(np.asarray(got.plan), np.asarray(ref.plan))

@@ -552,7 +552,8 @@ def bregman_projection(
     eps:
         Entropic strength ``> 0`` (float or 0-d array).
     mask:
-        Optional boolean array broadcastable to ``cost``; ``False`` entries are zero
+        Optional boolean array of shape ``(n, m)`` (one mask for every problem of a batch) or
+        ``(B, n, m)``; ``False`` entries are zero
         (``C = +inf``). A row (column) that the mask excludes entirely must have zero mass in
         the row (column) marginal (uniform when there is none).
     max_iter:
@@ -732,7 +733,7 @@ def _validate_loop(max_iter: Any, tol: Any, check_every: Any) -> tuple[int, floa
     if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
     if tol is not None:
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)):
+        if isinstance(tol, bool) or not isinstance(tol, (int, float, np.floating, np.integer)):
             raise TypeError(f"tol must be a number or None, got {type(tol).__name__}")
         if not (tol >= 0 and math.isfinite(tol)):
             raise ValueError(f"tol must be finite and >= 0 (or None), got {tol}")

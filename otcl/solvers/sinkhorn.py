@@ -113,7 +113,8 @@ def sinkhorn(
         KL penalties on the row and column marginals; ``inf`` (default) is a hard constraint.
         ``rho_a=inf, rho_b=x`` is semi-relaxed OT. POT calls these ``reg_m``.
     mask:
-        Optional boolean array broadcastable to ``cost``: ``False`` entries are excluded
+        Optional boolean array of shape ``(n, m)`` (one mask for every problem of a batch) or
+        ``(B, n, m)``: ``False`` entries are excluded
         (``P_ij = 0``, as if ``C_ij = +inf``).
     max_iter:
         Maximum number of rounds (a round is one row and one column update).
