@@ -14,6 +14,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from finite_differences import central_differences
 from torch import nn
 from torch.nn import functional as tnf
 
@@ -475,14 +476,8 @@ def test_detach_is_exact_at_convergence_for_the_cross_entropy_too(loss, n_iter) 
     def value(x, eps=0.5):
         return float(fn(x, z2, eps=eps, n_iter=n_iter))
 
-    h = 1e-6
-    fd = np.zeros_like(z1)
-    for idx in np.ndindex(*z1.shape):
-        zp, zm = z1.copy(), z1.copy()
-        zp[idx] += h
-        zm[idx] -= h
-        fd[idx] = (value(zp) - value(zm)) / (2 * h)
-    fd_eps = (value(z1, 0.5 + h) - value(z1, 0.5 - h)) / (2 * h)
+    fd = central_differences(value, z1)
+    fd_eps = float(central_differences(lambda e: value(z1, float(e)), np.array(0.5)))
     x = torch.tensor(z1, requires_grad=True)
     eps = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
     out = getattr(ott, loss)(x, torch.tensor(z2), eps=eps, n_iter=n_iter, grad="detach")
