@@ -134,7 +134,9 @@ def sinkhorn(
         Warm start ``(f, g)`` from an earlier solve.
     warn:
         Emit a [`ConvergenceWarning`][otcl.ConvergenceWarning] when a problem does not reach
-        ``tol``.
+        ``tol``, and before the solve when the input limits its precision (an offset cost:
+        ``max |C|`` far above its range, with ``max |C| / eps`` machine epsilons above the square
+        root of one; balanced masses that differ by more than ``tol``).
 
     Returns
     -------
