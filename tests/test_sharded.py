@@ -66,6 +66,8 @@ def _make_cases(world: int) -> list[dict[str, Any]]:
     pair("two_gca_ince_labels", "two", "GCAInfoNCE", {"n_iter": 3},
          labels=[torch.arange(s) % 2 for s in sizes])
     pair("two_gca_uot_detach", "two", "GCAUOT", {"n_iter": 4, "grad": "detach"})
+    # detached rounds ending on a row step: the cross-entropy's envelope term (detached_envelope)
+    pair("two_iot_detach", "two", "IOT", {"n_iter": 4, "grad": "detach"})
     pair("two_dot_metric", "two", "GCAInfoNCE", {"n_iter": 3, "metric": "dot"})
     pair("two_learnable_eps", "two", "GCAUOT", {"n_iter": 4}, eps=0.4)
     pair("two_functional_gca_uot", "two", "gca_uot", {"n_iter": 3})

@@ -393,15 +393,10 @@ def _gca_loss(batch: ViewBatch, target: Target, *, eps: Any, n_iter: int, rho_a:
     if extra is not None:
         val = extra(target, phi, gamma, log_k, row_mass, xp)
         per_row = val if per_row is None else per_row + val
-    w_ce = _weight_of(divergence, "cross_entropy")
-    if inner.detached and final_step == "row" and w_ce != 0:
-        # Both potentials are constants here, and the cross-entropy has no mass term: its
-        # gradient would miss the envelope term P of the projection it scores. The row mass
-        # minus its constant copy adds exactly that (0 to the value, P to the gradient), so
-        # that "detach" is the exact gradient at convergence, as for the KL (whose + P_ij term
-        # carries it). A final column step is differentiated as computed and needs none.
-        envelope = w_ce * (row_mass - row_mass.detach())
-        per_row = envelope if per_row is None else per_row + envelope
+    if inner.detached and final_step == "row":
+        envelope = detached_envelope(divergence, row_mass)
+        if envelope is not None:
+            per_row = envelope if per_row is None else per_row + envelope
     if per_row is None:
         per_row = xp.zeros_like(phi)
     if definitely(xp.any(~xp.isfinite(per_row))):
@@ -523,6 +518,19 @@ def _validate_eps(eps: Any, xp: Any) -> Any:
 
 def _exponent(rho: float, eps: Any) -> Any:
     return 1.0 if math.isinf(rho) else rho / (rho + eps)
+
+
+def detached_envelope(divergence: DivergenceSpec, row_mass: Array) -> Array | None:
+    """The term that makes ``grad="detach"`` exact at convergence for a cross-entropy, or
+    ``None`` when ``divergence`` has none: ``w (row_mass - row_mass.detach())`` per row.
+
+    With both potentials constants (detached rounds ending on a row step), the cross-entropy,
+    which has no mass term, would miss the envelope term ``P`` of the projection it scores. The
+    row mass minus its constant copy adds exactly that: 0 to the value, ``P`` to the gradient,
+    as the KL's ``+ P_ij`` term carries it. (A final column step is differentiated as computed
+    and needs none.) ``row_mass`` is a torch tensor: only the torch inner solves detach."""
+    w = _weight_of(divergence, "cross_entropy")
+    return None if w == 0 else w * (row_mass - row_mass.detach())
 
 
 def _weight_of(spec: DivergenceSpec, name: str) -> float:

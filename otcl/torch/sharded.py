@@ -617,7 +617,9 @@ def _input_error(fn: Any, z1: Any, z2: Any, grad: str, kwargs: dict[str, Any]) -
         value = math.nan
     if not (math.isfinite(value) and value > 0):
         return f"eps must be a positive finite number (or 0-d tensor), got {eps!r}"
-    for name, z in (("z1", z1), ("z2", z2)):
+    # a two-view call arrives here as one batch [z1; z2] (otcl.torch.losses._call)
+    first = "z1" if z2 is not None else "z1 (the batch [z1; z2] of a two-view call)"
+    for name, z in ((first, z1), ("z2", z2)):
         if isinstance(z, torch.Tensor) and z.ndim == 2 and z.numel():
             if not bool(torch.isfinite(z).all()):
                 return f"{name} contains NaN or inf"
@@ -901,6 +903,10 @@ def _loss_rows(spec: dict[str, Any], r: _Rows, kwargs: dict[str, Any], label_kin
     for weight, term, _ in _alg._divergence_terms(spec["divergence"], spec["q"], spec["lam"]):
         if weight != 0:
             per_row = per_row + weight * term(tgt, phi, gamma, lk_terms, row_mass, xp, log_kv)
+    if grad == "detach" and not column:  # as the single-process loss (detached_envelope)
+        envelope = _alg.detached_envelope(spec["divergence"], row_mass)
+        if envelope is not None:
+            per_row = per_row + envelope
 
     if reduction == "none":
         value = per_row
