@@ -401,17 +401,20 @@ def _warn_on_precision_limits(problem: Problem, tol: float | None) -> None:
     """Warn ([`ConvergenceWarning`][otcl.ConvergenceWarning]) before a solve whose answer the
     input's precision limits:
 
-    * an offset cost: ``max |C|`` far above the range ``max C - min C`` (balanced OT does not
-      change when a constant is added to ``C``, but ``-C / eps`` keeps only the digits that the
-      offset leaves, a relative error of about ``max |C| / eps`` machine epsilons in every plan
-      entry) when that error exceeds the square root of the machine epsilon;
+    * an offset cost (unmasked: from the bounds the validation kept): ``max |C|`` far above
+      the range ``max C - min C`` (balanced OT does not change when a constant is added to
+      ``C``, but ``-C / eps`` keeps only the digits that the offset leaves, a relative error of
+      about ``max |C| / eps`` machine epsilons in every plan entry) when that error exceeds the
+      square root of the machine epsilon;
     * a balanced problem whose marginals' total masses differ by more than ``tol`` (the
       validation accepts up to ``sqrt`` of the machine epsilon): the row-marginal error cannot
       fall below the gap."""
     xp = problem.xp
     u = dtype_eps(xp, problem.cost.dtype)
     eps = to_float(problem.eps)
-    lo, hi = (_host_floats(x) for x in _cost_bounds(problem))
+    # the bounds the validation kept (none with a mask: no extra pass over the cost for this)
+    bounds = problem.cost_bounds
+    lo, hi = (np.zeros(1), np.ones(1)) if bounds is None else (_host_floats(x) for x in bounds)
     size = np.maximum(np.abs(lo), np.abs(hi))
     offset = (size > OFFSET_RATIO * (hi - lo)) & (size / eps * u > math.sqrt(u))
     if np.any(offset):
