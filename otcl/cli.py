@@ -247,16 +247,11 @@ def _run_check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 _EXTRAS = {"study": "study", "check": "torch"}
 
 
-def _torch_missing() -> bool:
-    """True when PyTorch cannot be imported (also when ``sys.modules["torch"]`` is ``None``)."""
-    return _module_missing("torch")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``otcl`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if _torch_missing():
+    if _module_missing("torch"):
         extra = _EXTRAS[args.command]
         print(f'otcl {args.command} needs PyTorch: pip install "otcl[{extra}]"', file=sys.stderr)
         return 2

@@ -533,13 +533,23 @@ def detached_envelope(divergence: DivergenceSpec, row_mass: Array) -> Array | No
     return None if w == 0 else w * (row_mass - row_mass.detach())
 
 
-def _weight_of(spec: DivergenceSpec, name: str) -> float:
-    """The weight of divergence ``name`` in ``spec`` (a name, a mapping or a callable)."""
+def _divergence_weights(spec: DivergenceSpec) -> dict[str, Any] | None:
+    """``{name: weight}`` of a divergence given by name or mapping; ``None`` for a callable;
+    ``ValueError`` for anything else."""
+    if callable(spec):
+        return None
     if isinstance(spec, str):
-        return 1.0 if spec == name else 0.0
+        return {spec: 1.0}
     if isinstance(spec, Mapping):
-        return float(spec.get(name, 0.0))
-    return 0.0
+        return dict(spec)
+    raise ValueError(f"divergence must be a name, a mapping of names to weights or a "
+                     f"callable, got {spec!r}")
+
+
+def _weight_of(spec: DivergenceSpec, name: str) -> float:
+    """The weight of divergence ``name`` in ``spec`` (0 for a callable)."""
+    weights = _divergence_weights(spec)
+    return 0.0 if weights is None else float(weights.get(name, 0.0))
 
 
 def _divergence_terms(
@@ -549,15 +559,9 @@ def _divergence_terms(
     ``(target, phi, gamma, log_kernel, row_mass, xp, log_kv)`` with ``log_kv = log (K v)`` per
     row, and accept, for a pair target, the ``(n,)`` entries ``Λ[i, partner[i]]`` in place of
     the ``(n, m)`` log-kernel; a user callable takes the first six."""
-    if callable(spec):
+    weights = _divergence_weights(spec)
+    if weights is None:
         return [(1.0, spec, False)]
-    if isinstance(spec, str):
-        weights = {spec: 1.0}
-    elif isinstance(spec, Mapping):
-        weights = dict(spec)
-    else:
-        raise ValueError(f"divergence must be a name, a mapping of names to weights or a "
-                         f"callable, got {spec!r}")
     terms = []
     for name, w in weights.items():
         if name == "kl":

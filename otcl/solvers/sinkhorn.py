@@ -307,7 +307,7 @@ def solve(
         make = functools.partial(_ScalingLoop, tol=tol, check_every=check_every,
                                  stabilized=domain != "kernel", cold=cold)
     loop, (phi, gamma) = _run_loop(make, problem, phi, gamma, max_iter, ops)
-    if auto and loop.trouble is not None and loop.stopped_at is not None:
+    if auto and loop.stopped_at is not None:
         # "auto" chose the kernel domain from the cost's range, and the iterates left the
         # floating-point range anyway (potentials of an unbalanced problem far from its
         # marginals, a tiny marginal entry): finish in the log domain from the last healthy round
@@ -414,7 +414,7 @@ def _warn_on_precision_limits(problem: Problem, tol: float | None) -> None:
     eps = to_float(problem.eps)
     # the bounds the validation kept (none with a mask: no extra pass over the cost for this)
     bounds = problem.cost_bounds
-    lo, hi = (np.zeros(1), np.ones(1)) if bounds is None else (_host_floats(x) for x in bounds)
+    lo, hi = (np.zeros(1), np.ones(1)) if bounds is None else (_to_host(x) for x in bounds)
     size = np.maximum(np.abs(lo), np.abs(hi))
     offset = (size > OFFSET_RATIO * (hi - lo)) & (size / eps * u > math.sqrt(u))
     if np.any(offset):
@@ -428,8 +428,8 @@ def _warn_on_precision_limits(problem: Problem, tol: float | None) -> None:
             ConvergenceWarning, stacklevel=4,
         )
     if problem.balanced and tol is not None:
-        ma = _host_floats(xp.sum(problem.a, axis=-1))
-        mb = _host_floats(xp.sum(problem.b, axis=-1))
+        ma = _to_host(xp.sum(problem.a, axis=-1))
+        mb = _to_host(xp.sum(problem.b, axis=-1))
         gap = np.abs(ma - mb) / np.maximum(ma, mb)
         if np.any(gap > tol):
             warnings.warn(
@@ -438,10 +438,6 @@ def _warn_on_precision_limits(problem: Problem, tol: float | None) -> None:
                 "error cannot fall below that gap. Normalise a and b to the same mass.",
                 ConvergenceWarning, stacklevel=4,
             )
-
-
-def _host_floats(x: Array) -> np.ndarray:
-    return np.asarray(to_numpy(x), dtype=np.float64).reshape(-1)
 
 
 def _choose_domain(problem: Problem, *, warm: bool) -> tuple[str, Array | None]:
@@ -480,7 +476,6 @@ class _LogLoop:
         self.log_a, self.log_b = problem.log_marginals()
         self.tracker = _Tracker(problem.shape[0], tol, start)
         self.trouble: str | None = None
-        self.stopped_at: int | None = None  # never stops early: it has no range to leave
         # minus the previous round's log-sum-exps: the buffered log-sum-exp's stabilising shift,
         # one pass cheaper than each slice's maximum; for the first row step, minus an upper
         # bound of every row's maximum term, max log K + max gamma (per problem)
